@@ -1,0 +1,191 @@
+// In-memory Device and Transport (wireguard-go's tuntest/bindtest habit):
+// whole-engine tests and `bench replay` run the production engine over these,
+// without root, syscalls or timing. inject*() fills the receive arena the way
+// the native reader does and delivers batches of at most `capacity`.
+
+import type { BatchHandler, DatagramArena, Device, RxArena, Transport } from "./io.js";
+
+export interface FakeOptions {
+  capacity?: number;
+  slotSize?: number;
+  /** Keep a copy of everything written/sent (tests); off for benchmarks. */
+  record?: boolean;
+}
+
+export interface SentDatagram {
+  readonly data: Uint8Array;
+  readonly addr: number;
+  readonly port: number;
+}
+
+export interface InjectedDatagram {
+  readonly data: Uint8Array;
+  readonly src: number;
+  readonly srcPort?: number;
+}
+
+/** Shared behaviour: start/pause/resume, a write budget to simulate EAGAIN. */
+abstract class FakeEndpoint {
+  protected handler: BatchHandler | null = null;
+  paused = false;
+  closed = false;
+  /** Packets the next writes may accept before "EAGAIN"; Infinity = never blocks. */
+  writeBudget = Number.POSITIVE_INFINITY;
+  /** Packets written/sent so far (also when not recording). */
+  outPackets = 0;
+  outBytes = 0;
+  private writableWaiters: (() => void)[] = [];
+
+  start(onBatch: BatchHandler): void {
+    this.handler = onBatch;
+  }
+  pause(): void {
+    this.paused = true;
+  }
+  resume(): void {
+    this.paused = false;
+  }
+  onWritable(cb: () => void): void {
+    this.writableWaiters.push(cb);
+  }
+  close(): void {
+    this.closed = true;
+    this.handler = null;
+  }
+
+  /** Lifts the write budget and fires the waiting onWritable callbacks. */
+  makeWritable(budget = Number.POSITIVE_INFINITY): void {
+    this.writeBudget = budget;
+    const waiters = this.writableWaiters;
+    this.writableWaiters = [];
+    for (const cb of waiters) cb();
+  }
+
+  get waitingForWritable(): boolean {
+    return this.writableWaiters.length > 0;
+  }
+
+  /** How many of `count` packets the budget lets through now. */
+  protected take(count: number): number {
+    const n = Math.min(count, this.writeBudget);
+    this.writeBudget -= n;
+    return n;
+  }
+
+  protected deliver(count: number): void {
+    if (this.handler === null) throw new Error("fake endpoint: inject before start()");
+    this.handler(count);
+  }
+}
+
+function arena(capacity: number, slotSize: number): RxArena {
+  return { bytes: new Uint8Array(capacity * slotSize), lengths: new Uint32Array(capacity), slotSize, capacity };
+}
+
+export class FakeDevice extends FakeEndpoint implements Device {
+  readonly name: string;
+  readonly rx: RxArena;
+  readonly written: Uint8Array[] = [];
+  writeErrors = 0;
+  private readonly record: boolean;
+
+  constructor(name = "flannel0", opts: FakeOptions = {}) {
+    super();
+    this.name = name;
+    this.rx = arena(opts.capacity ?? 64, opts.slotSize ?? 2048);
+    this.record = opts.record ?? true;
+  }
+
+  /** Delivers packets as reads from the TUN, in batches of at most capacity. Returns batches delivered. */
+  inject(packets: readonly Uint8Array[]): number {
+    let batches = 0;
+    for (let first = 0; first < packets.length; first += this.rx.capacity) {
+      const n = Math.min(this.rx.capacity, packets.length - first);
+      for (let i = 0; i < n; i++) {
+        const p = packets[first + i] as Uint8Array;
+        const len = Math.min(p.length, this.rx.slotSize);
+        this.rx.bytes.set(len === p.length ? p : p.subarray(0, len), i * this.rx.slotSize);
+        this.rx.lengths[i] = len;
+      }
+      this.deliver(n);
+      batches++;
+    }
+    return batches;
+  }
+
+  write(bytes: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, start: number, count: number): number {
+    const n = this.take(count);
+    for (let i = start; i < start + n; i++) {
+      const off = offsets[i] as number;
+      const len = lengths[i] as number;
+      if (this.record) this.written.push(bytes.slice(off, off + len));
+      this.outPackets++;
+      this.outBytes += len;
+    }
+    return n;
+  }
+}
+
+export class FakeTransport extends FakeEndpoint implements Transport {
+  readonly rx: DatagramArena;
+  readonly localPort: number;
+  readonly sent: SentDatagram[] = [];
+  sendErrors = 0;
+  private readonly record: boolean;
+
+  constructor(localPort = 8285, opts: FakeOptions = {}) {
+    super();
+    this.localPort = localPort;
+    const base = arena(opts.capacity ?? 64, opts.slotSize ?? 2048);
+    this.rx = {
+      ...base,
+      srcAddr: new Uint32Array(base.capacity),
+      srcPort: new Uint16Array(base.capacity),
+      truncated: new Uint8Array(base.capacity),
+    };
+    this.record = opts.record ?? true;
+  }
+
+  /** Delivers datagrams as reads from the socket; longer than a slot = truncated, like MSG_TRUNC. */
+  inject(datagrams: readonly InjectedDatagram[]): number {
+    let batches = 0;
+    const rx = this.rx;
+    for (let first = 0; first < datagrams.length; first += rx.capacity) {
+      const n = Math.min(rx.capacity, datagrams.length - first);
+      for (let i = 0; i < n; i++) {
+        const d = datagrams[first + i] as InjectedDatagram;
+        const len = Math.min(d.data.length, rx.slotSize);
+        rx.bytes.set(len === d.data.length ? d.data : d.data.subarray(0, len), i * rx.slotSize);
+        rx.lengths[i] = len;
+        rx.truncated[i] = d.data.length > rx.slotSize ? 1 : 0;
+        rx.srcAddr[i] = d.src;
+        rx.srcPort[i] = d.srcPort ?? 8285;
+      }
+      this.deliver(n);
+      batches++;
+    }
+    return batches;
+  }
+
+  send(
+    bytes: Uint8Array,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    dstAddr: Uint32Array,
+    dstPort: Uint16Array,
+    start: number,
+    count: number,
+  ): number {
+    const n = this.take(count);
+    for (let i = start; i < start + n; i++) {
+      const off = offsets[i] as number;
+      const len = lengths[i] as number;
+      if (this.record) {
+        this.sent.push({ data: bytes.slice(off, off + len), addr: dstAddr[i] as number, port: dstPort[i] as number });
+      }
+      this.outPackets++;
+      this.outBytes += len;
+    }
+    return n;
+  }
+}
