@@ -50,6 +50,8 @@ export interface EngineOptions {
   readonly icmpRate?: number;
   /** Milliseconds clock for the ICMP limiter (tests inject one). */
   readonly now?: () => number;
+  /** flannel0 or the socket failed for good (e.g. flannel0 was deleted); forwarding has stopped. */
+  readonly onError?: (err: Error, side: "device" | "transport") => void;
 }
 
 /** Staged packets of one direction: where each lies and where it goes. */
@@ -98,8 +100,14 @@ export class Engine {
   private readonly icmpToDevice: IcmpOut;
   private readonly icmpToPeers: IcmpOut;
   private running = false;
+  private readonly onError: (err: Error, side: "device" | "transport") => void;
 
   constructor(opts: EngineOptions) {
+    this.onError =
+      opts.onError ??
+      ((err) => {
+        throw err;
+      });
     this.device = opts.device;
     this.transport = opts.transport;
     this.localAddr = opts.localAddr;
@@ -118,8 +126,8 @@ export class Engine {
   start(): void {
     if (this.running) return;
     this.running = true;
-    this.device.start(this.onDeviceBatch);
-    this.transport.start(this.onTransportBatch);
+    this.device.start(this.onDeviceBatch, (err) => this.onError(err, "device"));
+    this.transport.start(this.onTransportBatch, (err) => this.onError(err, "transport"));
   }
 
   stop(): void {

@@ -1,0 +1,257 @@
+// weftd: wires the control plane (registry -> lease manager -> lease-table
+// snapshots, host setup, subnet.env, iptables, health) to the dataplane
+// (flannel0 <-> engine <-> UDP socket). Startup order follows flanneld:
+// interface, registry, lease, flannel0, socket, subnet.env, rules, READY=1.
+
+import { createServer, type Server } from "node:http";
+import { pino } from "pino";
+import { formatIpv4, formatPrefix, parseIpv4 } from "../dataplane/addr.js";
+import { Counters } from "../dataplane/counters.js";
+import { Engine } from "../dataplane/engine.js";
+import { TunDevice, UdpTransport } from "../dataplane/io.js";
+import { LeaseTable } from "../dataplane/leases.js";
+import { loadAddon } from "../dataplane/native/index.js";
+import type { Options } from "./cli.js";
+import type { NetworkConfig } from "./config.js";
+import { checkPrivileges, configureTun, type ExternalInterface, findExternalInterface, linkIsUp } from "./host.js";
+import { ensureChain, forwardChain, masqChain } from "./iptables.js";
+import { LeaseManager } from "./lease-manager.js";
+import { createMetrics } from "./metrics.js";
+import { EtcdRegistry } from "./registry/etcd.js";
+import { FileRegistry } from "./registry/file.js";
+import { describeLease, type Lease, type Registry } from "./registry/registry.js";
+import { readSubnetEnv, writeSubnetEnv } from "./subnet-env.js";
+
+export const VERSION = "0.1.0";
+
+/** Bytes of outer IPv4 + UDP header: flannel0's MTU is the underlay's minus this. */
+const UDP_OVERHEAD = 28;
+
+export type Log = pino.Logger;
+
+export function createLogger(verbosity: number): Log {
+  return pino({ base: undefined, level: verbosity > 0 ? "debug" : "info" }, pino.destination(2));
+}
+
+function openRegistry(opts: Options, log: Log): Promise<Registry> | Registry {
+  if (opts.registryDir !== "") return FileRegistry.open(opts.registryDir);
+  return new EtcdRegistry({
+    endpoints: opts.etcdEndpoints,
+    prefix: opts.etcdPrefix,
+    caFile: opts.etcdCafile || undefined,
+    certFile: opts.etcdCertfile || undefined,
+    keyFile: opts.etcdKeyfile || undefined,
+    username: opts.etcdUsername || undefined,
+    password: opts.etcdPassword || undefined,
+    log,
+  });
+}
+
+/** What /readyz reports: each condition flannel's readiness implies. */
+interface Readiness {
+  lease: boolean;
+  tun: boolean;
+  rules: boolean;
+  subnetEnv: boolean;
+}
+
+export class Daemon {
+  private readonly opts: Options;
+  private readonly log: Log;
+  private registry: Registry | null = null;
+  private manager: LeaseManager | null = null;
+  private engine: Engine | null = null;
+  private device: TunDevice | null = null;
+  private transport: UdpTransport | null = null;
+  private health: Server | null = null;
+  private resyncTimer: NodeJS.Timeout | null = null;
+  private readonly counters = new Counters();
+  private readonly ready: Readiness = { lease: false, tun: false, rules: false, subnetEnv: false };
+  private exitCode: number | null = null;
+  private finished: (code: number) => void = () => {};
+  /** Resolves with the exit code when the daemon has stopped. */
+  readonly done: Promise<number>;
+
+  constructor(opts: Options, log: Log) {
+    this.opts = opts;
+    this.log = log;
+    this.done = new Promise((resolve) => {
+      this.finished = resolve;
+    });
+  }
+
+  get stopping(): boolean {
+    return this.exitCode !== null;
+  }
+
+  get isReady(): boolean {
+    return this.ready.lease && this.ready.tun && this.ready.rules && this.ready.subnetEnv;
+  }
+
+  async start(): Promise<void> {
+    const { opts, log } = this;
+    checkPrivileges();
+    const iface = findExternalInterface(opts.iface, opts.ifaceRegex);
+    const publicIp = opts.publicIp === "" ? iface.addr : parseIpv4(opts.publicIp);
+    if (publicIp < 0) throw new Error(`--public-ip "${opts.publicIp}" is not an IPv4 address`);
+    log.info({ iface: iface.name, addr: formatIpv4(iface.addr), mtu: iface.mtu, publicIp: formatIpv4(publicIp) }, "using interface");
+    if (opts.kubeSubnetMgr) throw new Error("--kube-subnet-mgr is not supported yet: use etcd or --registry-dir");
+    this.startHealth();
+
+    this.registry = await openRegistry(opts, log);
+    log.info({ registry: this.registry.description }, "registry");
+    const previous = await readSubnetEnv(opts.subnetFile);
+    const manager = new LeaseManager({
+      registry: this.registry,
+      publicIp,
+      previousSubnet: previous?.subnet ?? null,
+      renewMarginMinutes: opts.subnetLeaseRenewMargin,
+      log,
+      onLeases: (leases) => this.installLeases(leases),
+      onRevoked: () => {
+        log.error({ subnet: this.manager?.lease ? formatPrefix(this.manager.lease.subnet) : null }, "lease has been revoked");
+        void this.stop(1);
+      },
+      onRenewed: (lease) => log.info({ lease: describeLease(lease), expiresAt: lease.expiresAt }, "lease renewed"),
+      onConnection: (connected, err) =>
+        connected ? log.info("registry reconnected") : log.warn({ err: err?.message }, "registry disconnected"),
+      onSkipped: (key, reason) => log.warn({ key, reason }, "skipping unreadable lease"),
+    });
+    this.manager = manager;
+    const lease = await manager.start();
+    if (this.exitCode !== null) return;
+    const config = manager.config as NetworkConfig;
+    this.ready.lease = true;
+    log.info({ lease: describeLease(lease), expiresAt: lease.expiresAt }, "lease acquired");
+
+    await this.startDataplane(iface, lease, config);
+    this.installLeases([...manager.peers.values()]);
+
+    const mtu = iface.mtu - UDP_OVERHEAD;
+    await writeSubnetEnv(opts.subnetFile, { network: config.network, subnet: lease.subnet, mtu, ipMasq: opts.ipMasq });
+    this.ready.subnetEnv = true;
+    log.info({ path: opts.subnetFile }, "wrote subnet file");
+
+    await this.syncRules(config, lease);
+    this.ready.rules = true;
+    if (opts.ipMasq || opts.iptablesForwardRules) {
+      this.resyncTimer = setInterval(() => {
+        this.syncRules(config, lease).catch((err) => log.error({ err: (err as Error).message }, "iptables resync failed"));
+      }, opts.iptablesResync * 1000);
+      this.resyncTimer.unref();
+    }
+    this.notifySystemd();
+    log.info({ subnet: formatPrefix(lease.subnet), tun: this.device?.name }, "running");
+  }
+
+  private async startDataplane(iface: ExternalInterface, lease: Lease, config: NetworkConfig): Promise<void> {
+    const mtu = iface.mtu - UDP_OVERHEAD;
+    const port = this.opts.port || config.backend.port;
+    this.device = TunDevice.open("flannel%d");
+    await configureTun(this.device.name, lease.subnet, mtu, config.network);
+    this.ready.tun = linkIsUp(this.device.name);
+    this.transport = UdpTransport.bind(iface.addr, port);
+    this.engine = new Engine({
+      device: this.device,
+      transport: this.transport,
+      localAddr: lease.subnet.base,
+      mtu,
+      peerCheck: this.opts.peerCheck,
+      strictInnerSource: this.opts.strictInnerSource,
+      counters: this.counters,
+      onError: (err, side) => {
+        this.log.error({ err: err.message, side }, side === "device" ? "flannel0 failed" : "UDP socket failed");
+        void this.stop(1);
+      },
+    });
+    this.engine.start();
+    this.log.info({ tun: this.device.name, mtu, bind: `${formatIpv4(iface.addr)}:${port}` }, "dataplane up");
+  }
+
+  private installLeases(leases: readonly Lease[]): void {
+    const config = this.manager?.config;
+    if (this.engine === null || config == null) return;
+    const table = LeaseTable.build(config.network, config.subnetLen, leases, this.opts.port || config.backend.port);
+    const before = this.engine.leaseTable;
+    this.engine.setTable(table);
+    const had = new Set(before.leases.map((l) => `${formatPrefix(l.subnet)} ${l.publicIp}`));
+    const has = new Set(leases.map((l) => `${formatPrefix(l.subnet)} ${l.publicIp}`));
+    for (const l of leases) {
+      if (!had.has(`${formatPrefix(l.subnet)} ${l.publicIp}`)) this.log.info({ lease: describeLease({ ...l, expiresAt: null }) }, "peer added");
+    }
+    for (const l of before.leases) {
+      if (!has.has(`${formatPrefix(l.subnet)} ${l.publicIp}`)) this.log.info({ lease: describeLease({ ...l, expiresAt: null }) }, "peer removed");
+    }
+  }
+
+  private async syncRules(config: NetworkConfig, lease: Lease): Promise<void> {
+    const chains = [];
+    if (this.opts.ipMasq) chains.push(masqChain(config.network, lease.subnet));
+    if (this.opts.iptablesForwardRules) chains.push(forwardChain(config.network));
+    for (const chain of chains) {
+      if (await ensureChain(chain)) this.log.info({ table: chain.table, chain: chain.chain }, "iptables rules installed");
+    }
+  }
+
+  private notifySystemd(): void {
+    const socket = process.env.NOTIFY_SOCKET;
+    if (socket === undefined || socket === "") return;
+    try {
+      loadAddon().notify(socket, "READY=1");
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, "could not notify systemd");
+    }
+  }
+
+  private startHealth(): void {
+    if (this.opts.healthzPort === 0) return;
+    const metrics = createMetrics({
+      counters: this.counters,
+      leaseCount: () => this.engine?.leaseTable.size ?? 0,
+      leaseExpiresAt: () => this.manager?.expiresAt ?? null,
+      registryConnected: () => this.manager?.connected ?? false,
+      deviceWriteErrors: () => this.device?.writeErrors ?? 0,
+      transportSendErrors: () => this.transport?.sendErrors ?? 0,
+    });
+    this.health = createServer((req, res) => {
+      const path = (req.url ?? "/").split("?")[0];
+      if (path === "/healthz") {
+        res.writeHead(200, { "content-type": "text/plain" }).end("flanneld is running");
+      } else if (path === "/readyz") {
+        const ready = this.isReady && this.device !== null && linkIsUp(this.device.name);
+        res.writeHead(ready ? 200 : 503, { "content-type": "application/json" }).end(JSON.stringify(this.ready));
+      } else if (path === "/metrics") {
+        metrics.metrics().then(
+          (text) => res.writeHead(200, { "content-type": metrics.contentType }).end(text),
+          (err) => res.writeHead(500).end(String(err)),
+        );
+      } else {
+        res.writeHead(404).end("not found");
+      }
+    });
+    this.health.on("error", (err) => {
+      this.log.error({ err: err.message }, `healthz ${this.opts.healthzIp}:${this.opts.healthzPort} failed`);
+      void this.stop(1);
+    });
+    this.health.listen(this.opts.healthzPort, this.opts.healthzIp);
+  }
+
+  /** Stops everything; flannel0 disappears with its fd, the lease stays for reuse. */
+  async stop(code: number): Promise<void> {
+    if (this.exitCode !== null) return;
+    this.exitCode = code;
+    if (this.resyncTimer) clearInterval(this.resyncTimer);
+    this.engine?.stop();
+    this.device?.close();
+    this.transport?.close();
+    this.manager?.stop();
+    this.health?.close();
+    this.health?.closeAllConnections();
+    try {
+      await this.registry?.close();
+    } catch {
+      // Closing a registry that is already gone is not worth a failed exit.
+    }
+    this.finished(code);
+  }
+}

@@ -1,0 +1,143 @@
+// Prometheus metrics (flannel has none). The dataplane keeps plain numbers;
+// prom-client reads them in collect callbacks at scrape time, so the hot loop
+// never touches a metrics object.
+
+import { Counter, Gauge, Registry } from "prom-client";
+import { type Counters, DROP_NAMES, type DirectionCounters, ICMP_NAMES } from "../dataplane/counters.js";
+
+export interface MetricSources {
+  readonly counters: Counters;
+  /** Peer leases in the forwarding table. */
+  leaseCount(): number;
+  /** Our lease's expiry, ms since the epoch; null for a reservation or before acquisition. */
+  leaseExpiresAt(): number | null;
+  registryConnected(): boolean;
+  /** Kernel-refused writes/sends (counted by the native layer). */
+  deviceWriteErrors(): number;
+  transportSendErrors(): number;
+}
+
+/**
+ * Counters here mirror absolute values kept by the dataplane: each scrape
+ * resets the prom-client counter and adds the current value (public API only).
+ */
+function setTotal(c: Counter<string>, labels: Record<string, string>, value: number): void {
+  c.inc(labels, value);
+}
+
+export function createMetrics(src: MetricSources): Registry {
+  const registry = new Registry();
+  const c = src.counters;
+  const dirs: [string, DirectionCounters][] = [
+    ["tx", c.tx],
+    ["rx", c.rx],
+  ];
+
+  new Counter({
+    name: "weft_packets_total",
+    help: "Packets per direction (tx: flannel0 to peers, rx: peers to flannel0) and stage (in: read, out: forwarded)",
+    labelNames: ["direction", "stage"],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [d, n] of dirs) {
+        setTotal(this, { direction: d, stage: "in" }, n.inPackets);
+        setTotal(this, { direction: d, stage: "out" }, n.outPackets);
+      }
+    },
+  });
+  new Counter({
+    name: "weft_bytes_total",
+    help: "Inner IP bytes per direction and stage",
+    labelNames: ["direction", "stage"],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [d, n] of dirs) {
+        setTotal(this, { direction: d, stage: "in" }, n.inBytes);
+        setTotal(this, { direction: d, stage: "out" }, n.outBytes);
+      }
+    },
+  });
+  new Counter({
+    name: "weft_drops_total",
+    help: "Packets not forwarded, per direction and reason",
+    labelNames: ["direction", "reason"],
+    registers: [registry],
+    collect() {
+      for (const [d, n] of dirs) {
+        for (let i = 0; i < DROP_NAMES.length; i++) {
+          const reason = DROP_NAMES[i] as string;
+          let value = n.drops[i] as number;
+          if (d === "tx" && reason === "send_error") value += src.transportSendErrors();
+          if (d === "rx" && reason === "write_error") value += src.deviceWriteErrors();
+          setTotal(this, { direction: d, reason }, value);
+        }
+      }
+    },
+  });
+  new Counter({
+    name: "weft_icmp_sent_total",
+    help: "ICMP errors sent, per type",
+    labelNames: ["type"],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (let i = 0; i < ICMP_NAMES.length; i++) setTotal(this, { type: ICMP_NAMES[i] as string }, c.icmpSent[i] as number);
+    },
+  });
+  new Counter({
+    name: "weft_icmp_rate_limited_total",
+    help: "ICMP errors suppressed because their destination was over its rate",
+    registers: [registry],
+    collect() {
+      this.reset();
+      setTotal(this, {}, c.icmpRateLimited);
+    },
+  });
+  new Gauge({
+    name: "weft_batch_size_mean",
+    help: "Mean packets per batch since start, per direction",
+    labelNames: ["direction"],
+    registers: [registry],
+    collect() {
+      for (const [d, n] of dirs) this.set({ direction: d }, n.batches === 0 ? 0 : n.inPackets / n.batches);
+    },
+  });
+  new Counter({
+    name: "weft_batches_total",
+    help: "Batches handled per direction",
+    labelNames: ["direction"],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [d, n] of dirs) setTotal(this, { direction: d }, n.batches);
+    },
+  });
+  new Gauge({
+    name: "weft_leases",
+    help: "Peer leases in the forwarding table",
+    registers: [registry],
+    collect() {
+      this.set(src.leaseCount());
+    },
+  });
+  new Gauge({
+    name: "weft_registry_connected",
+    help: "1 while the lease registry (etcd or directory) is reachable",
+    registers: [registry],
+    collect() {
+      this.set(src.registryConnected() ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: "weft_lease_expiry_timestamp_seconds",
+    help: "When this host's lease expires (0 for a reservation that never does)",
+    registers: [registry],
+    collect() {
+      const at = src.leaseExpiresAt();
+      this.set(at === null ? 0 : at / 1000);
+    },
+  });
+  return registry;
+}

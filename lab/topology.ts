@@ -1,0 +1,272 @@
+// The lab's hosts and pods, all inside network namespaces it creates (BENCH.md
+// topology). Two hosts get a direct underlay veth; more hosts hang off a bridge
+// in a switch namespace. Underlay 198.18.0.0/24, pods from the hosts' leases
+// in 10.244.0.0/16. Nothing is created in the root namespace: every veth is
+// born inside its namespaces (`ip -n`), so deleting the namespaces removes it.
+// Used by `npm run lab`, the netns end-to-end tests and `bench lab`.
+
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { promisify } from "node:util";
+
+const execFileAsync = promisify(execFile);
+
+export const UNDERLAY_PREFIX = "198.18.0";
+export const DEFAULT_NETWORK_CONFIG = '{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":8285}}';
+
+export async function sh(cmd: string, args: readonly string[], opts: { timeoutMs?: number } = {}): Promise<string> {
+  try {
+    const { stdout } = await execFileAsync(cmd, args as string[], { timeout: opts.timeoutMs ?? 60_000 });
+    return stdout;
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    throw new Error(`${cmd} ${args.join(" ")}: ${String(e.stderr ?? "").trim() || e.message}`);
+  }
+}
+
+/** Runs a command inside a namespace. */
+export function nsRun(ns: string, cmd: string, args: readonly string[], opts: { timeoutMs?: number } = {}): Promise<string> {
+  return sh("ip", ["netns", "exec", ns, cmd, ...args], opts);
+}
+
+export interface LabHost {
+  readonly index: number;
+  readonly ns: string;
+  /** Underlay interface name inside the host namespace. */
+  readonly iface: string;
+  readonly underlayIp: string;
+  /** Per-host state: subnet.env, logs. */
+  readonly dir: string;
+  weft: ChildProcess | null;
+}
+
+export interface LabPod {
+  readonly host: LabHost;
+  readonly ns: string;
+  readonly ip: string;
+}
+
+export interface LabState {
+  readonly prefix: string;
+  readonly dir: string;
+  readonly namespaces: string[];
+  readonly pids: number[];
+}
+
+export interface SubnetEnvFields {
+  network: string;
+  subnet: string;
+  mtu: number;
+}
+
+export function readSubnetEnvFile(path: string): SubnetEnvFields {
+  const text = readFileSync(path, "utf8");
+  const get = (k: string) => new RegExp(`^${k}=(.*)$`, "m").exec(text)?.[1];
+  const network = get("FLANNEL_NETWORK");
+  const subnet = get("FLANNEL_SUBNET");
+  const mtu = Number(get("FLANNEL_MTU"));
+  if (network === undefined || subnet === undefined || !(mtu > 0)) throw new Error(`${path}: incomplete subnet.env`);
+  return { network, subnet, mtu };
+}
+
+export class Lab {
+  readonly hosts: LabHost[] = [];
+  readonly pods: LabPod[] = [];
+  readonly namespaces: string[] = [];
+  private readonly prefix: string;
+  readonly dir: string;
+  readonly registryDir: string;
+  private destroyed = false;
+
+  private constructor(prefix: string, dir: string) {
+    this.prefix = prefix;
+    this.dir = dir;
+    this.registryDir = join(dir, "registry");
+  }
+
+  /**
+   * Creates `hosts` host namespaces on an underlay. `prefix` names everything
+   * (keep it short: veth names are limited to 15 characters).
+   */
+  static async create(opts: { prefix: string; hosts: number; dir: string; underlayMtu?: number[] }): Promise<Lab> {
+    if (!/^[a-z0-9]{1,8}$/.test(opts.prefix)) throw new Error(`lab prefix "${opts.prefix}" must be 1..8 of [a-z0-9]`);
+    if (opts.hosts < 2 || opts.hosts > 200) throw new Error(`lab hosts ${opts.hosts} must be between 2 and 200`);
+    mkdirSync(opts.dir, { recursive: true });
+    const lab = new Lab(opts.prefix, opts.dir);
+    try {
+      await lab.build(opts.hosts, opts.underlayMtu ?? []);
+    } catch (err) {
+      await lab.destroy();
+      throw err;
+    }
+    return lab;
+  }
+
+  private async addNamespace(name: string): Promise<void> {
+    await sh("ip", ["netns", "add", name]);
+    this.namespaces.push(name);
+    await sh("ip", ["-n", name, "link", "set", "lo", "up"]);
+  }
+
+  private async build(count: number, mtus: number[]): Promise<void> {
+    for (let i = 1; i <= count; i++) {
+      const ns = `${this.prefix}-h${i}`;
+      await this.addNamespace(ns);
+      const dir = join(this.dir, `h${i}`);
+      mkdirSync(dir, { recursive: true });
+      this.hosts.push({ index: i, ns, iface: "eth0", underlayIp: `${UNDERLAY_PREFIX}.${i}`, dir, weft: null });
+      for (const [key, value] of [
+        ["net.ipv4.ip_forward", "1"],
+        ["net.ipv4.conf.all.rp_filter", "0"],
+        ["net.ipv4.conf.default.rp_filter", "0"],
+      ]) {
+        await nsRun(ns, "sysctl", ["-qw", `${key}=${value}`]);
+      }
+    }
+    if (count === 2) {
+      const [a, b] = this.hosts as [LabHost, LabHost];
+      await sh("ip", ["-n", a.ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b.ns]);
+    } else {
+      const sw = `${this.prefix}-sw`;
+      await this.addNamespace(sw);
+      await sh("ip", ["-n", sw, "link", "add", "br0", "type", "bridge"]);
+      await sh("ip", ["-n", sw, "link", "set", "br0", "up"]);
+      for (const h of this.hosts) {
+        const port = `h${h.index}`;
+        await sh("ip", ["-n", h.ns, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", sw]);
+        await sh("ip", ["-n", sw, "link", "set", port, "master", "br0", "up"]);
+      }
+    }
+    for (const h of this.hosts) {
+      const mtu = mtus[h.index - 1];
+      if (mtu !== undefined) await sh("ip", ["-n", h.ns, "link", "set", "eth0", "mtu", String(mtu)]);
+      await sh("ip", ["-n", h.ns, "addr", "add", `${h.underlayIp}/24`, "dev", "eth0"]);
+      await sh("ip", ["-n", h.ns, "link", "set", "eth0", "up"]);
+    }
+  }
+
+  /** Writes the network config into the lab's file registry. */
+  writeRegistryConfig(config = DEFAULT_NETWORK_CONFIG): void {
+    mkdirSync(this.registryDir, { recursive: true });
+    writeFileSync(join(this.registryDir, "config"), config);
+  }
+
+  subnetFile(host: LabHost): string {
+    return join(host.dir, "subnet.env");
+  }
+
+  /**
+   * Starts weftd in the host's namespace (file registry by default); extra
+   * flags are appended. Its log goes to <host dir>/weftd.log.
+   */
+  startWeft(host: LabHost, extra: readonly string[] = []): ChildProcess {
+    if (host.weft !== null && host.weft.exitCode === null) throw new Error(`weftd already runs on ${host.ns}`);
+    const main = new URL("../control/main.js", import.meta.url).pathname;
+    const args = [
+      "netns",
+      "exec",
+      host.ns,
+      process.execPath,
+      main,
+      "--iface",
+      host.iface,
+      "--subnet-file",
+      this.subnetFile(host),
+      ...(extra.some((a) => a.includes("etcd-endpoints")) ? [] : ["--registry-dir", this.registryDir]),
+      ...extra,
+    ];
+    const log = openSync(join(host.dir, "weftd.log"), "a");
+    const child = spawn("ip", args, { stdio: ["ignore", log, log] });
+    host.weft = child;
+    return child;
+  }
+
+  /** Waits until weftd on `host` has written a subnet.env newer than `since`. */
+  async waitForSubnetEnv(host: LabHost, timeoutMs = 20_000, since = 0): Promise<SubnetEnvFields> {
+    const path = this.subnetFile(host);
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        const { mtimeMs } = statSync(path);
+        if (mtimeMs > since) return readSubnetEnvFile(path);
+      } catch {
+        // Not written yet.
+      }
+      if (host.weft !== null && host.weft.exitCode !== null) {
+        throw new Error(`weftd on ${host.ns} exited with ${host.weft.exitCode}: ${this.logTail(host)}`);
+      }
+      if (Date.now() > deadline) throw new Error(`weftd on ${host.ns} wrote no subnet.env in ${timeoutMs} ms: ${this.logTail(host)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  logTail(host: LabHost, lines = 15): string {
+    try {
+      return readFileSync(join(host.dir, "weftd.log"), "utf8").trim().split("\n").slice(-lines).join("\n");
+    } catch {
+      return "(no log)";
+    }
+  }
+
+  /**
+   * A pod by hand (the kernel wiring the flannel CNI chain would do): a veth
+   * from the host's namespace into a pod namespace, the host side taking the
+   * subnet's first address, the pod the `podIndex`+1-th, MTU from subnet.env.
+   */
+  async addPod(host: LabHost, env: SubnetEnvFields, podIndex = 1): Promise<LabPod> {
+    const ns = `${this.prefix}-p${host.index}${podIndex > 1 ? `-${podIndex}` : ""}`;
+    await this.addNamespace(ns);
+    const [gw, len] = env.subnet.split("/") as [string, string];
+    const octets = gw.split(".").map(Number);
+    const podIp = `${octets[0]}.${octets[1]}.${octets[2]}.${(octets[3] as number) + podIndex}`;
+    const hostSide = `pod${podIndex}`;
+    await sh("ip", ["-n", host.ns, "link", "add", hostSide, "mtu", String(env.mtu), "type", "veth", "peer", "name", "eth0", "netns", ns]);
+    if (podIndex === 1) await sh("ip", ["-n", host.ns, "addr", "add", `${gw}/${len}`, "dev", hostSide]);
+    else await sh("ip", ["-n", host.ns, "route", "replace", `${podIp}/32`, "dev", hostSide]);
+    await sh("ip", ["-n", host.ns, "link", "set", hostSide, "up"]);
+    await sh("ip", ["-n", ns, "link", "set", "eth0", "mtu", String(env.mtu)]);
+    await sh("ip", ["-n", ns, "addr", "add", `${podIp}/${len}`, "dev", "eth0"]);
+    await sh("ip", ["-n", ns, "link", "set", "eth0", "up"]);
+    await sh("ip", ["-n", ns, "route", "add", "default", "via", gw]);
+    const pod = { host, ns, ip: podIp };
+    this.pods.push(pod);
+    return pod;
+  }
+
+  /** Stops weftd on a host with `signal` and waits for it to exit; returns its exit code. */
+  async stopWeft(host: LabHost, signal: NodeJS.Signals = "SIGTERM", timeoutMs = 10_000): Promise<number | null> {
+    const child = host.weft;
+    if (child === null) return null;
+    host.weft = null;
+    if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+    const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+    child.kill(signal);
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    const code = await exited;
+    clearTimeout(timer);
+    return code;
+  }
+
+  state(): LabState {
+    const pids = this.hosts.flatMap((h) => (h.weft?.pid !== undefined && h.weft.exitCode === null ? [h.weft.pid] : []));
+    return { prefix: this.prefix, dir: this.dir, namespaces: [...this.namespaces], pids };
+  }
+
+  /** Stops every weftd, deletes every namespace (and with them every veth and TUN), removes the lab dir. */
+  async destroy(opts: { keepDir?: boolean } = {}): Promise<void> {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    await Promise.all(this.hosts.map((h) => this.stopWeft(h).catch(() => null)));
+    await destroyNamespaces(this.namespaces);
+    if (!opts.keepDir) rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** Deletes namespaces that exist among `names` (missing ones are fine). */
+export async function destroyNamespaces(names: readonly string[]): Promise<void> {
+  const listed = (await sh("ip", ["netns", "list"])).split("\n").map((l) => l.split(" ")[0]);
+  for (const name of names) {
+    if (listed.includes(name)) await sh("ip", ["netns", "del", name]);
+  }
+}
