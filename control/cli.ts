@@ -13,28 +13,56 @@ interface FlagSpec {
 
 /** The flag table; also the source of `--help`. */
 export const FLAGS = {
-  "etcd-endpoints": { kind: "string", def: "http://127.0.0.1:4001,http://127.0.0.1:2379", help: "comma-separated etcd endpoints" },
+  "etcd-endpoints": {
+    kind: "string",
+    def: "http://127.0.0.1:4001,http://127.0.0.1:2379",
+    help: "comma-separated etcd endpoints",
+  },
   "etcd-prefix": { kind: "string", def: "/coreos.com/network", help: "etcd prefix" },
   "etcd-keyfile": { kind: "string", def: "", help: "SSL key file used to secure etcd communication" },
   "etcd-certfile": { kind: "string", def: "", help: "SSL certification file used to secure etcd communication" },
   "etcd-cafile": { kind: "string", def: "", help: "SSL Certificate Authority file used to secure etcd communication" },
   "etcd-username": { kind: "string", def: "", help: "username for BasicAuth to etcd" },
   "etcd-password": { kind: "string", def: "", help: "password for BasicAuth to etcd" },
-  "registry-dir": { kind: "string", def: "", help: "use the embedded file registry in this directory instead of etcd (one machine only)" },
+  "registry-dir": {
+    kind: "string",
+    def: "",
+    help: "use the embedded file registry in this directory instead of etcd (one machine only)",
+  },
   iface: { kind: "list", def: [], help: "interface to use (IP or name) for inter-host communication; repeatable" },
   "iface-regex": { kind: "list", def: [], help: "regex matching the first interface (IP or name) to use; repeatable" },
   "public-ip": { kind: "string", def: "", help: "IP accessible by other nodes for inter-host communication" },
-  "subnet-file": { kind: "string", def: "/run/flannel/subnet.env", help: "filename where env variables (subnet, MTU, ...) will be written to" },
+  "subnet-file": {
+    kind: "string",
+    def: "/run/flannel/subnet.env",
+    help: "filename where env variables (subnet, MTU, ...) will be written to",
+  },
   "subnet-lease-renew-margin": { kind: "int", def: 60, help: "subnet lease renewal margin, in minutes" },
-  "ip-masq": { kind: "bool", def: false, help: "setup IP masquerade rule for traffic destined outside of overlay network" },
+  "ip-masq": {
+    kind: "bool",
+    def: false,
+    help: "setup IP masquerade rule for traffic destined outside of overlay network",
+  },
   "iptables-resync": { kind: "int", def: 5, help: "resync period for iptables rules, in seconds" },
   "iptables-forward-rules": { kind: "bool", def: true, help: "add default accept rules to FORWARD chain in iptables" },
   "healthz-ip": { kind: "string", def: "0.0.0.0", help: "the IP address for healthz server to listen" },
   "healthz-port": { kind: "int", def: 0, help: "the port for healthz server to listen (0 to disable)" },
   port: { kind: "int", def: 0, help: "UDP port (default: Backend.Port from the network config, 8285)" },
-  "peer-check": { kind: "bool", def: true, help: "accept datagrams only from hosts that hold a lease (--no-peer-check for NAT'd peers)" },
-  "strict-inner-source": { kind: "bool", def: false, help: "drop tunnelled packets whose inner source is outside the sender's subnet" },
-  "kube-subnet-mgr": { kind: "bool", def: false, help: "contact the Kubernetes API for subnet assignment (not supported yet)" },
+  "peer-check": {
+    kind: "bool",
+    def: true,
+    help: "accept datagrams only from hosts that hold a lease (--no-peer-check for NAT'd peers)",
+  },
+  "strict-inner-source": {
+    kind: "bool",
+    def: false,
+    help: "drop tunnelled packets whose inner source is outside the sender's subnet",
+  },
+  "kube-subnet-mgr": {
+    kind: "bool",
+    def: false,
+    help: "contact the Kubernetes API for subnet assignment (not supported yet)",
+  },
   v: { kind: "int", def: 0, help: "log level: 0 info, 1+ debug" },
   version: { kind: "bool", def: false, help: "print version and exit" },
   help: { kind: "bool", def: false, help: "print this help and exit" },
@@ -172,7 +200,9 @@ function validate(o: Options): void {
   if (o.healthzPort > 65535) throw new UsageError(`flag --healthz-port: ${o.healthzPort} is not a port`);
   if (o.port > 65535) throw new UsageError(`flag --port: ${o.port} is not a port`);
   if (o.subnetLeaseRenewMargin >= 24 * 60) {
-    throw new UsageError(`flag --subnet-lease-renew-margin: ${o.subnetLeaseRenewMargin} minutes is not below the 24 h lease`);
+    throw new UsageError(
+      `flag --subnet-lease-renew-margin: ${o.subnetLeaseRenewMargin} minutes is not below the 24 h lease`,
+    );
   }
   for (const re of o.ifaceRegex) {
     try {
@@ -182,14 +212,19 @@ function validate(o: Options): void {
     }
   }
   for (const e of o.etcdEndpoints) {
-    if (!/^https?:\/\/[^/]+\/?$/.test(e)) throw new UsageError(`flag --etcd-endpoints: "${e}" is not an http(s)://host:port URL`);
+    if (!/^https?:\/\/[^/]+\/?$/.test(e))
+      throw new UsageError(`flag --etcd-endpoints: "${e}" is not an http(s)://host:port URL`);
   }
 }
 
 export function usage(): string {
   const lines = ["Usage: weftd [flags]", ""];
   for (const [name, spec] of Object.entries(FLAGS) as [string, FlagSpec][]) {
-    const def = Array.isArray(spec.def) ? "" : spec.def === "" || spec.def === undefined ? "" : ` (default ${spec.def})`;
+    const def = Array.isArray(spec.def)
+      ? ""
+      : spec.def === "" || spec.def === undefined
+        ? ""
+        : ` (default ${spec.def})`;
     lines.push(`  --${name}${spec.kind === "bool" ? "" : ` ${spec.kind}`}`.padEnd(36) + spec.help + def);
   }
   lines.push("", "Every flag may also be spelled with one dash, and set as FLANNELD_<FLAG> in the environment.");

@@ -94,7 +94,10 @@ export class Daemon {
     const iface = findExternalInterface(opts.iface, opts.ifaceRegex);
     const publicIp = opts.publicIp === "" ? iface.addr : parseIpv4(opts.publicIp);
     if (publicIp < 0) throw new Error(`--public-ip "${opts.publicIp}" is not an IPv4 address`);
-    log.info({ iface: iface.name, addr: formatIpv4(iface.addr), mtu: iface.mtu, publicIp: formatIpv4(publicIp) }, "using interface");
+    log.info(
+      { iface: iface.name, addr: formatIpv4(iface.addr), mtu: iface.mtu, publicIp: formatIpv4(publicIp) },
+      "using interface",
+    );
     if (opts.kubeSubnetMgr) throw new Error("--kube-subnet-mgr is not supported yet: use etcd or --registry-dir");
     this.startHealth();
 
@@ -109,7 +112,10 @@ export class Daemon {
       log,
       onLeases: (leases) => this.installLeases(leases),
       onRevoked: () => {
-        log.error({ subnet: this.manager?.lease ? formatPrefix(this.manager.lease.subnet) : null }, "lease has been revoked");
+        log.error(
+          { subnet: this.manager?.lease ? formatPrefix(this.manager.lease.subnet) : null },
+          "lease has been revoked",
+        );
         void this.stop(1);
       },
       onRenewed: (lease) => log.info({ lease: describeLease(lease), expiresAt: lease.expiresAt }, "lease renewed"),
@@ -136,7 +142,9 @@ export class Daemon {
     this.ready.rules = true;
     if (opts.ipMasq || opts.iptablesForwardRules) {
       this.resyncTimer = setInterval(() => {
-        this.syncRules(config, lease).catch((err) => log.error({ err: (err as Error).message }, "iptables resync failed"));
+        this.syncRules(config, lease).catch((err) =>
+          log.error({ err: (err as Error).message }, "iptables resync failed"),
+        );
       }, opts.iptablesResync * 1000);
       this.resyncTimer.unref();
     }
@@ -177,10 +185,12 @@ export class Daemon {
     const had = new Set(before.leases.map((l) => `${formatPrefix(l.subnet)} ${l.publicIp}`));
     const has = new Set(leases.map((l) => `${formatPrefix(l.subnet)} ${l.publicIp}`));
     for (const l of leases) {
-      if (!had.has(`${formatPrefix(l.subnet)} ${l.publicIp}`)) this.log.info({ lease: describeLease({ ...l, expiresAt: null }) }, "peer added");
+      if (!had.has(`${formatPrefix(l.subnet)} ${l.publicIp}`))
+        this.log.info({ lease: describeLease({ ...l, expiresAt: null }) }, "peer added");
     }
     for (const l of before.leases) {
-      if (!has.has(`${formatPrefix(l.subnet)} ${l.publicIp}`)) this.log.info({ lease: describeLease({ ...l, expiresAt: null }) }, "peer removed");
+      if (!has.has(`${formatPrefix(l.subnet)} ${l.publicIp}`))
+        this.log.info({ lease: describeLease({ ...l, expiresAt: null }) }, "peer removed");
     }
   }
 
@@ -189,7 +199,8 @@ export class Daemon {
     if (this.opts.ipMasq) chains.push(masqChain(config.network, lease.subnet));
     if (this.opts.iptablesForwardRules) chains.push(forwardChain(config.network));
     for (const chain of chains) {
-      if (await ensureChain(chain)) this.log.info({ table: chain.table, chain: chain.chain }, "iptables rules installed");
+      if (await ensureChain(chain))
+        this.log.info({ table: chain.table, chain: chain.chain }, "iptables rules installed");
     }
   }
 

@@ -91,7 +91,11 @@ function linkExists(name: string): boolean {
  */
 export function findExternalInterface(ifaces: readonly string[], regexes: readonly string[]): ExternalInterface {
   const links = listLinks();
-  const pick = (link: LinkAddrs, addr: string): ExternalInterface => ({ name: link.name, addr: parseIpv4(addr), mtu: link.mtu });
+  const pick = (link: LinkAddrs, addr: string): ExternalInterface => ({
+    name: link.name,
+    addr: parseIpv4(addr),
+    mtu: link.mtu,
+  });
 
   for (const want of ifaces) {
     if (parseIpv4(want) >= 0) {
@@ -101,7 +105,9 @@ export function findExternalInterface(ifaces: readonly string[], regexes: readon
     }
     const link = links.find((l) => l.name === want);
     if (link === undefined) {
-      throw new HostError(linkExists(want) ? `--iface ${want}: the interface has no IPv4 address` : `--iface ${want}: no such interface`);
+      throw new HostError(
+        linkExists(want) ? `--iface ${want}: the interface has no IPv4 address` : `--iface ${want}: no such interface`,
+      );
     }
     const addr = link.addrs[0];
     if (addr === undefined) throw new HostError(`--iface ${want}: the interface has no IPv4 address`);
@@ -120,7 +126,8 @@ export function findExternalInterface(ifaces: readonly string[], regexes: readon
   if (name === null) throw new HostError("no default route to pick the interface from: pass --iface");
   const link = links.find((l) => l.name === name);
   const addr = link?.addrs[0];
-  if (link === undefined || addr === undefined) throw new HostError(`default-route interface ${name} has no IPv4 address: pass --iface`);
+  if (link === undefined || addr === undefined)
+    throw new HostError(`default-route interface ${name} has no IPv4 address: pass --iface`);
   return pick(link, addr);
 }
 
@@ -146,7 +153,8 @@ export async function configureTun(name: string, lease: Ipv4Prefix, mtu: number,
     await run("ip", ["route", "add", formatPrefix(network), "dev", name]);
   } catch (err) {
     const stderr = String((err as { stderr?: string }).stderr ?? "");
-    if (!/File exists/.test(stderr)) throw new HostError(`ip route add ${formatPrefix(network)} dev ${name}: ${stderr.trim()}`);
+    if (!/File exists/.test(stderr))
+      throw new HostError(`ip route add ${formatPrefix(network)} dev ${name}: ${stderr.trim()}`);
   }
   writeFileSync(`/proc/sys/net/ipv4/conf/${name}/accept_local`, "1");
 }

@@ -83,7 +83,8 @@ export function createMetrics(src: MetricSources): Registry {
     registers: [registry],
     collect() {
       this.reset();
-      for (let i = 0; i < ICMP_NAMES.length; i++) setTotal(this, { type: ICMP_NAMES[i] as string }, c.icmpSent[i] as number);
+      for (let i = 0; i < ICMP_NAMES.length; i++)
+        setTotal(this, { type: ICMP_NAMES[i] as string }, c.icmpSent[i] as number);
     },
   });
   new Counter({

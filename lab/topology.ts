@@ -26,7 +26,12 @@ export async function sh(cmd: string, args: readonly string[], opts: { timeoutMs
 }
 
 /** Runs a command inside a namespace. */
-export function nsRun(ns: string, cmd: string, args: readonly string[], opts: { timeoutMs?: number } = {}): Promise<string> {
+export function nsRun(
+  ns: string,
+  cmd: string,
+  args: readonly string[],
+  opts: { timeoutMs?: number } = {},
+): Promise<string> {
   return sh("ip", ["netns", "exec", ns, cmd, ...args], opts);
 }
 
@@ -196,7 +201,8 @@ export class Lab {
       if (host.weft !== null && host.weft.exitCode !== null) {
         throw new Error(`weftd on ${host.ns} exited with ${host.weft.exitCode}: ${this.logTail(host)}`);
       }
-      if (Date.now() > deadline) throw new Error(`weftd on ${host.ns} wrote no subnet.env in ${timeoutMs} ms: ${this.logTail(host)}`);
+      if (Date.now() > deadline)
+        throw new Error(`weftd on ${host.ns} wrote no subnet.env in ${timeoutMs} ms: ${this.logTail(host)}`);
       await new Promise((r) => setTimeout(r, 100));
     }
   }
@@ -221,7 +227,22 @@ export class Lab {
     const octets = gw.split(".").map(Number);
     const podIp = `${octets[0]}.${octets[1]}.${octets[2]}.${(octets[3] as number) + podIndex}`;
     const hostSide = `pod${podIndex}`;
-    await sh("ip", ["-n", host.ns, "link", "add", hostSide, "mtu", String(env.mtu), "type", "veth", "peer", "name", "eth0", "netns", ns]);
+    await sh("ip", [
+      "-n",
+      host.ns,
+      "link",
+      "add",
+      hostSide,
+      "mtu",
+      String(env.mtu),
+      "type",
+      "veth",
+      "peer",
+      "name",
+      "eth0",
+      "netns",
+      ns,
+    ]);
     if (podIndex === 1) await sh("ip", ["-n", host.ns, "addr", "add", `${gw}/${len}`, "dev", hostSide]);
     else await sh("ip", ["-n", host.ns, "route", "replace", `${podIp}/32`, "dev", hostSide]);
     await sh("ip", ["-n", host.ns, "link", "set", hostSide, "up"]);
