@@ -6,7 +6,13 @@
 // many packets were consumed: fewer than `count` means the kernel said EAGAIN;
 // call onWritable() and retry the rest from the same arrays when it fires.
 
-import { loadAddon, type NativeError, type NativePacketFd, type NativeUdpSocket, type TunFlags } from "./native/index.js";
+import {
+  loadAddon,
+  type NativeError,
+  type NativePacketFd,
+  type NativeUdpSocket,
+  type TunFlags,
+} from "./native/index.js";
 
 /** Fixed-slot receive arena: packet i sits at bytes[i * slotSize, + lengths[i]). */
 export interface RxArena {
@@ -127,7 +133,10 @@ export class TunDevice implements Device {
   static open(template: string, opts: TunOptions = {}): TunDevice {
     const addon = loadAddon();
     const rx = makeArena(opts.capacity ?? DEFAULT_CAPACITY, opts.slotSize ?? DEFAULT_SLOT_SIZE);
-    const { fd, name } = addon.openTun(template, { vnetHdr: opts.vnetHdr === true, multiQueue: opts.multiQueue === true });
+    const { fd, name } = addon.openTun(template, {
+      vnetHdr: opts.vnetHdr === true,
+      multiQueue: opts.multiQueue === true,
+    });
     return new TunDevice(name, rx, new addon.PacketFd(fd, rx.bytes, rx.lengths, rx.slotSize, rx.capacity));
   }
 
@@ -138,7 +147,8 @@ export class TunDevice implements Device {
     return new TunDevice(name, rx, new addon.PacketFd(fd, rx.bytes, rx.lengths, rx.slotSize, rx.capacity));
   }
 
-  start(onBatch: BatchHandler): void {
+  start(onBatch: BatchHandler, onError?: ErrorHandler): void {
+    if (onError !== undefined) this.errorHandler = onError;
     this.native.start(onBatch, (err) => reportError(this.errorHandler, err));
   }
 
@@ -205,7 +215,8 @@ export class UdpTransport implements Transport {
     return new UdpTransport(rx, native);
   }
 
-  start(onBatch: BatchHandler): void {
+  start(onBatch: BatchHandler, onError?: ErrorHandler): void {
+    if (onError !== undefined) this.errorHandler = onError;
     this.native.start(onBatch, (err) => reportError(this.errorHandler, err));
   }
 

@@ -1,0 +1,11 @@
+// The addon's free functions; the classes have their own headers.
+#pragma once
+
+#include <napi.h>
+
+namespace weft {
+
+Napi::Value OpenTun(const Napi::CallbackInfo& info);
+Napi::Value Notify(const Napi::CallbackInfo& info);
+
+}  // namespace weft

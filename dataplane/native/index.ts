@@ -1,0 +1,144 @@
+// The raw surface of weft.node (built by node-gyp from dataplane/native/*.cc at
+// `npm ci`). The rest of weft uses the typed wrappers in dataplane/io.ts; this
+// module only finds the binary, loads it on first use and declares its types.
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+/** Errors from the addon name the syscall and errno: "bind 198.18.0.1:8285: EADDRINUSE (...)". */
+export interface NativeError extends Error {
+  /** errno name ("EPERM"), or "EOF" when a stream socket's peer closed. */
+  code: string;
+  syscall: string;
+  /** Negative errno, as in Node's own system errors; absent for "EOF". */
+  errno?: number;
+}
+
+/**
+ * Readiness over one fd (uv_poll, level-triggered). After close(): start,
+ * onWritable, write and send throw EBADF; pause, resume and close are no-ops;
+ * getters keep their last values (fd reads -1).
+ */
+export interface NativeSource {
+  /**
+   * Each readiness drains up to `capacity` packets into the arena, then calls
+   * onBatch(count) once (count >= 1). When reading fails (errno, or "EOF") it
+   * stops and onError(err) runs once; resume() restarts it. Without onError
+   * the error is thrown as an uncaught exception. Calling start again
+   * replaces both handlers.
+   */
+  start(onBatch: (count: number) => void, onError?: (err: NativeError) => void): void;
+  pause(): void;
+  /** Also restarts reading after an error. */
+  resume(): void;
+  /** cb() once, the next time the fd is writable; waiters run in order; close() drops them. */
+  onWritable(cb: () => void): void;
+  /** Stops polling; the fd is closed when libuv has closed the poll handle. Idempotent. */
+  close(): void;
+  readonly fd: number;
+  readonly closed: boolean;
+}
+
+/** A TUN queue or a SOCK_SEQPACKET socket: one read()/write() is one packet. */
+export interface NativePacketFd extends NativeSource {
+  /** One write() per packet; returns packets consumed (< count only on EAGAIN). */
+  write(bytes: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, start: number, count: number): number;
+  /** Packets the kernel refused (errno other than EAGAIN/EINTR); they count as consumed. */
+  readonly writeErrors: number;
+  /** Received packets longer than slotSize, dropped before delivery. */
+  readonly truncatedDrops: number;
+}
+
+export interface NativeDatagramArena {
+  bytes: Uint8Array;
+  lengths: Uint32Array;
+  srcAddr: Uint32Array;
+  srcPort: Uint16Array;
+  truncated: Uint8Array;
+  slotSize: number;
+  capacity: number;
+}
+
+/** AF_INET UDP socket with recvmmsg/sendmmsg batches. */
+export interface NativeUdpSocket extends NativeSource {
+  /** sendmmsg with one destination (host order) per datagram; returns datagrams consumed (< count only on EAGAIN). */
+  send(
+    bytes: Uint8Array,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    dstAddr: Uint32Array,
+    dstPort: Uint16Array,
+    start: number,
+    count: number,
+  ): number;
+  /** Datagrams the kernel refused (errno other than EAGAIN/EINTR); they count as consumed. */
+  readonly sendErrors: number;
+  readonly localPort: number;
+  /** SO_RCVBUF / SO_SNDBUF as the kernel reports them (it doubles what was asked). */
+  readonly recvBufferSize: number;
+  readonly sendBufferSize: number;
+}
+
+export interface TunFlags {
+  /** IFF_VNET_HDR: every packet is preceded by a virtio_net_hdr. */
+  vnetHdr?: boolean;
+  /** IFF_MULTI_QUEUE: open further queues of the same device by name. */
+  multiQueue?: boolean;
+}
+
+export interface Addon {
+  /**
+   * new PacketFd(fd, bytes, lengths, slotSize, capacity): owns fd from here on,
+   * also when the constructor throws. The arena arrays must stay untransferred.
+   */
+  PacketFd: new (
+    fd: number,
+    bytes: Uint8Array,
+    lengths: Uint32Array,
+    slotSize: number,
+    capacity: number,
+  ) => NativePacketFd;
+  /** new UdpSocket(bindAddr host order (0 = any), port (0 = any), arena, bufferBytes (0 = kernel default)). */
+  UdpSocket: new (
+    bindAddr: number,
+    port: number,
+    arena: NativeDatagramArena,
+    bufferBytes: number,
+  ) => NativeUdpSocket;
+  /** Opens a TUN queue (IFF_TUN|IFF_NO_PI) in the caller's network namespace; name is the kernel's. */
+  openTun(template: string, flags?: TunFlags): { fd: number; name: string };
+  /** AF_UNIX SOCK_SEQPACKET pair, non-blocking, cloexec (tests of the packet fd). */
+  socketpair(): [number, number];
+  /** sd_notify: one datagram to an AF_UNIX socket path; "@name" is abstract. */
+  notify(socketPath: string, message: string): void;
+}
+
+const ADDON_PATH = join("build", "Release", "weft.node");
+
+/** The nearest directory above `from` that holds package.json and the built addon. */
+function findPackageRoot(from: string): string | null {
+  let dir = from;
+  for (;;) {
+    if (existsSync(join(dir, "package.json")) && existsSync(join(dir, ADDON_PATH))) return dir;
+    const parent = dirname(dir);
+    if (parent === dir) return null;
+    dir = parent;
+  }
+}
+
+let loaded: Addon | null = null;
+
+/** Loads weft.node once; throws a clear error when it was never built. */
+export function loadAddon(): Addon {
+  if (loaded !== null) return loaded;
+  const here = dirname(fileURLToPath(import.meta.url));
+  const root = findPackageRoot(here);
+  if (root === null) {
+    throw new Error(
+      `weft native addon not found: no ${ADDON_PATH} above ${here}; run "npm ci" or "npx node-gyp rebuild"`,
+    );
+  }
+  loaded = createRequire(import.meta.url)(join(root, ADDON_PATH)) as Addon;
+  return loaded;
+}

@@ -1,0 +1,301 @@
+#include "udp_socket.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <string>
+
+#include "args.h"
+
+namespace weft {
+
+namespace {
+
+// sendmmsg takes at most UIO_MAXIOV (1024) messages per call; a larger
+// capacity still gets one header per slot.
+constexpr uint32_t kMinSendChunk = 1024;
+
+std::string FormatAddress(uint32_t addr, uint32_t port) {
+  return std::to_string(addr >> 24) + "." + std::to_string((addr >> 16) & 255) +
+         "." + std::to_string((addr >> 8) & 255) + "." +
+         std::to_string(addr & 255) + ":" + std::to_string(port);
+}
+
+// Raises a socket buffer, past net.core.[rw]mem_max when allowed
+// (CAP_NET_ADMIN), else up to that limit.
+int SetBuffer(int fd, int force_opt, int opt, int bytes) {
+  if (setsockopt(fd, SOL_SOCKET, force_opt, &bytes, sizeof bytes) == 0) return 0;
+  if (setsockopt(fd, SOL_SOCKET, opt, &bytes, sizeof bytes) == 0) return 0;
+  return errno;
+}
+
+int GetBuffer(int fd, int opt) {
+  int value = 0;
+  socklen_t len = sizeof value;
+  getsockopt(fd, SOL_SOCKET, opt, &value, &len);
+  return value;
+}
+
+}  // namespace
+
+Napi::Function UdpSocket::Init(Napi::Env env) {
+  auto members = SourceMembers();
+  members.push_back(InstanceMethod("send", &UdpSocket::Send));
+  members.push_back(
+      InstanceAccessor("sendErrors", &UdpSocket::SendErrors, nullptr));
+  members.push_back(
+      InstanceAccessor("localPort", &UdpSocket::LocalPort, nullptr));
+  members.push_back(
+      InstanceAccessor("recvBufferSize", &UdpSocket::RecvBufferSize, nullptr));
+  members.push_back(
+      InstanceAccessor("sendBufferSize", &UdpSocket::SendBufferSize, nullptr));
+  return DefineClass(env, "UdpSocket", members);
+}
+
+UdpSocket::UdpSocket(const Napi::CallbackInfo& info) : PollSource(info) {
+  Napi::Env env = info.Env();
+  uint32_t addr = 0;
+  uint32_t port = 0;
+  uint32_t buffer_bytes = 0;
+  if (!GetUint(env, info[0], "bindAddr", UINT32_MAX, &addr) ||
+      !GetUint(env, info[1], "port", 65535, &port) ||
+      !ReadArena(env, info[2]) ||
+      !GetUint(env, info[3], "bufferBytes", INT32_MAX / 2, &buffer_bytes)) {
+    return;
+  }
+
+  rx_msgs_.resize(capacity_);
+  rx_iov_.resize(capacity_);
+  rx_from_.resize(capacity_);
+  for (uint32_t i = 0; i < capacity_; i++) {
+    rx_iov_[i] = {bytes_ + size_t{i} * slot_size_, slot_size_};
+    msghdr& h = rx_msgs_[i].msg_hdr;
+    h = {};
+    h.msg_name = &rx_from_[i];
+    h.msg_iov = &rx_iov_[i];
+    h.msg_iovlen = 1;
+  }
+  uint32_t chunk = std::max(capacity_, kMinSendChunk);
+  tx_msgs_.resize(chunk);
+  tx_iov_.resize(chunk);
+  tx_to_.resize(chunk);
+  for (uint32_t i = 0; i < chunk; i++) {
+    msghdr& h = tx_msgs_[i].msg_hdr;
+    h = {};
+    h.msg_name = &tx_to_[i];
+    h.msg_namelen = sizeof(sockaddr_in);
+    h.msg_iov = &tx_iov_[i];
+    h.msg_iovlen = 1;
+    tx_to_[i] = {};
+    tx_to_[i].sin_family = AF_INET;
+  }
+
+  int fd = -1;
+  if (!SetupSocket(env, addr, port, buffer_bytes, &fd)) return;
+  Adopt(env, fd, "weft.UdpSocket");
+}
+
+bool UdpSocket::ReadArena(Napi::Env env, Napi::Value value) {
+  if (!value.IsObject()) {
+    ThrowTypeError(env, "arena must be an object");
+    return false;
+  }
+  Napi::Object arena = value.As<Napi::Object>();
+  Napi::Value bytes_v = arena.Get("bytes");
+  Napi::Value lengths_v = arena.Get("lengths");
+  Napi::Value src_addr_v = arena.Get("srcAddr");
+  Napi::Value src_port_v = arena.Get("srcPort");
+  Napi::Value truncated_v = arena.Get("truncated");
+  ArrayView<uint8_t> bytes;
+  ArrayView<uint32_t> lengths;
+  ArrayView<uint32_t> src_addr;
+  ArrayView<uint16_t> src_port;
+  ArrayView<uint8_t> truncated;
+  if (!GetArray(env, bytes_v, "arena.bytes", &bytes) ||
+      !GetArray(env, lengths_v, "arena.lengths", &lengths) ||
+      !GetArray(env, src_addr_v, "arena.srcAddr", &src_addr) ||
+      !GetArray(env, src_port_v, "arena.srcPort", &src_port) ||
+      !GetArray(env, truncated_v, "arena.truncated", &truncated) ||
+      !GetUint(env, arena.Get("slotSize"), "arena.slotSize", 1 << 20,
+               &slot_size_) ||
+      !GetUint(env, arena.Get("capacity"), "arena.capacity", 1 << 16,
+               &capacity_)) {
+    return false;
+  }
+  if (slot_size_ == 0 || capacity_ == 0) {
+    ThrowRangeError(env, "slotSize and capacity must be at least 1");
+    return false;
+  }
+  if (bytes.length < uint64_t{slot_size_} * capacity_ ||
+      std::min({lengths.length, src_addr.length, src_port.length,
+                truncated.length}) < capacity_) {
+    ThrowRangeError(env, "arena too small for capacity x slotSize");
+    return false;
+  }
+  for (Napi::Value v : {bytes_v, lengths_v, src_addr_v, src_port_v,
+                        truncated_v}) {
+    arena_refs_.push_back(Napi::Persistent(v));
+  }
+  bytes_ = bytes.data;
+  lengths_ = lengths.data;
+  src_addr_ = src_addr.data;
+  src_port_ = src_port.data;
+  truncated_ = truncated.data;
+  return true;
+}
+
+bool UdpSocket::SetupSocket(Napi::Env env, uint32_t addr, uint32_t port,
+                            uint32_t buffer_bytes, int* out_fd) {
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    ThrowSysError(env, errno, "socket", "");
+    return false;
+  }
+  int err = 0;
+  const char* failed = nullptr;
+  if (buffer_bytes > 0) {
+    int bytes = static_cast<int>(buffer_bytes);
+    if ((err = SetBuffer(fd, SO_RCVBUFFORCE, SO_RCVBUF, bytes)) != 0) {
+      failed = "SO_RCVBUF";
+    } else if ((err = SetBuffer(fd, SO_SNDBUFFORCE, SO_SNDBUF, bytes)) != 0) {
+      failed = "SO_SNDBUF";
+    }
+  }
+  if (failed != nullptr) {
+    ::close(fd);
+    ThrowSysError(env, err, "setsockopt", failed);
+    return false;
+  }
+  sockaddr_in sa = {};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(static_cast<uint16_t>(port));
+  sa.sin_addr.s_addr = htonl(addr);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+    err = errno;
+    ::close(fd);
+    ThrowSysError(env, err, "bind", FormatAddress(addr, port));
+    return false;
+  }
+  socklen_t len = sizeof sa;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) != 0) {
+    err = errno;
+    ::close(fd);
+    ThrowSysError(env, err, "getsockname", "");
+    return false;
+  }
+  local_port_ = ntohs(sa.sin_port);
+  recv_buffer_ = GetBuffer(fd, SO_RCVBUF);
+  send_buffer_ = GetBuffer(fd, SO_SNDBUF);
+  *out_fd = fd;
+  return true;
+}
+
+Drained UdpSocket::Drain() {
+  uint32_t count = 0;
+  while (count < capacity_) {
+    uint32_t want = capacity_ - count;
+    for (uint32_t i = count; i < capacity_; i++) {
+      rx_msgs_[i].msg_hdr.msg_namelen = sizeof(sockaddr_in);
+    }
+    // MSG_TRUNC: msg_len is the datagram's real length even when it was cut.
+    int n = recvmmsg(fd(), &rx_msgs_[count], want, MSG_DONTWAIT | MSG_TRUNC,
+                     nullptr);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      return {count, errno, "recvmmsg"};
+    }
+    for (uint32_t i = count; i < count + static_cast<uint32_t>(n); i++) {
+      const msghdr& h = rx_msgs_[i].msg_hdr;
+      lengths_[i] = rx_msgs_[i].msg_len;
+      truncated_[i] = (h.msg_flags & MSG_TRUNC) != 0 ? 1 : 0;
+      if (h.msg_namelen >= sizeof(sockaddr_in)) {
+        src_addr_[i] = ntohl(rx_from_[i].sin_addr.s_addr);
+        src_port_[i] = ntohs(rx_from_[i].sin_port);
+      } else {
+        src_addr_[i] = 0;
+        src_port_[i] = 0;
+      }
+    }
+    count += static_cast<uint32_t>(n);
+    // Fewer than asked: the queue ran dry, another call would say EAGAIN.
+    if (static_cast<uint32_t>(n) < want) break;
+  }
+  return {count, 0, "recvmmsg"};
+}
+
+Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckOpen(env, "sendmmsg")) return Napi::Value();
+  ArrayView<uint8_t> bytes;
+  ArrayView<uint32_t> offsets;
+  ArrayView<uint32_t> lengths;
+  ArrayView<uint32_t> dst_addr;
+  ArrayView<uint16_t> dst_port;
+  uint32_t start = 0;
+  uint32_t count = 0;
+  if (!GetArray(env, info[0], "bytes", &bytes) ||
+      !GetArray(env, info[1], "offsets", &offsets) ||
+      !GetArray(env, info[2], "lengths", &lengths) ||
+      !GetArray(env, info[3], "dstAddr", &dst_addr) ||
+      !GetArray(env, info[4], "dstPort", &dst_port) ||
+      !GetUint(env, info[5], "start", UINT32_MAX, &start) ||
+      !GetUint(env, info[6], "count", UINT32_MAX, &count) ||
+      !CheckBatchRange(env, start, count,
+                       std::min({offsets.length, lengths.length,
+                                 dst_addr.length, dst_port.length})) ||
+      !CheckPackets(env, offsets, lengths, start, count, bytes.length)) {
+    return Napi::Value();
+  }
+  const uint32_t chunk = static_cast<uint32_t>(tx_msgs_.size());
+  uint32_t done = 0;
+  while (done < count) {
+    uint32_t n = std::min(count - done, chunk);
+    for (uint32_t k = 0; k < n; k++) {
+      uint32_t i = start + done + k;
+      tx_iov_[k].iov_base = bytes.data + offsets.data[i];
+      tx_iov_[k].iov_len = lengths.data[i];
+      tx_to_[k].sin_addr.s_addr = htonl(dst_addr.data[i]);
+      tx_to_[k].sin_port = htons(dst_port.data[i]);
+    }
+    uint32_t sent = 0;
+    while (sent < n) {
+      int r = sendmmsg(fd(), &tx_msgs_[sent], n - sent, MSG_DONTWAIT);
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+          return Napi::Number::New(env, done + sent);
+        }
+        // sendmmsg failed on its first message: drop that one, go on.
+        send_errors_++;
+        sent++;
+      } else if (r == 0) {
+        return Napi::Number::New(env, done + sent);
+      } else {
+        sent += static_cast<uint32_t>(r);
+      }
+    }
+    done += n;
+  }
+  return Napi::Number::New(env, done);
+}
+
+Napi::Value UdpSocket::SendErrors(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), send_errors_);
+}
+
+Napi::Value UdpSocket::LocalPort(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), local_port_);
+}
+
+Napi::Value UdpSocket::RecvBufferSize(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), recv_buffer_);
+}
+
+Napi::Value UdpSocket::SendBufferSize(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), send_buffer_);
+}
+
+}  // namespace weft
