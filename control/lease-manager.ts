@@ -1,0 +1,448 @@
+// Lease logic shared by every registry (flannel's LocalManager): acquire a
+// subnet for this host, keep it renewed, and follow everyone else's leases so
+// the dataplane always has a current snapshot of who owns which subnet.
+
+import { formatIpv4, formatPrefix, type Ipv4Prefix, prefixSize } from "../dataplane/addr.js";
+import { type NetworkConfig, parseNetworkConfig } from "./config.js";
+import {
+  describeLease,
+  type Lease,
+  type LeaseListing,
+  type Registry,
+  subnetKey,
+  type Watch,
+} from "./registry/registry.js";
+
+/** The subset of pino's API the control plane logs through. */
+export interface Logger {
+  debug(obj: unknown, msg?: string): void;
+  info(obj: unknown, msg?: string): void;
+  warn(obj: unknown, msg?: string): void;
+  error(obj: unknown, msg?: string): void;
+}
+
+const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+
+export const DEFAULT_LEASE_TTL_SECONDS = 86_400;
+export const DEFAULT_RENEW_MARGIN_MINUTES = 60;
+const ACQUIRE_ATTEMPTS = 10;
+/** flannel picks at random among the first 100 free subnets, spreading racing hosts apart. */
+const FREE_SUBNET_SAMPLE = 100;
+/** setTimeout fires at once for delays above 2^31-1 ms. */
+const LONGEST_TIMER_MS = 2 ** 31 - 1;
+
+export interface AcquireOptions {
+  /** This host's underlay address, as written in PublicIP. */
+  readonly publicIp: number;
+  /** The lease named by the previous subnet.env, asked for again after a restart. */
+  readonly previousSubnet?: Ipv4Prefix | null;
+  readonly ttlSeconds?: number;
+  /** Picks among free subnets; returns [0, 1) like Math.random. */
+  readonly random?: () => number;
+  readonly log?: Logger;
+}
+
+/** flannel's tryAcquireLease: reuse ours, else the previous subnet, else a free one at random. */
+export async function acquireLease(registry: Registry, config: NetworkConfig, options: AcquireOptions): Promise<Lease> {
+  const log = options.log ?? silentLogger;
+  const ttlSeconds = options.ttlSeconds ?? DEFAULT_LEASE_TTL_SECONDS;
+  const random = options.random ?? Math.random;
+  const { publicIp } = options;
+  for (let attempt = 1; attempt <= ACQUIRE_ATTEMPTS; attempt++) {
+    const listing = await registry.getLeases();
+    for (const { key, reason } of listing.skipped) log.warn({ key, reason }, "skipping unreadable lease");
+    let taken = listing.leases;
+
+    const ours = taken.filter((lease) => lease.publicIp === publicIp);
+    const reusable = ours.find((lease) => fitsConfig(config, lease.subnet));
+    if (reusable !== undefined) {
+      log.info(
+        { subnet: formatPrefix(reusable.subnet), publicIp: formatIpv4(publicIp) },
+        "found lease for current IP, reusing",
+      );
+      return registry.updateLease(reusable, publicIp, ttlSeconds);
+    }
+    for (const stale of ours) {
+      log.info(
+        { subnet: formatPrefix(stale.subnet), publicIp: formatIpv4(publicIp) },
+        "found lease for current IP but it does not fit the network config, deleting",
+      );
+      await registry.deleteLease(stale.subnet);
+    }
+    taken = taken.filter((lease) => lease.publicIp !== publicIp);
+
+    let subnet: Ipv4Prefix | null = null;
+    const previous = options.previousSubnet ?? null;
+    if (previous !== null) {
+      if (!fitsConfig(config, previous)) {
+        log.warn({ subnet: formatPrefix(previous) }, "previous subnet does not fit the network config, ignoring");
+      } else if (taken.some((lease) => overlaps(lease.subnet, previous))) {
+        log.info({ subnet: formatPrefix(previous) }, "previous subnet is taken by another host");
+      } else {
+        log.info({ subnet: formatPrefix(previous) }, "found previously leased subnet, reusing");
+        subnet = previous;
+      }
+    }
+    if (subnet === null) {
+      const free = freeSubnets(config, taken, FREE_SUBNET_SAMPLE);
+      if (free.length === 0) {
+        throw new Error(
+          `out of subnets in ${formatPrefix(config.network)}: every /${config.subnetLen} from ${formatIpv4(config.subnetMin)} to ${formatIpv4(config.subnetMax)} is leased`,
+        );
+      }
+      const pick = Math.min(free.length - 1, Math.floor(random() * free.length));
+      subnet = { base: free[pick] as number, len: config.subnetLen };
+    }
+
+    const lease = await registry.createLease(subnet, publicIp, ttlSeconds);
+    if (lease !== null) {
+      log.info({ subnet: formatPrefix(lease.subnet), publicIp: formatIpv4(publicIp) }, "acquired lease");
+      return lease;
+    }
+    log.info({ subnet: formatPrefix(subnet), attempt }, "another host took the subnet first, trying again");
+  }
+  throw new Error(
+    `lease: gave up after ${ACQUIRE_ATTEMPTS} attempts because another host took each chosen subnet first`,
+  );
+}
+
+/** flannel's isSubnetConfigCompat: within SubnetMin..SubnetMax and exactly SubnetLen long. */
+export function fitsConfig(config: NetworkConfig, subnet: Ipv4Prefix): boolean {
+  return subnet.len === config.subnetLen && subnet.base >= config.subnetMin && subnet.base <= config.subnetMax;
+}
+
+/**
+ * Network addresses of up to `limit` SubnetLen subnets, scanning up from
+ * SubnetMin, that overlap no lease (leases of another length count too).
+ * Sweeps merged lease ranges instead of testing every lease per candidate,
+ * so a /8 with 65,536 leases costs one sort.
+ */
+export function freeSubnets(config: NetworkConfig, leases: readonly Lease[], limit: number): number[] {
+  const ranges = leases
+    .map((lease) => ({ first: lease.subnet.base, last: lease.subnet.base + prefixSize(lease.subnet.len) - 1 }))
+    .sort((a, b) => a.first - b.first);
+  const size = prefixSize(config.subnetLen);
+  const free: number[] = [];
+  let r = 0;
+  for (let base = config.subnetMin; base <= config.subnetMax && free.length < limit; base += size) {
+    const last = base + size - 1;
+    while (r < ranges.length && (ranges[r] as { last: number }).last < base) r++;
+    const range = ranges[r];
+    if (range === undefined || range.first > last) {
+      free.push(base);
+      continue;
+    }
+    // Overlap: jump to the first aligned subnet past the lease range.
+    let blockedUntil = range.last;
+    for (let k = r + 1; k < ranges.length && (ranges[k] as { first: number }).first <= blockedUntil + 1; k++) {
+      blockedUntil = Math.max(blockedUntil, (ranges[k] as { last: number }).last);
+    }
+    base = Math.floor(blockedUntil / size) * size;
+  }
+  return free;
+}
+
+function overlaps(a: Ipv4Prefix, b: Ipv4Prefix): boolean {
+  return a.base < b.base + prefixSize(b.len) && b.base < a.base + prefixSize(a.len);
+}
+
+function sameSubnet(a: Ipv4Prefix, b: Ipv4Prefix): boolean {
+  return a.base === b.base && a.len === b.len;
+}
+
+export interface LeaseManagerOptions {
+  readonly registry: Registry;
+  readonly publicIp: number;
+  readonly previousSubnet?: Ipv4Prefix | null;
+  readonly ttlSeconds?: number;
+  /** Renew when less than this remains (`--subnet-lease-renew-margin`); must be below the TTL. */
+  readonly renewMarginMinutes?: number;
+  /** Pause between reads of a missing network config. Default 1000 ms. */
+  readonly configRetryMs?: number;
+  /** Pause before retrying a failed renewal. Default 5000 ms. */
+  readonly renewRetryMs?: number;
+  /** Clock for renewal scheduling, ms since the epoch. Default Date.now. */
+  readonly now?: () => number;
+  readonly random?: () => number;
+  readonly log?: Logger;
+  /** Every peer lease (never our own), after each change; bursts are coalesced. */
+  readonly onLeases?: (leases: readonly Lease[]) => void;
+  /** Our own key was deleted or handed to another host; the manager has stopped. */
+  readonly onRevoked?: () => void;
+  readonly onRenewed?: (lease: Lease) => void;
+  readonly onConnection?: (connected: boolean, error?: Error) => void;
+  readonly onSkipped?: (key: string, reason: string) => void;
+}
+
+/**
+ * Owns this host's lease for the life of the daemon. `stop()` leaves the key
+ * in the registry, as flannel does, so a restart finds and reuses it.
+ */
+export class LeaseManager {
+  private readonly options: LeaseManagerOptions;
+  private readonly log: Logger;
+  private readonly now: () => number;
+  private readonly ttlSeconds: number;
+  private readonly renewMarginMs: number;
+  private ownLease: Lease | null = null;
+  private networkConfig: NetworkConfig | null = null;
+  private readonly peerLeases = new Map<string, Lease>();
+  private watch: Watch | null = null;
+  private renewTimer: NodeJS.Timeout | null = null;
+  private renewAt: number | null = null;
+  private waitTimer: { timer: NodeJS.Timeout; wake: () => void } | null = null;
+  private publishPending = false;
+  private isConnected = false;
+  private stopped = false;
+  private revoked = false;
+
+  constructor(options: LeaseManagerOptions) {
+    this.options = options;
+    this.log = options.log ?? silentLogger;
+    this.now = options.now ?? Date.now;
+    this.ttlSeconds = options.ttlSeconds ?? DEFAULT_LEASE_TTL_SECONDS;
+    const marginMinutes = options.renewMarginMinutes ?? DEFAULT_RENEW_MARGIN_MINUTES;
+    // A margin as long as the TTL would renew in a tight loop (flanneld refuses it too).
+    if (!(marginMinutes > 0 && marginMinutes * 60 < this.ttlSeconds)) {
+      throw new Error(
+        `subnet lease renew margin ${marginMinutes} minutes is not between 0 and the lease TTL of ${this.ttlSeconds} s`,
+      );
+    }
+    this.renewMarginMs = marginMinutes * 60_000;
+  }
+
+  get lease(): Lease | null {
+    return this.ownLease;
+  }
+
+  get config(): NetworkConfig | null {
+    return this.networkConfig;
+  }
+
+  /** Everyone else's leases by key ("10.244.68.0-24"); our own subnet is never here. */
+  get peers(): ReadonlyMap<string, Lease> {
+    return this.peerLeases;
+  }
+
+  get expiresAt(): number | null {
+    return this.ownLease?.expiresAt ?? null;
+  }
+
+  /** When the next renewal is due (ms since the epoch); null for a reservation or when stopped. */
+  get nextRenewalAt(): number | null {
+    return this.renewAt;
+  }
+
+  get connected(): boolean {
+    return this.isConnected;
+  }
+
+  /**
+   * Waits for the network config, acquires a lease, lists and watches the
+   * others. Rejects with the ConfigError of a bad config: that needs an operator.
+   */
+  async start(): Promise<Lease> {
+    const { registry } = this.options;
+    const config = parseNetworkConfig(await this.waitForConfig());
+    this.networkConfig = config;
+    this.log.info(
+      {
+        network: formatPrefix(config.network),
+        subnetLen: config.subnetLen,
+        subnetMin: formatIpv4(config.subnetMin),
+        subnetMax: formatIpv4(config.subnetMax),
+        port: config.backend.port,
+      },
+      "network config",
+    );
+    const lease = await acquireLease(registry, config, {
+      publicIp: this.options.publicIp,
+      previousSubnet: this.options.previousSubnet ?? null,
+      ttlSeconds: this.ttlSeconds,
+      random: this.options.random,
+      log: this.log,
+    });
+    this.throwIfStopped();
+    this.ownLease = lease;
+
+    const listing = await registry.getLeases();
+    this.throwIfStopped();
+    const listed = listing.leases.find((other) => sameSubnet(other.subnet, lease.subnet));
+    if (listed === undefined || listed.publicIp !== lease.publicIp) {
+      throw new Error(`lease ${formatPrefix(lease.subnet)} was deleted or taken over right after it was acquired`);
+    }
+    this.replacePeers(listing);
+    this.isConnected = true;
+    this.watch = registry.watchLeases(listing.revision, {
+      onEvent: (event) => {
+        if (event.type === "put") this.onPut(event.lease);
+        else this.onDelete(event.subnet);
+      },
+      onResync: (fresh) => this.onResync(fresh),
+      onConnection: (connected, error) => this.onConnection(connected, error),
+      onSkipped: (key, reason) => {
+        this.log.warn({ key, reason }, "skipping unreadable lease");
+        this.options.onSkipped?.(key, reason);
+      },
+    });
+    this.scheduleRenewal();
+    this.schedulePublish();
+    return lease;
+  }
+
+  /** Stops renewing and watching; the lease stays in the registry for reuse after a restart. */
+  stop(): void {
+    this.stopped = true;
+    this.watch?.close();
+    this.watch = null;
+    if (this.renewTimer !== null) clearTimeout(this.renewTimer);
+    this.renewTimer = null;
+    this.renewAt = null;
+    if (this.waitTimer !== null) {
+      clearTimeout(this.waitTimer.timer);
+      this.waitTimer.wake();
+      this.waitTimer = null;
+    }
+  }
+
+  private async waitForConfig(): Promise<string> {
+    const { registry } = this.options;
+    const retryMs = this.options.configRetryMs ?? 1000;
+    for (;;) {
+      this.throwIfStopped();
+      let json: string | null = null;
+      try {
+        json = await registry.getNetworkConfig();
+      } catch (err) {
+        this.log.warn({ err, registry: registry.description }, "could not fetch network config, retrying");
+      }
+      if (json !== null) return json;
+      this.throwIfStopped();
+      this.log.info(`waiting for network config at ${registry.description}/config`);
+      // Deliberately not unref'd: start() is waiting on it and nothing else may hold the process yet.
+      await new Promise<void>((resolve) => {
+        this.waitTimer = { timer: setTimeout(resolve, retryMs), wake: resolve };
+      });
+      this.waitTimer = null;
+    }
+  }
+
+  private throwIfStopped(): void {
+    if (this.stopped) throw new Error("lease manager was stopped before it finished starting");
+  }
+
+  private onPut(lease: Lease): void {
+    const own = this.ownLease;
+    if (own !== null && sameSubnet(lease.subnet, own.subnet)) {
+      if (lease.publicIp !== own.publicIp) {
+        this.revoke(`lease ${formatPrefix(own.subnet)} now names ${formatIpv4(lease.publicIp)}`);
+        return;
+      }
+      this.ownLease = lease;
+      return;
+    }
+    this.peerLeases.set(subnetKey(lease.subnet), lease);
+    this.log.debug({ lease: describeLease(lease) }, "peer lease added or changed");
+    this.schedulePublish();
+  }
+
+  private onDelete(subnet: Ipv4Prefix): void {
+    const own = this.ownLease;
+    if (own !== null && sameSubnet(subnet, own.subnet)) {
+      this.revoke(`lease ${formatPrefix(own.subnet)} was deleted`);
+      return;
+    }
+    if (this.peerLeases.delete(subnetKey(subnet))) {
+      this.log.debug({ subnet: formatPrefix(subnet) }, "peer lease removed");
+      this.schedulePublish();
+    }
+  }
+
+  private onResync(listing: LeaseListing): void {
+    const own = this.ownLease;
+    const listed = own === null ? undefined : listing.leases.find((lease) => sameSubnet(lease.subnet, own.subnet));
+    if (own !== null && (listed === undefined || listed.publicIp !== own.publicIp)) {
+      this.revoke(`lease ${formatPrefix(own.subnet)} is missing from a fresh listing`);
+      return;
+    }
+    if (listed !== undefined) this.ownLease = listed;
+    this.replacePeers(listing);
+    this.schedulePublish();
+  }
+
+  private onConnection(connected: boolean, error?: Error): void {
+    if (connected !== this.isConnected) {
+      if (connected) this.log.info({ registry: this.options.registry.description }, "registry connected");
+      else this.log.warn({ registry: this.options.registry.description, err: error }, "registry unreachable");
+    }
+    this.isConnected = connected;
+    this.options.onConnection?.(connected, error);
+  }
+
+  private replacePeers(listing: LeaseListing): void {
+    const own = this.ownLease;
+    this.peerLeases.clear();
+    for (const lease of listing.leases) {
+      if (own !== null && sameSubnet(lease.subnet, own.subnet)) continue;
+      this.peerLeases.set(subnetKey(lease.subnet), lease);
+    }
+  }
+
+  private revoke(why: string): void {
+    if (this.revoked || this.stopped) return;
+    this.revoked = true;
+    this.log.error({ why }, "lease has been revoked");
+    this.stop();
+    this.options.onRevoked?.();
+  }
+
+  /** One snapshot per event-loop turn, however many events arrived in it. */
+  private schedulePublish(): void {
+    if (this.publishPending) return;
+    this.publishPending = true;
+    setImmediate(() => {
+      this.publishPending = false;
+      if (this.stopped) return;
+      const leases = [...this.peerLeases.values()].sort((a, b) => a.subnet.base - b.subnet.base);
+      this.options.onLeases?.(leases);
+    });
+  }
+
+  private scheduleRenewal(delayOverrideMs?: number): void {
+    const own = this.ownLease;
+    if (this.stopped || own === null || own.expiresAt === null) {
+      // Reservations have no TTL and are never renewed.
+      this.renewAt = null;
+      return;
+    }
+    const renewAt = delayOverrideMs === undefined ? own.expiresAt - this.renewMarginMs : this.now() + delayOverrideMs;
+    const delay = Math.max(0, renewAt - this.now());
+    this.renewAt = renewAt;
+    // Longer delays than a timer can hold (TTLs above 24 days) are waited out in steps.
+    this.renewTimer =
+      delay > LONGEST_TIMER_MS
+        ? setTimeout(() => this.scheduleRenewal(), LONGEST_TIMER_MS)
+        : setTimeout(() => void this.renew(), delay);
+    this.renewTimer.unref();
+  }
+
+  private async renew(): Promise<void> {
+    this.renewTimer = null;
+    const own = this.ownLease;
+    if (this.stopped || own === null) return;
+    try {
+      const renewed = await this.options.registry.updateLease(own, this.options.publicIp, this.ttlSeconds);
+      // Recorded even after stop(): the registry now holds this expiry.
+      this.ownLease = renewed;
+      if (this.stopped) return;
+      this.log.info({ subnet: formatPrefix(renewed.subnet), expiresAt: renewed.expiresAt }, "lease renewed");
+      this.scheduleRenewal();
+      this.options.onRenewed?.(renewed);
+    } catch (err) {
+      if (this.stopped) return;
+      const retryMs = this.options.renewRetryMs ?? 5000;
+      this.log.warn({ err, subnet: formatPrefix(own.subnet), retryMs }, "lease renewal failed, retrying");
+      this.scheduleRenewal(retryMs);
+    }
+  }
+}

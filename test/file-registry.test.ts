@@ -1,0 +1,555 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, test } from "node:test";
+import { FileRegistry } from "../control/registry/file.js";
+import type { LeaseEvent, LeaseListing, WatchHandlers } from "../control/registry/registry.js";
+import { formatPrefix, type Ipv4Prefix, parseIpv4, parsePrefix } from "../dataplane/addr.js";
+
+function ip(text: string): number {
+  const n = parseIpv4(text);
+  assert.ok(n >= 0, `bad address in test: ${text}`);
+  return n;
+}
+
+function prefix(text: string): Ipv4Prefix {
+  const p = parsePrefix(text, true);
+  assert.ok(p, `bad prefix in test: ${text}`);
+  return p;
+}
+
+const HOST_A = ip("198.18.0.1");
+const HOST_B = ip("198.18.0.2");
+const T0 = 1_700_000_000_000;
+
+/** Records what a watch reports and lets a test wait for a specific report (failing after a generous timeout). */
+class WatchRecorder implements WatchHandlers {
+  readonly reports: (
+    | { kind: "event"; event: LeaseEvent }
+    | { kind: "resync"; listing: LeaseListing }
+    | { kind: "connection"; connected: boolean; error?: Error }
+    | { kind: "skipped"; key: string; reason: string }
+  )[] = [];
+  private waiters: { check: () => boolean; resolve: () => void }[] = [];
+
+  onEvent(event: LeaseEvent): void {
+    this.push({ kind: "event", event });
+  }
+  onResync(listing: LeaseListing): void {
+    this.push({ kind: "resync", listing });
+  }
+  onConnection(connected: boolean, error?: Error): void {
+    this.push(error === undefined ? { kind: "connection", connected } : { kind: "connection", connected, error });
+  }
+  onSkipped(key: string, reason: string): void {
+    this.push({ kind: "skipped", key, reason });
+  }
+
+  events(): LeaseEvent[] {
+    return this.reports.flatMap((r) => (r.kind === "event" ? [r.event] : []));
+  }
+
+  async waitFor(what: string, check: () => boolean, timeoutMs = 10_000): Promise<void> {
+    if (check()) return;
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`timed out waiting for ${what}; got ${JSON.stringify(this.reports)}`)),
+        timeoutMs,
+      );
+      this.waiters.push({
+        check,
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+      });
+    });
+  }
+
+  private push(report: WatchRecorder["reports"][number]): void {
+    this.reports.push(report);
+    this.waiters = this.waiters.filter((w) => {
+      if (!w.check()) return true;
+      w.resolve();
+      return false;
+    });
+  }
+}
+
+function isPut(event: LeaseEvent, subnet: string, publicIp: number, expiresAt?: number | null): boolean {
+  return (
+    event.type === "put" &&
+    formatPrefix(event.lease.subnet) === subnet &&
+    event.lease.publicIp === publicIp &&
+    (expiresAt === undefined || event.lease.expiresAt === expiresAt)
+  );
+}
+
+function isDelete(event: LeaseEvent, subnet: string): boolean {
+  return event.type === "delete" && formatPrefix(event.subnet) === subnet;
+}
+
+describe("FileRegistry", () => {
+  let dir = "";
+  let clock = T0;
+  const now = () => clock;
+  const opened: FileRegistry[] = [];
+
+  async function openRegistry(
+    options: { rescanIntervalMs?: number; orphanGraceMs?: number } = {},
+  ): Promise<FileRegistry> {
+    const registry = await FileRegistry.open(dir, { now, ...options });
+    opened.push(registry);
+    return registry;
+  }
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), "weft-file-registry-"));
+    clock = T0;
+  });
+  afterEach(async () => {
+    for (const registry of opened.splice(0)) await registry.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test("open creates the etcd-like layout and describes itself by directory", async () => {
+    const registry = await openRegistry();
+    assert.equal(registry.description, `dir ${dir}`);
+    assert.deepEqual((await readdir(dir)).sort(), ["leases", "subnets", "tmp"]);
+  });
+
+  test("open refuses a directory it cannot write, in one sentence", async () => {
+    await writeFile(join(dir, "plain-file"), "");
+    const target = join(dir, "plain-file", "registry");
+    await assert.rejects(FileRegistry.open(target), { message: `registry dir ${target} is not writable: ENOTDIR` });
+  });
+
+  test("the network config is null until written, then read back verbatim", async () => {
+    const registry = await openRegistry();
+    assert.equal(await registry.getNetworkConfig(), null);
+    await registry.setNetworkConfig('{"Network":"10.244.0.0/16"}');
+    assert.equal(await registry.getNetworkConfig(), '{"Network":"10.244.0.0/16"}');
+    assert.equal(await readFile(join(dir, "config"), "utf8"), '{"Network":"10.244.0.0/16"}');
+  });
+
+  test("createLease writes flannel's key name and value bytes plus the expiry sidecar", async () => {
+    const registry = await openRegistry();
+    const lease = await registry.createLease(prefix("10.244.68.0/24"), HOST_A, 86400);
+    assert.deepEqual(lease, { subnet: prefix("10.244.68.0/24"), publicIp: HOST_A, expiresAt: T0 + 86_400_000 });
+    assert.deepEqual(await readdir(join(dir, "subnets")), ["10.244.68.0-24"]);
+    assert.equal(
+      await readFile(join(dir, "subnets", "10.244.68.0-24"), "utf8"),
+      '{"PublicIP":"198.18.0.1","PublicIPv6":null}',
+    );
+    assert.equal(await readFile(join(dir, "leases", "10.244.68.0-24"), "utf8"), String(T0 + 86_400_000));
+    assert.equal((await stat(join(dir, "subnets", "10.244.68.0-24"))).mode & 0o777, 0o644);
+    assert.deepEqual(await readdir(join(dir, "tmp")), []);
+  });
+
+  test("createLease returns null for a held subnet and leaves the holder's files alone", async () => {
+    const registry = await openRegistry();
+    await registry.createLease(prefix("10.244.68.0/24"), HOST_A, 100);
+    clock += 5000;
+    assert.equal(await registry.createLease(prefix("10.244.68.0/24"), HOST_B, 100), null);
+    assert.equal(
+      await readFile(join(dir, "subnets", "10.244.68.0-24"), "utf8"),
+      '{"PublicIP":"198.18.0.1","PublicIPv6":null}',
+    );
+    assert.equal(await readFile(join(dir, "leases", "10.244.68.0-24"), "utf8"), String(T0 + 100_000));
+    assert.deepEqual(await readdir(join(dir, "tmp")), []);
+  });
+
+  test("createLease returns null for a reservation and does not give it an expiry", async () => {
+    const registry = await openRegistry();
+    await writeFile(join(dir, "subnets", "10.244.7.0-24"), '{"PublicIP":"198.18.0.1","PublicIPv6":null}');
+    assert.equal(await registry.createLease(prefix("10.244.7.0/24"), HOST_B, 100), null);
+    assert.deepEqual(await readdir(join(dir, "leases")), []);
+    const listing = await registry.getLeases();
+    assert.deepEqual(listing.leases, [{ subnet: prefix("10.244.7.0/24"), publicIp: HOST_A, expiresAt: null }]);
+  });
+
+  test("getLeases lists leases and reservations in subnet order with increasing revisions", async () => {
+    const registry = await openRegistry();
+    await registry.createLease(prefix("10.244.9.0/24"), HOST_B, 60);
+    await writeFile(
+      join(dir, "subnets", "10.244.3.0-24"),
+      '{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"udp"}',
+    );
+    const first = await registry.getLeases();
+    assert.deepEqual(first.leases, [
+      { subnet: prefix("10.244.3.0/24"), publicIp: HOST_A, expiresAt: null },
+      { subnet: prefix("10.244.9.0/24"), publicIp: HOST_B, expiresAt: T0 + 60_000 },
+    ]);
+    assert.deepEqual(first.skipped, []);
+    const second = await registry.getLeases();
+    assert.ok(second.revision > first.revision, `${second.revision} > ${first.revision}`);
+  });
+
+  test("getLeases skips garbage under subnets/ with a reason instead of failing", async () => {
+    const registry = await openRegistry();
+    await registry.createLease(prefix("10.244.1.0/24"), HOST_A, 60);
+    const subnets = join(dir, "subnets");
+    await writeFile(join(subnets, "notes.txt"), "hello");
+    await writeFile(join(subnets, "10.244.2.0-24"), "{not json");
+    await writeFile(join(subnets, "10.244.3.0-24"), '{"PublicIPv6":null}');
+    await writeFile(join(subnets, "10.244.4.0-24"), '{"PublicIP":"198.18.0.300"}');
+    await writeFile(join(subnets, "10.244.5.0-24"), '{"PublicIP":"198.18.0.5"}');
+    await writeFile(join(dir, "leases", "10.244.5.0-24"), "tomorrow");
+    await mkdir(join(subnets, "10.244.6.0-24"));
+    const listing = await registry.getLeases();
+    assert.deepEqual(listing.leases, [{ subnet: prefix("10.244.1.0/24"), publicIp: HOST_A, expiresAt: T0 + 60_000 }]);
+    assert.deepEqual(
+      listing.skipped.sort((a, b) => a.key.localeCompare(b.key)),
+      [
+        { key: join(subnets, "10.244.2.0-24"), reason: "value is not JSON" },
+        { key: join(subnets, "10.244.3.0-24"), reason: "PublicIP is missing" },
+        { key: join(subnets, "10.244.4.0-24"), reason: 'PublicIP "198.18.0.300" is not an IPv4 address' },
+        {
+          key: join(subnets, "10.244.5.0-24"),
+          reason: 'the expiry "tomorrow" in leases/10.244.5.0-24 is not a number of milliseconds',
+        },
+        { key: join(subnets, "10.244.6.0-24"), reason: "the key cannot be read: EISDIR" },
+        { key: join(subnets, "notes.txt"), reason: "the name is not a subnet key like 10.244.68.0-24" },
+      ],
+    );
+  });
+
+  test("an expired lease is absent from listings and its files are removed, freeing the subnet", async () => {
+    const registry = await openRegistry();
+    await registry.createLease(prefix("10.244.68.0/24"), HOST_A, 10);
+    clock = T0 + 10_000;
+    assert.equal((await registry.getLeases()).leases.length, 1, "a lease is valid up to its expiry");
+    clock = T0 + 10_001;
+    assert.deepEqual((await registry.getLeases()).leases, []);
+    assert.deepEqual(await readdir(join(dir, "subnets")), []);
+    assert.deepEqual(await readdir(join(dir, "leases")), []);
+    assert.ok(await registry.createLease(prefix("10.244.68.0/24"), HOST_B, 10));
+  });
+
+  test("an old sidecar left by a crash does not block its subnet; a fresh one (a create in flight) does", async () => {
+    const registry = await openRegistry({ orphanGraceMs: 60_000 });
+    const leases = join(dir, "leases");
+    await writeFile(join(leases, "10.244.1.0-24"), String(T0 + 3_600_000));
+    assert.equal(await registry.createLease(prefix("10.244.1.0/24"), HOST_A, 60), null);
+    const old = new Date(Date.now() - 120_000);
+    await utimes(join(leases, "10.244.1.0-24"), old, old);
+    assert.deepEqual(await registry.createLease(prefix("10.244.1.0/24"), HOST_A, 60), {
+      subnet: prefix("10.244.1.0/24"),
+      publicIp: HOST_A,
+      expiresAt: T0 + 60_000,
+    });
+
+    await writeFile(join(leases, "10.244.2.0-24"), String(T0 - 1));
+    await writeFile(join(leases, "10.244.3.0-24"), String(T0 + 3_600_000));
+    await registry.getLeases();
+    assert.deepEqual(
+      (await readdir(leases)).sort(),
+      ["10.244.1.0-24", "10.244.3.0-24"],
+      "expired orphans are swept by scans",
+    );
+  });
+
+  test("updateLease moves a lease's expiry and rewrites the value", async () => {
+    const registry = await openRegistry();
+    const lease = await registry.createLease(prefix("10.244.68.0/24"), HOST_A, 100);
+    assert.ok(lease);
+    clock = T0 + 50_000;
+    const renewed = await registry.updateLease(lease, HOST_A, 100);
+    assert.deepEqual(renewed, { subnet: prefix("10.244.68.0/24"), publicIp: HOST_A, expiresAt: T0 + 150_000 });
+    assert.equal(await readFile(join(dir, "leases", "10.244.68.0-24"), "utf8"), String(T0 + 150_000));
+    assert.equal(
+      await readFile(join(dir, "subnets", "10.244.68.0-24"), "utf8"),
+      '{"PublicIP":"198.18.0.1","PublicIPv6":null}',
+    );
+    assert.deepEqual(await readdir(join(dir, "tmp")), []);
+  });
+
+  test("updateLease keeps a reservation a reservation", async () => {
+    const registry = await openRegistry();
+    await writeFile(join(dir, "subnets", "10.244.7.0-24"), '{"PublicIP":"198.18.0.1"}');
+    const [reservation] = (await registry.getLeases()).leases;
+    assert.ok(reservation);
+    const updated = await registry.updateLease(reservation, HOST_A, 86400);
+    assert.deepEqual(updated, { subnet: prefix("10.244.7.0/24"), publicIp: HOST_A, expiresAt: null });
+    assert.deepEqual(await readdir(join(dir, "leases")), []);
+    assert.equal(
+      await readFile(join(dir, "subnets", "10.244.7.0-24"), "utf8"),
+      '{"PublicIP":"198.18.0.1","PublicIPv6":null}',
+    );
+  });
+
+  test("updateLease refuses a key that now names another host", async () => {
+    const registry = await openRegistry();
+    const lease = await registry.createLease(prefix("10.244.68.0/24"), HOST_A, 100);
+    assert.ok(lease);
+    await writeFile(join(dir, "subnets", "10.244.68.0-24"), '{"PublicIP":"198.18.0.2","PublicIPv6":null}');
+    await assert.rejects(registry.updateLease(lease, HOST_A, 100), {
+      message: "lease 10.244.68.0/24 is held by 198.18.0.2, not 198.18.0.1",
+    });
+  });
+
+  test("updateLease takes a vanished key again", async () => {
+    const registry = await openRegistry();
+    const lease = await registry.createLease(prefix("10.244.68.0/24"), HOST_A, 100);
+    assert.ok(lease);
+    await registry.deleteLease(lease.subnet);
+    const again = await registry.updateLease(lease, HOST_A, 100);
+    assert.deepEqual(again, { subnet: prefix("10.244.68.0/24"), publicIp: HOST_A, expiresAt: T0 + 100_000 });
+    assert.equal(await readFile(join(dir, "leases", "10.244.68.0-24"), "utf8"), String(T0 + 100_000));
+  });
+
+  test("deleteLease removes the key and its sidecar, and tolerates an absent key", async () => {
+    const registry = await openRegistry();
+    await registry.createLease(prefix("10.244.68.0/24"), HOST_A, 100);
+    await registry.deleteLease(prefix("10.244.68.0/24"));
+    assert.deepEqual(await readdir(join(dir, "subnets")), []);
+    assert.deepEqual(await readdir(join(dir, "leases")), []);
+    await registry.deleteLease(prefix("10.244.68.0/24"));
+  });
+
+  test("of 20 registries racing for one subnet in one process, exactly one wins", async () => {
+    const registries = await Promise.all(Array.from({ length: 20 }, () => openRegistry()));
+    const results = await Promise.all(
+      registries.map((registry, i) => registry.createLease(prefix("10.244.5.0/24"), HOST_A + i, 100)),
+    );
+    const winners = results.flatMap((lease, i) => (lease === null ? [] : [i]));
+    assert.equal(winners.length, 1, `winners: ${winners.join(",")}`);
+    const winner = winners[0] as number;
+    assert.equal(
+      await readFile(join(dir, "subnets", "10.244.5.0-24"), "utf8"),
+      `{"PublicIP":"198.18.0.${1 + winner}","PublicIPv6":null}`,
+    );
+    assert.deepEqual(await readdir(join(dir, "leases")), ["10.244.5.0-24"]);
+    assert.deepEqual(await readdir(join(dir, "tmp")), []);
+  });
+
+  test("of 6 processes racing for one subnet, exactly one wins", async () => {
+    const registryModule = new URL("../control/registry/file.js", import.meta.url).href;
+    const script = join(dir, "race-create.mjs");
+    await writeFile(
+      script,
+      `import { FileRegistry } from ${JSON.stringify(registryModule)};
+const [dir, publicIp] = process.argv.slice(2);
+const registry = await FileRegistry.open(dir);
+process.stdout.write("ready\\n");
+process.stdin.once("data", async () => {
+  const lease = await registry.createLease({ base: 0x0af40500, len: 24 }, Number(publicIp), 100);
+  process.stdout.write(JSON.stringify({ won: lease !== null }) + "\\n", () => process.exit(0));
+});
+`,
+    );
+    const results = await raceChildren(Array.from({ length: 6 }, (_, i) => [script, dir, String(HOST_A + i)]));
+    const winners = results.flatMap((line, i) => ((JSON.parse(line) as { won: boolean }).won ? [i] : []));
+    assert.equal(winners.length, 1, `winners: ${winners.join(",")}`);
+    assert.equal(
+      await readFile(join(dir, "subnets", "10.244.5.0-24"), "utf8"),
+      `{"PublicIP":"198.18.0.${1 + (winners[0] as number)}","PublicIPv6":null}`,
+    );
+    assert.deepEqual(await readdir(join(dir, "tmp")), []);
+  });
+
+  describe("watchLeases", () => {
+    test("reports changes made after the listing's revision, including ones made before the watch started", async () => {
+      const registry = await openRegistry({ rescanIntervalMs: 20 });
+      const other = await openRegistry();
+      await other.createLease(prefix("10.244.1.0/24"), HOST_B, 100);
+      const listing = await registry.getLeases();
+      await other.createLease(prefix("10.244.2.0/24"), HOST_B, 100);
+      const recorder = new WatchRecorder();
+      const watch = registry.watchLeases(listing.revision, recorder);
+      try {
+        await recorder.waitFor("put of 10.244.2.0/24", () =>
+          recorder.events().some((e) => isPut(e, "10.244.2.0/24", HOST_B)),
+        );
+        assert.ok(
+          !recorder.events().some((e) => isPut(e, "10.244.1.0/24", HOST_B)),
+          "unchanged leases are not reported",
+        );
+        assert.ok(!recorder.reports.some((r) => r.kind === "resync"));
+
+        await other.deleteLease(prefix("10.244.1.0/24"));
+        await recorder.waitFor("delete of 10.244.1.0/24", () =>
+          recorder.events().some((e) => isDelete(e, "10.244.1.0/24")),
+        );
+
+        const [changed] = (await other.getLeases()).leases;
+        assert.ok(changed);
+        clock += 1000;
+        await other.updateLease(changed, HOST_B, 100);
+        await recorder.waitFor("put with the renewed expiry", () =>
+          recorder.events().some((e) => isPut(e, "10.244.2.0/24", HOST_B, T0 + 101_000)),
+        );
+      } finally {
+        watch.close();
+      }
+    });
+
+    test("an expiry noticed by a rescan is reported as a delete", async () => {
+      const registry = await openRegistry({ rescanIntervalMs: 20 });
+      await registry.createLease(prefix("10.244.1.0/24"), HOST_B, 10);
+      await registry.createLease(prefix("10.244.2.0/24"), HOST_B, 1000);
+      const listing = await registry.getLeases();
+      const recorder = new WatchRecorder();
+      const watch = registry.watchLeases(listing.revision, recorder);
+      try {
+        clock = T0 + 60_000;
+        await recorder.waitFor("delete of the expired lease", () =>
+          recorder.events().some((e) => isDelete(e, "10.244.1.0/24")),
+        );
+        assert.deepEqual(await readdir(join(dir, "subnets")), ["10.244.2.0-24"]);
+        assert.ok(!recorder.events().some((e) => isDelete(e, "10.244.2.0/24")));
+      } finally {
+        watch.close();
+      }
+    });
+
+    test("an unknown revision starts with a resync", async () => {
+      const registry = await openRegistry({ rescanIntervalMs: 20 });
+      await registry.createLease(prefix("10.244.1.0/24"), HOST_B, 100);
+      const recorder = new WatchRecorder();
+      const watch = registry.watchLeases(0, recorder);
+      try {
+        await recorder.waitFor("a resync", () => recorder.reports.some((r) => r.kind === "resync"));
+        const resync = recorder.reports.find((r) => r.kind === "resync");
+        assert.ok(resync?.kind === "resync");
+        assert.deepEqual(resync.listing.leases, [
+          { subnet: prefix("10.244.1.0/24"), publicIp: HOST_B, expiresAt: T0 + 100_000 },
+        ]);
+      } finally {
+        watch.close();
+      }
+    });
+
+    test("a garbage value is reported once through onSkipped, and the watch goes on", async () => {
+      const registry = await openRegistry({ rescanIntervalMs: 20 });
+      const listing = await registry.getLeases();
+      const recorder = new WatchRecorder();
+      const watch = registry.watchLeases(listing.revision, recorder);
+      try {
+        await writeFile(join(dir, "subnets", "10.244.8.0-24"), "garbage");
+        await recorder.waitFor("the skipped key", () => recorder.reports.some((r) => r.kind === "skipped"));
+        await registry.createLease(prefix("10.244.9.0/24"), HOST_B, 100);
+        await recorder.waitFor("the next put", () => recorder.events().some((e) => isPut(e, "10.244.9.0/24", HOST_B)));
+        // Several rescans later the bad file is still there and still reported only once.
+        const putsSoFar = recorder.events().length;
+        await registry.createLease(prefix("10.244.10.0/24"), HOST_B, 100);
+        await recorder.waitFor("another put", () => recorder.events().length > putsSoFar);
+        assert.deepEqual(
+          recorder.reports.filter((r) => r.kind === "skipped"),
+          [{ kind: "skipped", key: join(dir, "subnets", "10.244.8.0-24"), reason: "value is not JSON" }],
+        );
+      } finally {
+        watch.close();
+      }
+    });
+
+    test("an unreadable directory is reported as a lost connection, and changes are caught after it recovers", async () => {
+      const registry = await openRegistry({ rescanIntervalMs: 20 });
+      const listing = await registry.getLeases();
+      const recorder = new WatchRecorder();
+      const watch = registry.watchLeases(listing.revision, recorder);
+      try {
+        await recorder.waitFor("connected", () => recorder.reports.some((r) => r.kind === "connection" && r.connected));
+        await rename(join(dir, "subnets"), join(dir, "subnets.away"));
+        await recorder.waitFor("disconnected", () =>
+          recorder.reports.some((r) => r.kind === "connection" && !r.connected),
+        );
+        const lost = recorder.reports.find((r) => r.kind === "connection" && !r.connected);
+        assert.equal(lost?.kind === "connection" && (lost.error as NodeJS.ErrnoException | undefined)?.code, "ENOENT");
+        await writeFile(join(dir, "subnets.away", "10.244.4.0-24"), '{"PublicIP":"198.18.0.2","PublicIPv6":null}');
+        await rename(join(dir, "subnets.away"), join(dir, "subnets"));
+        await recorder.waitFor("the put after recovery", () =>
+          recorder.events().some((e) => isPut(e, "10.244.4.0/24", HOST_B, null)),
+        );
+        const connections = recorder.reports.flatMap((r) => (r.kind === "connection" ? [r.connected] : []));
+        assert.deepEqual(connections, [true, false, true]);
+        // inotify is re-attached to the restored directory: a change is seen again.
+        await registry.deleteLease(prefix("10.244.4.0/24"));
+        await recorder.waitFor("the delete", () => recorder.events().some((e) => isDelete(e, "10.244.4.0/24")));
+      } finally {
+        watch.close();
+      }
+    });
+
+    test("close stops all reports", async () => {
+      const registry = await openRegistry({ rescanIntervalMs: 20 });
+      const listing = await registry.getLeases();
+      const recorder = new WatchRecorder();
+      const watch = registry.watchLeases(listing.revision, recorder);
+      await recorder.waitFor("connected", () => recorder.reports.some((r) => r.kind === "connection"));
+      watch.close();
+      const seen = recorder.reports.length;
+      await registry.createLease(prefix("10.244.1.0/24"), HOST_B, 100);
+      // A second watch that does see the put proves enough rescans happened for the first one to have seen it.
+      const witness = new WatchRecorder();
+      const witnessWatch = registry.watchLeases(listing.revision, witness);
+      try {
+        await witness.waitFor("the put", () => witness.events().some((e) => isPut(e, "10.244.1.0/24", HOST_B)));
+        await registry.deleteLease(prefix("10.244.1.0/24"));
+        await witness.waitFor("the delete", () => witness.events().some((e) => isDelete(e, "10.244.1.0/24")));
+        assert.equal(recorder.reports.length, seen);
+      } finally {
+        witnessWatch.close();
+      }
+    });
+  });
+});
+
+/**
+ * Starts one node process per argument list, waits until each prints "ready",
+ * then releases them together and returns the line each prints next. A child
+ * that dies or stays silent fails the test with its stderr, never hangs it.
+ */
+async function raceChildren(argLists: string[][], timeoutMs = 60_000): Promise<string[]> {
+  let notify = () => {};
+  const children = argLists.map((args) => {
+    const child = spawn(process.execPath, args, { stdio: ["pipe", "pipe", "pipe"] });
+    const state = { child, lines: [] as string[], partial: "", stderr: "", exited: false };
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+      const parts = (state.partial + chunk).split("\n");
+      state.partial = parts.pop() ?? "";
+      state.lines.push(...parts);
+      notify();
+    });
+    child.stderr.setEncoding("utf8").on("data", (chunk: string) => {
+      state.stderr += chunk;
+    });
+    child.once("exit", () => {
+      state.exited = true;
+      notify();
+    });
+    return state;
+  });
+  const until = (what: string, linesWanted: number) =>
+    new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => finish(new Error(`timed out waiting for ${what}`)), timeoutMs);
+      const finish = (err?: Error) => {
+        clearTimeout(timer);
+        notify = () => {};
+        if (err === undefined) resolve();
+        else {
+          const report = children.map(
+            (c, i) => `child ${i}: stdout ${JSON.stringify(c.lines)}, stderr ${JSON.stringify(c.stderr)}`,
+          );
+          reject(new Error(`${err.message}\n${report.join("\n")}`));
+        }
+      };
+      notify = () => {
+        if (children.every((c) => c.lines.length >= linesWanted)) finish();
+        else if (children.some((c) => c.exited && c.lines.length < linesWanted))
+          finish(new Error(`a child exited before ${what}`));
+      };
+      notify();
+    });
+  try {
+    await until("every child to be ready", 1);
+    for (const { lines } of children) assert.equal(lines[0], "ready");
+    for (const { child } of children) child.stdin.write("go\n");
+    await until("every child's result", 2);
+    return children.map(({ lines }) => lines[1] as string);
+  } finally {
+    for (const { child } of children) if (child.exitCode === null && child.signalCode === null) child.kill();
+  }
+}

@@ -1,0 +1,657 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, test } from "node:test";
+import { ConfigError, type NetworkConfig, parseNetworkConfig } from "../control/config.js";
+import {
+  acquireLease,
+  freeSubnets,
+  LeaseManager,
+  type LeaseManagerOptions,
+  type Logger,
+} from "../control/lease-manager.js";
+import { FileRegistry } from "../control/registry/file.js";
+import type { Lease, Registry } from "../control/registry/registry.js";
+import { readSubnetEnv, writeSubnetEnv } from "../control/subnet-env.js";
+import { formatIpv4, formatPrefix, type Ipv4Prefix, parseIpv4, parsePrefix, prefixSize } from "../dataplane/addr.js";
+
+function ip(text: string): number {
+  const n = parseIpv4(text);
+  assert.ok(n >= 0, `bad address in test: ${text}`);
+  return n;
+}
+
+function prefix(text: string): Ipv4Prefix {
+  const p = parsePrefix(text, true);
+  assert.ok(p, `bad prefix in test: ${text}`);
+  return p;
+}
+
+const HOST_A = ip("198.18.0.1");
+const HOST_B = ip("198.18.0.2");
+const HOST_C = ip("198.18.0.3");
+const T0 = 1_700_000_000_000;
+const NETWORK_16 = '{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}';
+
+/** Resolves when `check` holds, re-checked by whoever changes the state; fails after a generous timeout. */
+class Condition {
+  private waiters: { check: () => boolean; resolve: () => void }[] = [];
+
+  notify(): void {
+    this.waiters = this.waiters.filter((w) => {
+      if (!w.check()) return true;
+      w.resolve();
+      return false;
+    });
+  }
+
+  async until(what: string, check: () => boolean, timeoutMs = 10_000): Promise<void> {
+    if (check()) return;
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), timeoutMs);
+      this.waiters.push({
+        check,
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+      });
+    });
+  }
+}
+
+/** A pino-shaped logger that keeps what it was told. */
+class RecordingLogger implements Logger {
+  readonly lines: { level: string; obj: unknown; msg: string | undefined }[] = [];
+  readonly changed = new Condition();
+  debug(obj: unknown, msg?: string): void {
+    this.record("debug", obj, msg);
+  }
+  info(obj: unknown, msg?: string): void {
+    this.record("info", obj, msg);
+  }
+  warn(obj: unknown, msg?: string): void {
+    this.record("warn", obj, msg);
+  }
+  error(obj: unknown, msg?: string): void {
+    this.record("error", obj, msg);
+  }
+  messages(): string[] {
+    return this.lines.map((line) => line.msg ?? String(line.obj));
+  }
+  private record(level: string, obj: unknown, msg: string | undefined): void {
+    this.lines.push({ level, obj, msg });
+    this.changed.notify();
+  }
+}
+
+/** Everything a LeaseManager reports, for tests to wait on. */
+class ManagerRecorder {
+  readonly snapshots: (readonly Lease[])[] = [];
+  readonly renewed: Lease[] = [];
+  readonly skipped: { key: string; reason: string }[] = [];
+  readonly connections: boolean[] = [];
+  revoked = 0;
+  readonly changed = new Condition();
+
+  handlers(): Pick<LeaseManagerOptions, "onLeases" | "onRevoked" | "onRenewed" | "onConnection" | "onSkipped"> {
+    return {
+      onLeases: (leases) => this.push(() => this.snapshots.push(leases)),
+      onRevoked: () => this.push(() => this.revoked++),
+      onRenewed: (lease) => this.push(() => this.renewed.push(lease)),
+      onConnection: (connected) => this.push(() => this.connections.push(connected)),
+      onSkipped: (key, reason) => this.push(() => this.skipped.push({ key, reason })),
+    };
+  }
+
+  latest(): string[] | undefined {
+    const last = this.snapshots.at(-1);
+    return last?.map((lease) => `${formatPrefix(lease.subnet)} ${formatIpv4(lease.publicIp)}`);
+  }
+
+  private push(record: () => void): void {
+    record();
+    this.changed.notify();
+  }
+}
+
+function describeLeases(leases: readonly Lease[]): string[] {
+  return leases.map((lease) => `${formatPrefix(lease.subnet)} ${formatIpv4(lease.publicIp)}`);
+}
+
+describe("lease manager over the file registry", () => {
+  let dir = "";
+  let clock = T0;
+  const now = () => clock;
+  const registries: FileRegistry[] = [];
+  const managers: LeaseManager[] = [];
+
+  async function openRegistry(options: { rescanIntervalMs?: number; realClock?: boolean } = {}): Promise<FileRegistry> {
+    const registry = await FileRegistry.open(dir, {
+      rescanIntervalMs: options.rescanIntervalMs ?? 20,
+      ...(options.realClock ? {} : { now }),
+    });
+    registries.push(registry);
+    return registry;
+  }
+
+  function manager(options: LeaseManagerOptions): LeaseManager {
+    const created = new LeaseManager({ now, ...options });
+    managers.push(created);
+    return created;
+  }
+
+  async function config(json = NETWORK_16): Promise<NetworkConfig> {
+    const registry = await openRegistry();
+    await registry.setNetworkConfig(json);
+    return parseNetworkConfig(json);
+  }
+
+  async function subnetFiles(): Promise<string[]> {
+    return (await readdir(join(dir, "subnets"))).sort();
+  }
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), "weft-lease-manager-"));
+    clock = T0;
+  });
+  afterEach(async () => {
+    for (const m of managers.splice(0)) m.stop();
+    for (const r of registries.splice(0)) await r.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  describe("acquireLease", () => {
+    test("takes a free subnet with flannel's key, value and a 24 h TTL", async () => {
+      const cfg = await config();
+      const registry = await openRegistry();
+      const lease = await acquireLease(registry, cfg, { publicIp: HOST_A, random: () => 0 });
+      assert.deepEqual(lease, { subnet: prefix("10.244.1.0/24"), publicIp: HOST_A, expiresAt: T0 + 86_400_000 });
+      assert.deepEqual(await subnetFiles(), ["10.244.1.0-24"]);
+      assert.equal(
+        await readFile(join(dir, "subnets", "10.244.1.0-24"), "utf8"),
+        '{"PublicIP":"198.18.0.1","PublicIPv6":null}',
+      );
+      assert.equal(await readFile(join(dir, "leases", "10.244.1.0-24"), "utf8"), String(T0 + 86_400_000));
+    });
+
+    test("picks at random among the first 100 free subnets from SubnetMin, skipping held ones", async () => {
+      const cfg = await config();
+      const registry = await openRegistry();
+      await registry.createLease(prefix("10.244.1.0/24"), HOST_B, 100);
+      await writeFile(join(dir, "subnets", "10.244.2.0-24"), '{"PublicIP":"198.18.0.3","PublicIPv6":null}');
+      const first = await acquireLease(registry, cfg, { publicIp: HOST_A, random: () => 0 });
+      assert.equal(formatPrefix(first.subnet), "10.244.3.0/24");
+      // The 100th free subnet is now 10.244.103.0 (1, 2 and 3 are held).
+      const last = await acquireLease(registry, cfg, { publicIp: ip("198.18.0.9"), random: () => 0.99999 });
+      assert.equal(formatPrefix(last.subnet), "10.244.103.0/24");
+    });
+
+    test("reuses a reservation whose PublicIP is ours and keeps it a reservation", async () => {
+      const cfg = await config();
+      const registry = await openRegistry();
+      await writeFile(join(dir, "subnets", "10.244.200.0-24"), '{"PublicIP":"198.18.0.1","PublicIPv6":null}');
+      const lease = await acquireLease(registry, cfg, { publicIp: HOST_A, random: () => 0 });
+      assert.deepEqual(lease, { subnet: prefix("10.244.200.0/24"), publicIp: HOST_A, expiresAt: null });
+      assert.deepEqual(await readdir(join(dir, "leases")), []);
+      assert.deepEqual(await subnetFiles(), ["10.244.200.0-24"]);
+    });
+
+    test("reuses the subnet from the previous subnet.env when nobody holds it", async () => {
+      const cfg = await config();
+      const registry = await openRegistry();
+      const envPath = join(dir, "run", "subnet.env");
+      await writeSubnetEnv(envPath, {
+        network: cfg.network,
+        subnet: prefix("10.244.77.0/24"),
+        mtu: 1472,
+        ipMasq: false,
+      });
+      const previous = (await readSubnetEnv(envPath))?.subnet ?? null;
+      const lease = await acquireLease(registry, cfg, { publicIp: HOST_A, previousSubnet: previous, random: () => 0 });
+      assert.equal(formatPrefix(lease.subnet), "10.244.77.0/24");
+      assert.notEqual(lease.expiresAt, null);
+    });
+
+    test("ignores a previous subnet that another host holds or that does not fit the config", async () => {
+      const cfg = await config();
+      const registry = await openRegistry();
+      await registry.createLease(prefix("10.244.77.0/24"), HOST_B, 100);
+      const held = await acquireLease(registry, cfg, {
+        publicIp: HOST_A,
+        previousSubnet: prefix("10.244.77.0/24"),
+        random: () => 0,
+      });
+      assert.equal(formatPrefix(held.subnet), "10.244.1.0/24");
+      const misfit = await acquireLease(registry, cfg, {
+        publicIp: HOST_C,
+        previousSubnet: prefix("10.244.80.0/25"),
+        random: () => 0,
+      });
+      assert.equal(formatPrefix(misfit.subnet), "10.244.2.0/24");
+      assert.deepEqual(await subnetFiles(), ["10.244.1.0-24", "10.244.2.0-24", "10.244.77.0-24"]);
+    });
+
+    test("deletes our lease when it no longer fits SubnetMin..SubnetMax or SubnetLen, then takes a new one", async () => {
+      const cfg = await config('{"Network":"10.244.0.0/16","SubnetMin":"10.244.10.0","SubnetMax":"10.244.20.0"}');
+      const registry = await openRegistry();
+      await registry.createLease(prefix("10.244.5.0/24"), HOST_A, 100);
+      await registry.createLease(prefix("10.244.12.0/25"), HOST_A, 100);
+      const lease = await acquireLease(registry, cfg, { publicIp: HOST_A, random: () => 0 });
+      assert.equal(formatPrefix(lease.subnet), "10.244.10.0/24");
+      assert.deepEqual(await subnetFiles(), ["10.244.10.0-24"]);
+      assert.deepEqual(await readdir(join(dir, "leases")), ["10.244.10.0-24"]);
+    });
+
+    test("a lease of another length blocks the subnets it overlaps", async () => {
+      const cfg = await config();
+      const registry = await openRegistry();
+      await registry.createLease(prefix("10.244.0.0/22"), HOST_B, 100);
+      const lease = await acquireLease(registry, cfg, { publicIp: HOST_A, random: () => 0 });
+      assert.equal(formatPrefix(lease.subnet), "10.244.4.0/24");
+    });
+
+    test("fails with out of subnets, naming the network, when every subnet is held", async () => {
+      const cfg = await config('{"Network":"10.9.9.16/28"}');
+      const registry = await openRegistry();
+      const taken = [];
+      for (const host of [HOST_A, HOST_B, HOST_C])
+        taken.push(formatPrefix((await acquireLease(registry, cfg, { publicIp: host })).subnet));
+      assert.deepEqual(taken.sort(), ["10.9.9.20/30", "10.9.9.24/30", "10.9.9.28/30"]);
+      await assert.rejects(acquireLease(registry, cfg, { publicIp: ip("198.18.0.4") }), {
+        message: "out of subnets in 10.9.9.16/28: every /30 from 10.9.9.20 to 10.9.9.28 is leased",
+      });
+    });
+
+    test("20 hosts racing in one process over separate registry instances get 20 distinct subnets", async () => {
+      // 63 subnets for 20 hosts: many pick the same one in the first round.
+      const cfg = await config('{"Network":"10.5.0.0/16","SubnetLen":22}');
+      const racers = await Promise.all(Array.from({ length: 20 }, () => openRegistry()));
+      const leases = await Promise.all(
+        racers.map((registry, i) => acquireLease(registry, cfg, { publicIp: HOST_A + i, ttlSeconds: 100 })),
+      );
+      const subnets = new Set(leases.map((lease) => formatPrefix(lease.subnet)));
+      assert.equal(subnets.size, 20);
+      const files = await subnetFiles();
+      assert.equal(files.length, 20);
+      for (const lease of leases) {
+        const name = `${formatIpv4(lease.subnet.base)}-${lease.subnet.len}`;
+        assert.equal(
+          await readFile(join(dir, "subnets", name), "utf8"),
+          `{"PublicIP":"${formatIpv4(lease.publicIp)}","PublicIPv6":null}`,
+        );
+      }
+      assert.deepEqual(await readdir(join(dir, "tmp")), []);
+    });
+
+    test("20 hosts racing from 4 processes get 20 distinct subnets", async () => {
+      await config('{"Network":"10.5.0.0/16","SubnetLen":22}');
+      const module = (path: string) => JSON.stringify(new URL(path, import.meta.url).href);
+      const script = join(dir, "race-acquire.mjs");
+      await writeFile(
+        script,
+        `import { FileRegistry } from ${module("../control/registry/file.js")};
+import { acquireLease } from ${module("../control/lease-manager.js")};
+import { parseNetworkConfig } from ${module("../control/config.js")};
+const [dir, firstIp, count] = process.argv.slice(2);
+const registries = await Promise.all(Array.from({ length: Number(count) }, () => FileRegistry.open(dir)));
+const config = parseNetworkConfig(await registries[0].getNetworkConfig());
+process.stdout.write("ready\\n");
+process.stdin.once("data", async () => {
+  const leases = await Promise.all(
+    registries.map((registry, i) => acquireLease(registry, config, { publicIp: Number(firstIp) + i, ttlSeconds: 100 })),
+  );
+  process.stdout.write(JSON.stringify(leases) + "\\n", () => process.exit(0));
+});
+`,
+      );
+      const lines = await raceChildren(Array.from({ length: 4 }, (_, i) => [script, dir, String(HOST_A + 5 * i), "5"]));
+      const leases = lines.flatMap((line) => JSON.parse(line) as Lease[]);
+      assert.equal(leases.length, 20);
+      assert.equal(new Set(leases.map((lease) => formatPrefix(lease.subnet))).size, 20);
+      assert.equal(new Set(leases.map((lease) => lease.publicIp)).size, 20);
+      const files = await subnetFiles();
+      assert.equal(files.length, 20);
+      for (const lease of leases) {
+        assert.equal(
+          await readFile(join(dir, "subnets", `${formatIpv4(lease.subnet.base)}-${lease.subnet.len}`), "utf8"),
+          `{"PublicIP":"${formatIpv4(lease.publicIp)}","PublicIPv6":null}`,
+        );
+      }
+    });
+  });
+
+  describe("freeSubnets", () => {
+    test("agrees with a brute-force overlap check on random lease sets", () => {
+      const cfg = parseNetworkConfig(
+        '{"Network":"10.0.0.0/20","SubnetLen":26,"SubnetMin":"10.0.1.0","SubnetMax":"10.0.14.192"}',
+      );
+      let seed = 42;
+      const random = () => {
+        seed = (seed * 1103515245 + 12345) % 2 ** 31;
+        return seed / 2 ** 31;
+      };
+      for (let round = 0; round < 200; round++) {
+        const leases: Lease[] = [];
+        const count = Math.floor(random() * 40);
+        for (let i = 0; i < count; i++) {
+          const len = 22 + Math.floor(random() * 9);
+          const size = prefixSize(len);
+          const base = cfg.network.base + Math.floor((random() * prefixSize(20)) / size) * size;
+          leases.push({ subnet: { base, len }, publicIp: HOST_B, expiresAt: null });
+        }
+        const limit = 1 + Math.floor(random() * 60);
+        const expected: number[] = [];
+        const size = prefixSize(cfg.subnetLen);
+        for (let base = cfg.subnetMin; base <= cfg.subnetMax && expected.length < limit; base += size) {
+          const clash = leases.some(
+            (l) => l.subnet.base < base + size && base < l.subnet.base + prefixSize(l.subnet.len),
+          );
+          if (!clash) expected.push(base);
+        }
+        assert.deepEqual(freeSubnets(cfg, leases, limit), expected, `round ${round}`);
+      }
+    });
+  });
+
+  describe("LeaseManager", () => {
+    test("waits for a missing config, naming where it looks, and starts once it is written", async () => {
+      const registry = await openRegistry();
+      const log = new RecordingLogger();
+      const m = manager({ registry, publicIp: HOST_A, configRetryMs: 10, log, random: () => 0 });
+      const started = m.start();
+      const waiting = `waiting for network config at dir ${dir}/config`;
+      await log.changed.until("the waiting log line", () => log.messages().includes(waiting));
+      assert.equal(m.lease, null);
+      await registry.setNetworkConfig(NETWORK_16);
+      const lease = await started;
+      assert.equal(formatPrefix(lease.subnet), "10.244.1.0/24");
+      assert.equal(m.config?.subnetLen, 24);
+      assert.equal(m.lease, lease);
+      assert.ok(log.messages().filter((msg) => msg === waiting).length >= 1);
+    });
+
+    test("a bad config stops start with the ConfigError", async () => {
+      const registry = await openRegistry();
+      await registry.setNetworkConfig('{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}');
+      const m = manager({ registry, publicIp: HOST_A });
+      await assert.rejects(m.start(), (err: unknown) => {
+        assert.ok(err instanceof ConfigError);
+        assert.equal(
+          err.message,
+          'network config: Backend.Type "vxlan" is not supported; weft implements only the udp backend',
+        );
+        return true;
+      });
+      assert.deepEqual(await subnetFiles(), []);
+    });
+
+    test("publishes peers (never itself) and follows puts, deletes and expiries from other instances", async () => {
+      await config();
+      const other = await openRegistry();
+      await other.createLease(prefix("10.244.50.0/24"), HOST_B, 100);
+      await other.createLease(prefix("10.244.51.0/24"), HOST_C, 10);
+      const recorder = new ManagerRecorder();
+      const m = manager({ registry: await openRegistry(), publicIp: HOST_A, random: () => 0, ...recorder.handlers() });
+      const lease = await m.start();
+      assert.equal(formatPrefix(lease.subnet), "10.244.1.0/24");
+      await recorder.changed.until("the first snapshot", () => recorder.snapshots.length > 0);
+      assert.deepEqual(recorder.latest(), ["10.244.50.0/24 198.18.0.2", "10.244.51.0/24 198.18.0.3"]);
+      assert.deepEqual([...m.peers.keys()].sort(), ["10.244.50.0-24", "10.244.51.0-24"]);
+      assert.equal(m.connected, true);
+
+      await other.createLease(prefix("10.244.52.0/24"), ip("198.18.0.4"), 100);
+      await recorder.changed.until(
+        "the new peer",
+        () => recorder.latest()?.includes("10.244.52.0/24 198.18.0.4") === true,
+      );
+
+      await other.deleteLease(prefix("10.244.50.0/24"));
+      await recorder.changed.until(
+        "the deleted peer gone",
+        () => recorder.latest()?.includes("10.244.50.0/24 198.18.0.2") === false,
+      );
+
+      clock = T0 + 20_000;
+      await recorder.changed.until(
+        "the expired peer gone",
+        () => recorder.latest()?.includes("10.244.51.0/24 198.18.0.3") === false,
+      );
+      assert.deepEqual(recorder.latest(), ["10.244.52.0/24 198.18.0.4"]);
+      assert.ok(recorder.snapshots.every((snapshot) => !describeLeases(snapshot).includes("10.244.1.0/24 198.18.0.1")));
+      assert.equal(recorder.revoked, 0);
+    });
+
+    test("a burst of changes seen in one rescan is published as one snapshot", async () => {
+      await config();
+      const recorder = new ManagerRecorder();
+      // Only inotify triggers rescans here, so the burst below lands in one scan.
+      const m = manager({
+        registry: await openRegistry({ rescanIntervalMs: 3_600_000 }),
+        publicIp: HOST_A,
+        ...recorder.handlers(),
+      });
+      await m.start();
+      await recorder.changed.until(
+        "the watch's first scan",
+        () => recorder.connections.length > 0 && recorder.snapshots.length > 0,
+      );
+      const before = recorder.snapshots.length;
+      for (let i = 0; i < 5; i++) {
+        writeFileSync(join(dir, "subnets", `10.244.${100 + i}.0-24`), `{"PublicIP":"198.18.1.${i}","PublicIPv6":null}`);
+      }
+      await recorder.changed.until("all five peers", () => (recorder.latest()?.length ?? 0) === 5);
+      assert.equal(recorder.snapshots.length, before + 1);
+    });
+
+    test("reuses its lease by PublicIP after a restart, and stop() leaves the lease in place", async () => {
+      await config();
+      const first = manager({ registry: await openRegistry(), publicIp: HOST_A, random: () => 0.5 });
+      const lease = await first.start();
+      first.stop();
+      assert.deepEqual(await subnetFiles(), [`${formatIpv4(lease.subnet.base)}-24`]);
+
+      clock = T0 + 3_600_000;
+      const second = manager({ registry: await openRegistry(), publicIp: HOST_A, random: () => 0 });
+      const again = await second.start();
+      assert.deepEqual(again.subnet, lease.subnet);
+      assert.equal(again.expiresAt, T0 + 3_600_000 + 86_400_000);
+      assert.equal(second.expiresAt, again.expiresAt);
+      assert.equal(second.nextRenewalAt, T0 + 3_600_000 + 86_400_000 - 3_600_000);
+    });
+
+    test("a reused reservation is never scheduled for renewal", async () => {
+      await config();
+      await writeFile(join(dir, "subnets", "10.244.9.0-24"), '{"PublicIP":"198.18.0.1","PublicIPv6":null}');
+      const m = manager({ registry: await openRegistry(), publicIp: HOST_A });
+      const lease = await m.start();
+      assert.deepEqual(lease, { subnet: prefix("10.244.9.0/24"), publicIp: HOST_A, expiresAt: null });
+      assert.equal(m.expiresAt, null);
+      assert.equal(m.nextRenewalAt, null);
+      assert.deepEqual(await readdir(join(dir, "leases")), []);
+    });
+
+    test("renews before expiry, moving the expiry forward each time", async () => {
+      await config();
+      const registry = await openRegistry({ realClock: true });
+      const recorder = new ManagerRecorder();
+      // 60 s leases renewed when less than 59.8 s remain: a renewal every ~0.2 s.
+      const m = new LeaseManager({
+        registry,
+        publicIp: HOST_A,
+        ttlSeconds: 60,
+        renewMarginMinutes: 59.8 / 60,
+        ...recorder.handlers(),
+      });
+      managers.push(m);
+      const lease = await m.start();
+      assert.ok(lease.expiresAt !== null);
+      await recorder.changed.until("two renewals", () => recorder.renewed.length >= 2);
+      const [firstRenewal, secondRenewal] = recorder.renewed as [Lease, Lease];
+      assert.ok((firstRenewal.expiresAt as number) > lease.expiresAt, "first renewal moved the expiry");
+      assert.ok(
+        (secondRenewal.expiresAt as number) > (firstRenewal.expiresAt as number),
+        "second renewal moved it again",
+      );
+      m.stop();
+      const name = `${formatIpv4(lease.subnet.base)}-24`;
+      // A renewal may still be in flight at stop(); what is on disk is at least the second one.
+      assert.ok(Number(await readFile(join(dir, "leases", name), "utf8")) >= (secondRenewal.expiresAt as number));
+      assert.equal(m.nextRenewalAt, null);
+    });
+
+    test("retries a failed renewal", async () => {
+      await config();
+      const registry = await openRegistry({ realClock: true });
+      let failures = 0;
+      const flaky: Registry = Object.create(registry, {
+        updateLease: {
+          value: async (lease: Lease, publicIp: number, ttl: number) => {
+            if (failures++ === 0) throw new Error("registry briefly unavailable");
+            return registry.updateLease(lease, publicIp, ttl);
+          },
+        },
+      });
+      const log = new RecordingLogger();
+      const recorder = new ManagerRecorder();
+      const m = new LeaseManager({
+        registry: flaky,
+        publicIp: HOST_A,
+        ttlSeconds: 60,
+        renewMarginMinutes: 59.9 / 60,
+        renewRetryMs: 10,
+        log,
+        ...recorder.handlers(),
+      });
+      managers.push(m);
+      await m.start();
+      await recorder.changed.until("a renewal", () => recorder.renewed.length >= 1);
+      assert.ok(failures >= 2);
+      assert.ok(log.messages().includes("lease renewal failed, retrying"));
+    });
+
+    test("deleting our own key revokes the lease", async () => {
+      await config();
+      const log = new RecordingLogger();
+      const recorder = new ManagerRecorder();
+      const m = manager({ registry: await openRegistry(), publicIp: HOST_A, log, ...recorder.handlers() });
+      const lease = await m.start();
+      const other = await openRegistry();
+      await other.deleteLease(lease.subnet);
+      await recorder.changed.until("revocation", () => recorder.revoked > 0);
+      assert.equal(recorder.revoked, 1);
+      assert.equal(m.nextRenewalAt, null);
+      assert.ok(log.lines.some((line) => line.level === "error" && line.msg === "lease has been revoked"));
+    });
+
+    test("our key rewritten to name another host revokes the lease", async () => {
+      await config();
+      const recorder = new ManagerRecorder();
+      const m = manager({ registry: await openRegistry(), publicIp: HOST_A, ...recorder.handlers() });
+      const lease = await m.start();
+      await writeFile(
+        join(dir, "subnets", `${formatIpv4(lease.subnet.base)}-24`),
+        '{"PublicIP":"198.18.0.2","PublicIPv6":null}',
+      );
+      await recorder.changed.until("revocation", () => recorder.revoked > 0);
+      assert.equal(recorder.revoked, 1);
+    });
+
+    test("garbage under subnets/ is reported through onSkipped and logged, and the manager goes on", async () => {
+      await config();
+      const log = new RecordingLogger();
+      const recorder = new ManagerRecorder();
+      const m = manager({ registry: await openRegistry(), publicIp: HOST_A, log, ...recorder.handlers() });
+      await m.start();
+      await recorder.changed.until("the first snapshot", () => recorder.snapshots.length > 0);
+      await writeFile(join(dir, "subnets", "10.244.30.0-24"), "not json at all");
+      await recorder.changed.until("the skipped key", () => recorder.skipped.length > 0);
+      assert.deepEqual(recorder.skipped, [
+        { key: join(dir, "subnets", "10.244.30.0-24"), reason: "value is not JSON" },
+      ]);
+      assert.ok(log.lines.some((line) => line.level === "warn" && line.msg === "skipping unreadable lease"));
+      await (await openRegistry()).createLease(prefix("10.244.31.0/24"), HOST_B, 100);
+      await recorder.changed.until(
+        "the next peer",
+        () => recorder.latest()?.includes("10.244.31.0/24 198.18.0.2") === true,
+      );
+      assert.equal(recorder.revoked, 0);
+    });
+
+    test("refuses a renew margin as long as the TTL", () => {
+      assert.throws(
+        () =>
+          new LeaseManager({ registry: {} as Registry, publicIp: HOST_A, ttlSeconds: 3600, renewMarginMinutes: 60 }),
+        { message: "subnet lease renew margin 60 minutes is not between 0 and the lease TTL of 3600 s" },
+      );
+    });
+
+    test("stop() during the wait for config ends start with an error", async () => {
+      const m = manager({ registry: await openRegistry(), publicIp: HOST_A, configRetryMs: 10 });
+      const started = m.start();
+      m.stop();
+      await assert.rejects(started, { message: "lease manager was stopped before it finished starting" });
+      assert.deepEqual(await subnetFiles(), []);
+    });
+  });
+});
+
+/**
+ * Starts one node process per argument list, waits until each prints "ready",
+ * then releases them together and returns the line each prints next. A child
+ * that dies or stays silent fails the test with its stderr, never hangs it.
+ */
+async function raceChildren(argLists: string[][], timeoutMs = 60_000): Promise<string[]> {
+  let notify = () => {};
+  const children = argLists.map((args) => {
+    const child = spawn(process.execPath, args, { stdio: ["pipe", "pipe", "pipe"] });
+    const state = { child, lines: [] as string[], partial: "", stderr: "", exited: false };
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+      const parts = (state.partial + chunk).split("\n");
+      state.partial = parts.pop() ?? "";
+      state.lines.push(...parts);
+      notify();
+    });
+    child.stderr.setEncoding("utf8").on("data", (chunk: string) => {
+      state.stderr += chunk;
+    });
+    child.once("exit", () => {
+      state.exited = true;
+      notify();
+    });
+    return state;
+  });
+  const until = (what: string, linesWanted: number) =>
+    new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => finish(new Error(`timed out waiting for ${what}`)), timeoutMs);
+      const finish = (err?: Error) => {
+        clearTimeout(timer);
+        notify = () => {};
+        if (err === undefined) resolve();
+        else {
+          const report = children.map(
+            (c, i) => `child ${i}: stdout ${JSON.stringify(c.lines)}, stderr ${JSON.stringify(c.stderr)}`,
+          );
+          reject(new Error(`${err.message}\n${report.join("\n")}`));
+        }
+      };
+      notify = () => {
+        if (children.every((c) => c.lines.length >= linesWanted)) finish();
+        else if (children.some((c) => c.exited && c.lines.length < linesWanted))
+          finish(new Error(`a child exited before ${what}`));
+      };
+      notify();
+    });
+  try {
+    await until("every child to be ready", 1);
+    for (const { lines } of children) assert.equal(lines[0], "ready");
+    for (const { child } of children) child.stdin.write("go\n");
+    await until("every child's result", 2);
+    return children.map(({ lines }) => lines[1] as string);
+  } finally {
+    for (const { child } of children) if (child.exitCode === null && child.signalCode === null) child.kill();
+  }
+}
