@@ -53,6 +53,11 @@ export const FLAGS = {
     def: true,
     help: "accept datagrams only from hosts that hold a lease (--no-peer-check for NAT'd peers)",
   },
+  offload: {
+    kind: "bool",
+    def: true,
+    help: "TUN checksum/segmentation offloads and UDP GSO/GRO where the kernel has them (--no-offload: one packet per syscall; the wire format is the same)",
+  },
   "strict-inner-source": {
     kind: "bool",
     def: false,
@@ -91,6 +96,7 @@ export interface Options {
   healthzPort: number;
   port: number;
   peerCheck: boolean;
+  offload: boolean;
   strictInnerSource: boolean;
   kubeSubnetMgr: boolean;
   verbosity: number;

@@ -8,16 +8,16 @@ import { pino } from "pino";
 import { formatIpv4, formatPrefix, parseIpv4 } from "../dataplane/addr.js";
 import { Counters } from "../dataplane/counters.js";
 import { Engine } from "../dataplane/engine.js";
+import { GRO_MAX_SEGMENTS } from "../dataplane/gro.js";
 import { TunDevice, UdpTransport } from "../dataplane/io.js";
 import { LeaseTable } from "../dataplane/leases.js";
-import { loadAddon } from "../dataplane/native/index.js";
+import { loadAddon, TUN_F } from "../dataplane/native/index.js";
 import type { Options } from "./cli.js";
 import type { NetworkConfig } from "./config.js";
 import { checkPrivileges, configureTun, type ExternalInterface, findExternalInterface, linkIsUp } from "./host.js";
 import { ensureChain, forwardChain, masqChain } from "./iptables.js";
 import { LeaseManager } from "./lease-manager.js";
 import { createMetrics } from "./metrics.js";
-import { EtcdRegistry } from "./registry/etcd.js";
 import { FileRegistry } from "./registry/file.js";
 import { describeLease, type Lease, type Registry } from "./registry/registry.js";
 import { readSubnetEnv, writeSubnetEnv } from "./subnet-env.js";
@@ -33,8 +33,10 @@ export function createLogger(verbosity: number): Log {
   return pino({ base: undefined, level: verbosity > 0 ? "debug" : "info" }, pino.destination(2));
 }
 
-function openRegistry(opts: Options, log: Log): Promise<Registry> | Registry {
+async function openRegistry(opts: Options, log: Log): Promise<Registry> {
   if (opts.registryDir !== "") return FileRegistry.open(opts.registryDir);
+  // Loaded only in etcd mode: gRPC costs start-up time and resident memory.
+  const { EtcdRegistry } = await import("./registry/etcd.js");
   return new EtcdRegistry({
     endpoints: opts.etcdEndpoints,
     prefix: opts.etcdPrefix,
@@ -111,17 +113,11 @@ export class Daemon {
       renewMarginMinutes: opts.subnetLeaseRenewMargin,
       log,
       onLeases: (leases) => this.installLeases(leases),
-      onRevoked: () => {
-        log.error(
-          { subnet: this.manager?.lease ? formatPrefix(this.manager.lease.subnet) : null },
-          "lease has been revoked",
-        );
-        void this.stop(1);
-      },
+      // The manager logs "lease has been revoked" itself; flannel exits so systemd restarts it.
+      onRevoked: () => void this.stop(1),
       onRenewed: (lease) => log.info({ lease: describeLease(lease), expiresAt: lease.expiresAt }, "lease renewed"),
       onConnection: (connected, err) =>
         connected ? log.info("registry reconnected") : log.warn({ err: err?.message }, "registry disconnected"),
-      onSkipped: (key, reason) => log.warn({ key, reason }, "skipping unreadable lease"),
     });
     this.manager = manager;
     const lease = await manager.start();
@@ -155,10 +151,23 @@ export class Daemon {
   private async startDataplane(iface: ExternalInterface, lease: Lease, config: NetworkConfig): Promise<void> {
     const mtu = iface.mtu - UDP_OVERHEAD;
     const port = this.opts.port || config.backend.port;
-    this.device = TunDevice.open("flannel%d");
-    await configureTun(this.device.name, lease.subnet, mtu, config.network);
+    const offload = this.opts.offload;
+    this.device = TunDevice.open("flannel%d", { offload });
+    const capped = await configureTun(this.device.name, lease.subnet, mtu, config.network, {
+      gsoMaxSegments: offload ? GRO_MAX_SEGMENTS : 0,
+    });
+    if (!capped)
+      this.log.warn({ tun: this.device.name }, "the kernel refused gso_max_segs: long super-packets may be dropped");
     this.ready.tun = linkIsUp(this.device.name);
-    this.transport = UdpTransport.bind(iface.addr, port);
+    const STEPS = Number(process.env.WEFT_STEPS ?? 3); // TEMP ablation
+    this.transport = UdpTransport.bind(iface.addr, port, { offload: offload && STEPS >= 2 });
+    if (offload) {
+      const names = Object.entries(TUN_F).flatMap(([k, bit]) => ((this.device?.offloads ?? 0) & bit ? [k] : []));
+      this.log.info(
+        { tunOffloads: names, udpGso: this.transport.gsoMaxSegments > 0, udpGro: this.transport.gro },
+        "offloads",
+      );
+    }
     this.engine = new Engine({
       device: this.device,
       transport: this.transport,
@@ -166,6 +175,7 @@ export class Daemon {
       mtu,
       peerCheck: this.opts.peerCheck,
       strictInnerSource: this.opts.strictInnerSource,
+      coalesce: STEPS >= 3,
       counters: this.counters,
       onError: (err, side) => {
         this.log.error({ err: err.message, side }, side === "device" ? "flannel0 failed" : "UDP socket failed");

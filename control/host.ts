@@ -145,9 +145,27 @@ async function ip(...args: string[]): Promise<void> {
  * overlay MTU, up, and one route for the whole Network. Also accept_local,
  * because the ICMP errors weft writes into flannel0 come from flannel0's own
  * address and the kernel would otherwise drop them as martians.
+ *
+ * With `gsoMaxSegments` (offloads on) the kernel is told to hand flannel0 no
+ * super-packet of more segments than that, which bounds what weft must split
+ * per read. Returns false when the kernel would not take that limit.
  */
-export async function configureTun(name: string, lease: Ipv4Prefix, mtu: number, network: Ipv4Prefix): Promise<void> {
+export async function configureTun(
+  name: string,
+  lease: Ipv4Prefix,
+  mtu: number,
+  network: Ipv4Prefix,
+  opts: { gsoMaxSegments?: number } = {},
+): Promise<boolean> {
   await ip("addr", "replace", `${formatIpv4(lease.base)}/32`, "dev", name);
+  let capped = true;
+  if (opts.gsoMaxSegments !== undefined && opts.gsoMaxSegments > 0) {
+    try {
+      await run("ip", ["link", "set", "dev", name, "gso_max_segs", String(opts.gsoMaxSegments)]);
+    } catch {
+      capped = false;
+    }
+  }
   await ip("link", "set", "dev", name, "mtu", String(mtu), "txqueuelen", "1000", "up");
   try {
     await run("ip", ["route", "add", formatPrefix(network), "dev", name]);
@@ -157,6 +175,7 @@ export async function configureTun(name: string, lease: Ipv4Prefix, mtu: number,
       throw new HostError(`ip route add ${formatPrefix(network)} dev ${name}: ${stderr.trim()}`);
   }
   writeFileSync(`/proc/sys/net/ipv4/conf/${name}/accept_local`, "1");
+  return capped;
 }
 
 /** Whether the link exists and is up (for readiness). */

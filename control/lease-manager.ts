@@ -72,7 +72,9 @@ export async function acquireLease(registry: Registry, config: NetworkConfig, op
     taken = taken.filter((lease) => lease.publicIp !== publicIp);
 
     let subnet: Ipv4Prefix | null = null;
-    const previous = options.previousSubnet ?? null;
+    // The previous subnet gets one try: if its create loses, something holds
+    // it (or is about to) and the next attempts pick among the free ones.
+    const previous = attempt === 1 ? (options.previousSubnet ?? null) : null;
     if (previous !== null) {
       if (!fitsConfig(config, previous)) {
         log.warn({ subnet: formatPrefix(previous) }, "previous subnet does not fit the network config, ignoring");

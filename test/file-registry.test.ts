@@ -445,6 +445,31 @@ process.stdin.once("data", async () => {
       }
     });
 
+    test("a value that turns to garbage keeps its last good lease, and the repaired value is a put", async () => {
+      const registry = await openRegistry({ rescanIntervalMs: 20 });
+      await registry.createLease(prefix("10.244.8.0/24"), HOST_B, 100);
+      const listing = await registry.getLeases();
+      const recorder = new WatchRecorder();
+      const watch = registry.watchLeases(listing.revision, recorder);
+      try {
+        const key = join(dir, "subnets", "10.244.8.0-24");
+        // Atomic replacements, so each state is seen whole.
+        await writeFile(`${key}.new`, "{half-written");
+        await rename(`${key}.new`, key);
+        await recorder.waitFor("the skipped key", () =>
+          recorder.reports.some((r) => r.kind === "skipped" && r.key === key),
+        );
+        await writeFile(`${key}.new`, '{"PublicIP":"198.18.0.1","PublicIPv6":null}');
+        await rename(`${key}.new`, key);
+        await recorder.waitFor("the put of the repaired value", () =>
+          recorder.events().some((e) => isPut(e, "10.244.8.0/24", HOST_A)),
+        );
+        assert.ok(!recorder.events().some((e) => isDelete(e, "10.244.8.0/24")), "garbage is not a delete");
+      } finally {
+        watch.close();
+      }
+    });
+
     test("an unreadable directory is reported as a lost connection, and changes are caught after it recovers", async () => {
       const registry = await openRegistry({ rescanIntervalMs: 20 });
       const listing = await registry.getLeases();
@@ -516,7 +541,8 @@ async function raceChildren(argLists: string[][], timeoutMs = 60_000): Promise<s
     child.stderr.setEncoding("utf8").on("data", (chunk: string) => {
       state.stderr += chunk;
     });
-    child.once("exit", () => {
+    // "close", not "exit": only then has all of the child's output arrived.
+    child.once("close", () => {
       state.exited = true;
       notify();
     });

@@ -14,7 +14,7 @@ import {
   type Logger,
 } from "../control/lease-manager.js";
 import { FileRegistry } from "../control/registry/file.js";
-import type { Lease, Registry } from "../control/registry/registry.js";
+import type { Lease, Registry, WatchHandlers } from "../control/registry/registry.js";
 import { readSubnetEnv, writeSubnetEnv } from "../control/subnet-env.js";
 import { formatIpv4, formatPrefix, type Ipv4Prefix, parseIpv4, parsePrefix, prefixSize } from "../dataplane/addr.js";
 
@@ -48,10 +48,19 @@ class Condition {
     });
   }
 
-  async until(what: string, check: () => boolean, timeoutMs = 10_000): Promise<void> {
+  /** `state` is included in the timeout error, to tell why it never came. */
+  async until(
+    what: string,
+    check: () => boolean,
+    state: () => unknown = () => null,
+    timeoutMs = 10_000,
+  ): Promise<void> {
     if (check()) return;
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), timeoutMs);
+      const timer = setTimeout(
+        () => reject(new Error(`timed out waiting for ${what}; state: ${JSON.stringify(state())}`)),
+        timeoutMs,
+      );
       this.waiters.push({
         check,
         resolve: () => {
@@ -95,7 +104,17 @@ class ManagerRecorder {
   readonly skipped: { key: string; reason: string }[] = [];
   readonly connections: boolean[] = [];
   revoked = 0;
-  readonly changed = new Condition();
+  private readonly changed = new Condition();
+
+  async until(what: string, check: () => boolean): Promise<void> {
+    await this.changed.until(what, check, () => ({
+      snapshots: this.snapshots.map(describeLeases),
+      renewed: this.renewed.length,
+      skipped: this.skipped,
+      connections: this.connections,
+      revoked: this.revoked,
+    }));
+  }
 
   handlers(): Pick<LeaseManagerOptions, "onLeases" | "onRevoked" | "onRenewed" | "onConnection" | "onSkipped"> {
     return {
@@ -398,25 +417,22 @@ process.stdin.once("data", async () => {
       const m = manager({ registry: await openRegistry(), publicIp: HOST_A, random: () => 0, ...recorder.handlers() });
       const lease = await m.start();
       assert.equal(formatPrefix(lease.subnet), "10.244.1.0/24");
-      await recorder.changed.until("the first snapshot", () => recorder.snapshots.length > 0);
+      await recorder.until("the first snapshot", () => recorder.snapshots.length > 0);
       assert.deepEqual(recorder.latest(), ["10.244.50.0/24 198.18.0.2", "10.244.51.0/24 198.18.0.3"]);
       assert.deepEqual([...m.peers.keys()].sort(), ["10.244.50.0-24", "10.244.51.0-24"]);
       assert.equal(m.connected, true);
 
       await other.createLease(prefix("10.244.52.0/24"), ip("198.18.0.4"), 100);
-      await recorder.changed.until(
-        "the new peer",
-        () => recorder.latest()?.includes("10.244.52.0/24 198.18.0.4") === true,
-      );
+      await recorder.until("the new peer", () => recorder.latest()?.includes("10.244.52.0/24 198.18.0.4") === true);
 
       await other.deleteLease(prefix("10.244.50.0/24"));
-      await recorder.changed.until(
+      await recorder.until(
         "the deleted peer gone",
         () => recorder.latest()?.includes("10.244.50.0/24 198.18.0.2") === false,
       );
 
       clock = T0 + 20_000;
-      await recorder.changed.until(
+      await recorder.until(
         "the expired peer gone",
         () => recorder.latest()?.includes("10.244.51.0/24 198.18.0.3") === false,
       );
@@ -432,10 +448,11 @@ process.stdin.once("data", async () => {
       const m = manager({
         registry: await openRegistry({ rescanIntervalMs: 3_600_000 }),
         publicIp: HOST_A,
+        random: () => 0,
         ...recorder.handlers(),
       });
       await m.start();
-      await recorder.changed.until(
+      await recorder.until(
         "the watch's first scan",
         () => recorder.connections.length > 0 && recorder.snapshots.length > 0,
       );
@@ -443,7 +460,9 @@ process.stdin.once("data", async () => {
       for (let i = 0; i < 5; i++) {
         writeFileSync(join(dir, "subnets", `10.244.${100 + i}.0-24`), `{"PublicIP":"198.18.1.${i}","PublicIPv6":null}`);
       }
-      await recorder.changed.until("all five peers", () => (recorder.latest()?.length ?? 0) === 5);
+      await recorder.until("all five peers", () => (recorder.latest()?.length ?? 0) === 5);
+      // Uncoalesced publishes would be queued before this turn ends; let them run first.
+      await new Promise((resolve) => setImmediate(resolve));
       assert.equal(recorder.snapshots.length, before + 1);
     });
 
@@ -489,7 +508,7 @@ process.stdin.once("data", async () => {
       managers.push(m);
       const lease = await m.start();
       assert.ok(lease.expiresAt !== null);
-      await recorder.changed.until("two renewals", () => recorder.renewed.length >= 2);
+      await recorder.until("two renewals", () => recorder.renewed.length >= 2);
       const [firstRenewal, secondRenewal] = recorder.renewed as [Lease, Lease];
       assert.ok((firstRenewal.expiresAt as number) > lease.expiresAt, "first renewal moved the expiry");
       assert.ok(
@@ -528,7 +547,7 @@ process.stdin.once("data", async () => {
       });
       managers.push(m);
       await m.start();
-      await recorder.changed.until("a renewal", () => recorder.renewed.length >= 1);
+      await recorder.until("a renewal", () => recorder.renewed.length >= 1);
       assert.ok(failures >= 2);
       assert.ok(log.messages().includes("lease renewal failed, retrying"));
     });
@@ -541,7 +560,7 @@ process.stdin.once("data", async () => {
       const lease = await m.start();
       const other = await openRegistry();
       await other.deleteLease(lease.subnet);
-      await recorder.changed.until("revocation", () => recorder.revoked > 0);
+      await recorder.until("revocation", () => recorder.revoked > 0);
       assert.equal(recorder.revoked, 1);
       assert.equal(m.nextRenewalAt, null);
       assert.ok(log.lines.some((line) => line.level === "error" && line.msg === "lease has been revoked"));
@@ -556,7 +575,7 @@ process.stdin.once("data", async () => {
         join(dir, "subnets", `${formatIpv4(lease.subnet.base)}-24`),
         '{"PublicIP":"198.18.0.2","PublicIPv6":null}',
       );
-      await recorder.changed.until("revocation", () => recorder.revoked > 0);
+      await recorder.until("revocation", () => recorder.revoked > 0);
       assert.equal(recorder.revoked, 1);
     });
 
@@ -564,21 +583,55 @@ process.stdin.once("data", async () => {
       await config();
       const log = new RecordingLogger();
       const recorder = new ManagerRecorder();
-      const m = manager({ registry: await openRegistry(), publicIp: HOST_A, log, ...recorder.handlers() });
+      const m = manager({
+        registry: await openRegistry(),
+        publicIp: HOST_A,
+        random: () => 0,
+        log,
+        ...recorder.handlers(),
+      });
       await m.start();
-      await recorder.changed.until("the first snapshot", () => recorder.snapshots.length > 0);
+      await recorder.until("the first snapshot", () => recorder.snapshots.length > 0);
       await writeFile(join(dir, "subnets", "10.244.30.0-24"), "not json at all");
-      await recorder.changed.until("the skipped key", () => recorder.skipped.length > 0);
+      await recorder.until("the skipped key", () => recorder.skipped.length > 0);
       assert.deepEqual(recorder.skipped, [
         { key: join(dir, "subnets", "10.244.30.0-24"), reason: "value is not JSON" },
       ]);
       assert.ok(log.lines.some((line) => line.level === "warn" && line.msg === "skipping unreadable lease"));
       await (await openRegistry()).createLease(prefix("10.244.31.0/24"), HOST_B, 100);
-      await recorder.changed.until(
-        "the next peer",
-        () => recorder.latest()?.includes("10.244.31.0/24 198.18.0.2") === true,
-      );
+      await recorder.until("the next peer", () => recorder.latest()?.includes("10.244.31.0/24 198.18.0.2") === true);
       assert.equal(recorder.revoked, 0);
+    });
+
+    test("a resync replaces the peer map, and a resync without our lease revokes it", async () => {
+      await config();
+      const registry = await openRegistry();
+      await registry.createLease(prefix("10.244.60.0/24"), HOST_B, 100);
+      let handlers: WatchHandlers | null = null;
+      const spy: Registry = Object.create(registry, {
+        watchLeases: {
+          value: (revision: number, given: WatchHandlers) => {
+            handlers = given;
+            return registry.watchLeases(revision, given);
+          },
+        },
+      });
+      const recorder = new ManagerRecorder();
+      const m = manager({ registry: spy, publicIp: HOST_A, random: () => 0, ...recorder.handlers() });
+      const lease = await m.start();
+      await recorder.until("the first snapshot", () => recorder.snapshots.length > 0);
+      assert.deepEqual(recorder.latest(), ["10.244.60.0/24 198.18.0.2"]);
+      const resync = handlers as WatchHandlers | null;
+      assert.ok(resync !== null);
+
+      const peer = { subnet: prefix("10.244.61.0/24"), publicIp: HOST_C, expiresAt: null };
+      resync.onResync({ leases: [lease, peer], revision: 1000, skipped: [] });
+      await recorder.until("the resynced snapshot", () => recorder.latest()?.join() === "10.244.61.0/24 198.18.0.3");
+      assert.deepEqual([...m.peers.keys()], ["10.244.61.0-24"]);
+
+      resync.onResync({ leases: [peer], revision: 1001, skipped: [] });
+      await recorder.until("revocation", () => recorder.revoked > 0);
+      assert.equal(recorder.revoked, 1);
     });
 
     test("refuses a renew margin as long as the TTL", () => {
@@ -618,7 +671,8 @@ async function raceChildren(argLists: string[][], timeoutMs = 60_000): Promise<s
     child.stderr.setEncoding("utf8").on("data", (chunk: string) => {
       state.stderr += chunk;
     });
-    child.once("exit", () => {
+    // "close", not "exit": only then has all of the child's output arrived.
+    child.once("close", () => {
       state.exited = true;
       notify();
     });
