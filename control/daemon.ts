@@ -115,6 +115,7 @@ export class Daemon {
       onLeases: (leases) => this.installLeases(leases),
       // The manager logs "lease has been revoked" itself; flannel exits so systemd restarts it.
       onRevoked: () => void this.stop(1),
+      onConfigChanged: () => void this.stop(1),
       onRenewed: (lease) => log.info({ lease: describeLease(lease), expiresAt: lease.expiresAt }, "lease renewed"),
       onConnection: (connected, err) =>
         connected ? log.info("registry reconnected") : log.warn({ err: err?.message }, "registry disconnected"),

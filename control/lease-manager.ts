@@ -174,6 +174,13 @@ export interface LeaseManagerOptions {
   readonly onRenewed?: (lease: Lease) => void;
   readonly onConnection?: (connected: boolean, error?: Error) => void;
   readonly onSkipped?: (key: string, reason: string) => void;
+  /**
+   * The network config in the registry now names another Network or SubnetLen
+   * than the one this host runs on; the manager has stopped. Checked every
+   * `configCheckMs` (default 10 s).
+   */
+  readonly onConfigChanged?: (message: string) => void;
+  readonly configCheckMs?: number;
 }
 
 /**
@@ -191,12 +198,14 @@ export class LeaseManager {
   private readonly peerLeases = new Map<string, Lease>();
   private watch: Watch | null = null;
   private renewTimer: NodeJS.Timeout | null = null;
+  private configTimer: NodeJS.Timeout | null = null;
   private renewAt: number | null = null;
   private waitTimer: { timer: NodeJS.Timeout; wake: () => void } | null = null;
   private publishPending = false;
   private isConnected = false;
   private stopped = false;
   private revoked = false;
+  private recreating = false;
 
   constructor(options: LeaseManagerOptions) {
     this.options = options;
@@ -289,12 +298,49 @@ export class LeaseManager {
     });
     this.scheduleRenewal();
     this.schedulePublish();
+    this.configTimer = setInterval(() => void this.checkConfig(), this.options.configCheckMs ?? 10_000);
+    this.configTimer.unref();
     return lease;
+  }
+
+  /**
+   * flannel reads the config once; weft notices when it changes under a
+   * running host, because carrying on would route a network nobody uses.
+   * An absent or unreadable config is left alone (a registry hiccup, a
+   * half-done edit); only a valid config for another network is fatal.
+   */
+  private async checkConfig(): Promise<void> {
+    const current = this.networkConfig;
+    if (current === null || this.stopped) return;
+    let next: NetworkConfig;
+    try {
+      const json = await this.options.registry.getNetworkConfig();
+      if (json === null) return;
+      next = parseNetworkConfig(json);
+    } catch {
+      return;
+    }
+    if (this.stopped) return;
+    if (
+      next.network.base === current.network.base &&
+      next.network.len === current.network.len &&
+      next.subnetLen === current.subnetLen
+    ) {
+      return;
+    }
+    const message =
+      `network config changed from ${formatPrefix(current.network)} (SubnetLen ${current.subnetLen}) ` +
+      `to ${formatPrefix(next.network)} (SubnetLen ${next.subnetLen}); restart weftd to join the new network`;
+    this.log.error({ from: formatPrefix(current.network), to: formatPrefix(next.network) }, message);
+    this.stop();
+    this.options.onConfigChanged?.(message);
   }
 
   /** Stops renewing and watching; the lease stays in the registry for reuse after a restart. */
   stop(): void {
     this.stopped = true;
+    if (this.configTimer !== null) clearInterval(this.configTimer);
+    this.configTimer = null;
     this.watch?.close();
     this.watch = null;
     if (this.renewTimer !== null) clearTimeout(this.renewTimer);
@@ -363,13 +409,49 @@ export class LeaseManager {
   private onResync(listing: LeaseListing): void {
     const own = this.ownLease;
     const listed = own === null ? undefined : listing.leases.find((lease) => sameSubnet(lease.subnet, own.subnet));
-    if (own !== null && (listed === undefined || listed.publicIp !== own.publicIp)) {
-      this.revoke(`lease ${formatPrefix(own.subnet)} is missing from a fresh listing`);
+    if (own !== null && listed !== undefined && listed.publicIp !== own.publicIp) {
+      this.revoke(`lease ${formatPrefix(own.subnet)} now names ${formatIpv4(listed.publicIp)}`);
       return;
     }
     if (listed !== undefined) this.ownLease = listed;
     this.replacePeers(listing);
     this.schedulePublish();
+    if (own !== null && listed === undefined) void this.recreate(own);
+  }
+
+  /**
+   * Our key is absent from a full listing without anyone having deleted it in
+   * our sight: the store came back empty (etcd restarted without its data
+   * dir, the registry directory was wiped). Take the same subnet again;
+   * only if another host got there first is the lease lost.
+   */
+  private async recreate(own: Lease): Promise<void> {
+    if (this.recreating || this.stopped) return;
+    this.recreating = true;
+    this.log.warn({ subnet: formatPrefix(own.subnet) }, "lease missing after the registry came back, re-creating it");
+    try {
+      for (let attempt = 1; !this.stopped; attempt++) {
+        try {
+          const lease = await this.options.registry.createLease(own.subnet, this.options.publicIp, this.ttlSeconds);
+          if (lease === null) {
+            this.revoke(`lease ${formatPrefix(own.subnet)} was taken by another host while the registry was away`);
+            return;
+          }
+          if (this.stopped) return;
+          this.ownLease = lease;
+          this.log.info({ lease: describeLease(lease) }, "lease re-created");
+          this.options.onRenewed?.(lease);
+          if (this.renewTimer !== null) clearTimeout(this.renewTimer);
+          this.scheduleRenewal();
+          return;
+        } catch (err) {
+          this.log.warn({ err, attempt }, "re-creating the lease failed, retrying");
+          await new Promise((resolve) => setTimeout(resolve, this.options.renewRetryMs ?? 5000).unref());
+        }
+      }
+    } finally {
+      this.recreating = false;
+    }
   }
 
   private onConnection(connected: boolean, error?: Error): void {

@@ -603,7 +603,7 @@ process.stdin.once("data", async () => {
       assert.equal(recorder.revoked, 0);
     });
 
-    test("a resync replaces the peer map, and a resync without our lease revokes it", async () => {
+    test("a resync replaces the peer map, and a resync without our lease re-creates it (the store came back empty)", async () => {
       await config();
       const registry = await openRegistry();
       await registry.createLease(prefix("10.244.60.0/24"), HOST_B, 100);
@@ -611,8 +611,11 @@ process.stdin.once("data", async () => {
       const spy: Registry = Object.create(registry, {
         watchLeases: {
           value: (revision: number, given: WatchHandlers) => {
+            // Events come only from the test's own onResync calls: a store
+            // that lost its data says nothing, it just lists less.
+            void revision;
             handlers = given;
-            return registry.watchLeases(revision, given);
+            return { close() {} };
           },
         },
       });
@@ -629,9 +632,77 @@ process.stdin.once("data", async () => {
       await recorder.until("the resynced snapshot", () => recorder.latest()?.join() === "10.244.61.0/24 198.18.0.3");
       assert.deepEqual([...m.peers.keys()], ["10.244.61.0-24"]);
 
+      // The store lost everything: our key is gone, nobody else holds the subnet.
+      await registry.deleteLease(lease.subnet);
       resync.onResync({ leases: [peer], revision: 1001, skipped: [] });
+      await recorder.until("re-creation", () => recorder.renewed.length > 0);
+      const relisted = (await registry.getLeases()).leases;
+      assert.ok(
+        relisted.some((l) => l.subnet.base === lease.subnet.base && l.publicIp === HOST_A && l.expiresAt !== null),
+      );
+      assert.equal(recorder.revoked, 0);
+      assert.equal(m.lease?.subnet.base, lease.subnet.base);
+
+      // A resync that shows our subnet held by another host is a revocation.
+      resync.onResync({ leases: [{ ...lease, publicIp: HOST_C }, peer], revision: 1002, skipped: [] });
       await recorder.until("revocation", () => recorder.revoked > 0);
       assert.equal(recorder.revoked, 1);
+    });
+
+    test("a resync without our lease whose subnet another host took meanwhile revokes it", async () => {
+      await config();
+      const registry = await openRegistry();
+      let handlers: WatchHandlers | null = null;
+      const spy: Registry = Object.create(registry, {
+        watchLeases: {
+          value: (revision: number, given: WatchHandlers) => {
+            // Events come only from the test's own onResync calls: a store
+            // that lost its data says nothing, it just lists less.
+            void revision;
+            handlers = given;
+            return { close() {} };
+          },
+        },
+      });
+      const recorder = new ManagerRecorder();
+      const m = manager({ registry: spy, publicIp: HOST_A, random: () => 0, ...recorder.handlers() });
+      const lease = await m.start();
+      await registry.deleteLease(lease.subnet);
+      await registry.createLease(lease.subnet, HOST_B, 100);
+      (handlers as WatchHandlers | null)?.onResync({ leases: [], revision: 2000, skipped: [] });
+      await recorder.until("revocation", () => recorder.revoked > 0);
+      assert.equal(recorder.revoked, 1);
+    });
+
+    test("a network config changed to another Network stops the manager with a sentence naming both", async () => {
+      await config();
+      const messages: string[] = [];
+      let signal: () => void = () => {};
+      const changed = new Promise<void>((resolve) => {
+        signal = resolve;
+      });
+      const m = manager({
+        registry: await openRegistry(),
+        publicIp: HOST_A,
+        configCheckMs: 20,
+        onConfigChanged: (message) => {
+          messages.push(message);
+          signal();
+        },
+      });
+      await m.start();
+      await config('{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":8285}}'); // same network: no change
+      await new Promise((r) => setTimeout(r, 100));
+      assert.deepEqual(messages, []);
+      await config('{"Network":"10.245.0.0/16"}');
+      // The manager's timers are unref'd (they must not hold a daemon open): hold the loop here.
+      const keepAlive = setInterval(() => {}, 1000);
+      await changed;
+      clearInterval(keepAlive);
+      assert.deepEqual(messages, [
+        "network config changed from 10.244.0.0/16 (SubnetLen 24) to 10.245.0.0/16 (SubnetLen 24); restart weftd to join the new network",
+      ]);
+      assert.equal(m.nextRenewalAt, null, "stopped");
     });
 
     test("refuses a renew margin as long as the TTL", () => {
