@@ -1,12 +1,13 @@
 // The lab's hosts and pods, all inside network namespaces it creates (BENCH.md
-// topology). Two hosts get a direct underlay veth; more hosts hang off a bridge
-// in a switch namespace. Underlay 198.18.0.0/24, pods from the hosts' leases
-// in 10.244.0.0/16. Nothing is created in the root namespace: every veth is
-// born inside its namespaces (`ip -n`), so deleting the namespaces removes it.
-// Used by `npm run lab`, the netns end-to-end tests and `bench lab`.
+// topology). Two hosts get a direct underlay veth unless `bridge` is asked for;
+// more hosts hang off a bridge in a switch namespace. Underlay 198.18.0.0/24,
+// pods from the hosts' leases in 10.244.0.0/16. Nothing is created in the root
+// namespace: every veth is born inside its namespaces (`ip -n`), so deleting the
+// namespaces removes it. Used by `npm run lab`, the netns end-to-end tests and
+// `bench lab`.
 
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 
@@ -75,32 +76,51 @@ export function readSubnetEnvFile(path: string): SubnetEnvFields {
   return { network, subnet, mtu };
 }
 
+export interface LabOptions {
+  prefix: string;
+  hosts: number;
+  dir: string;
+  underlayMtu?: number[];
+  /** Put the hosts on the switch namespace's bridge even when there are only two. */
+  bridge?: boolean;
+  /**
+   * Called before each namespace is created, so a caller can record it first: a
+   * crash between the record and the creation leaves a name that is not there,
+   * never a namespace nobody knows about.
+   */
+  willCreateNamespace?: (name: string) => void;
+}
+
 export class Lab {
   readonly hosts: LabHost[] = [];
   readonly pods: LabPod[] = [];
   readonly namespaces: string[] = [];
+  /** The namespace holding the underlay bridge br0, or null for two hosts on one veth. */
+  switchNs: string | null = null;
   private readonly prefix: string;
   readonly dir: string;
   readonly registryDir: string;
+  private readonly willCreateNamespace: (name: string) => void;
   private destroyed = false;
 
-  private constructor(prefix: string, dir: string) {
+  private constructor(prefix: string, dir: string, willCreateNamespace: (name: string) => void) {
     this.prefix = prefix;
     this.dir = dir;
     this.registryDir = join(dir, "registry");
+    this.willCreateNamespace = willCreateNamespace;
   }
 
   /**
    * Creates `hosts` host namespaces on an underlay. `prefix` names everything
    * (keep it short: veth names are limited to 15 characters).
    */
-  static async create(opts: { prefix: string; hosts: number; dir: string; underlayMtu?: number[] }): Promise<Lab> {
+  static async create(opts: LabOptions): Promise<Lab> {
     if (!/^[a-z0-9]{1,8}$/.test(opts.prefix)) throw new Error(`lab prefix "${opts.prefix}" must be 1..8 of [a-z0-9]`);
     if (opts.hosts < 2 || opts.hosts > 200) throw new Error(`lab hosts ${opts.hosts} must be between 2 and 200`);
     mkdirSync(opts.dir, { recursive: true });
-    const lab = new Lab(opts.prefix, opts.dir);
+    const lab = new Lab(opts.prefix, opts.dir, opts.willCreateNamespace ?? (() => {}));
     try {
-      await lab.build(opts.hosts, opts.underlayMtu ?? []);
+      await lab.build(opts.hosts, opts.underlayMtu ?? [], opts.bridge ?? false);
     } catch (err) {
       await lab.destroy();
       throw err;
@@ -108,13 +128,15 @@ export class Lab {
     return lab;
   }
 
-  private async addNamespace(name: string): Promise<void> {
+  /** Creates a namespace with lo up; destroy() deletes it. */
+  async addNamespace(name: string): Promise<void> {
+    this.willCreateNamespace(name);
     await sh("ip", ["netns", "add", name]);
     this.namespaces.push(name);
     await sh("ip", ["-n", name, "link", "set", "lo", "up"]);
   }
 
-  private async build(count: number, mtus: number[]): Promise<void> {
+  private async build(count: number, mtus: number[], bridge: boolean): Promise<void> {
     for (let i = 1; i <= count; i++) {
       const ns = `${this.prefix}-h${i}`;
       await this.addNamespace(ns);
@@ -129,12 +151,13 @@ export class Lab {
         await nsRun(ns, "sysctl", ["-qw", `${key}=${value}`]);
       }
     }
-    if (count === 2) {
+    if (count === 2 && !bridge) {
       const [a, b] = this.hosts as [LabHost, LabHost];
       await sh("ip", ["-n", a.ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b.ns]);
     } else {
       const sw = `${this.prefix}-sw`;
       await this.addNamespace(sw);
+      this.switchNs = sw;
       await sh("ip", ["-n", sw, "link", "add", "br0", "type", "bridge"]);
       await sh("ip", ["-n", sw, "link", "set", "br0", "up"]);
       for (const h of this.hosts) {
@@ -163,9 +186,11 @@ export class Lab {
 
   /**
    * Starts weftd in the host's namespace (file registry by default); extra
-   * flags are appended. Its log goes to <host dir>/weftd.log.
+   * flags are appended. Its log goes to <host dir>/weftd.log. `detached` gives
+   * it its own session, so it outlives a lab that is kept running and is not
+   * hit by the terminal's Ctrl-C while the lab tears down in order.
    */
-  startWeft(host: LabHost, extra: readonly string[] = []): ChildProcess {
+  startWeft(host: LabHost, extra: readonly string[] = [], opts: { detached?: boolean } = {}): ChildProcess {
     if (host.weft !== null && host.weft.exitCode === null) throw new Error(`weftd already runs on ${host.ns}`);
     const main = new URL("../control/main.js", import.meta.url).pathname;
     const args = [
@@ -182,7 +207,8 @@ export class Lab {
       ...extra,
     ];
     const log = openSync(join(host.dir, "weftd.log"), "a");
-    const child = spawn("ip", args, { stdio: ["ignore", log, log] });
+    const child = spawn("ip", args, { stdio: ["ignore", log, log], detached: opts.detached ?? false });
+    closeSync(log);
     host.weft = child;
     return child;
   }
