@@ -6,6 +6,7 @@
         "dataplane/native/addon.cc",
         "dataplane/native/errors.cc",
         "dataplane/native/notify.cc",
+        "dataplane/native/offload.cc",
         "dataplane/native/packet_fd.cc",
         "dataplane/native/tun.cc",
         "dataplane/native/udp_socket.cc"

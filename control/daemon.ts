@@ -160,8 +160,7 @@ export class Daemon {
     if (!capped)
       this.log.warn({ tun: this.device.name }, "the kernel refused gso_max_segs: long super-packets may be dropped");
     this.ready.tun = linkIsUp(this.device.name);
-    const STEPS = Number(process.env.WEFT_STEPS ?? 3); // TEMP ablation
-    this.transport = UdpTransport.bind(iface.addr, port, { offload: offload && STEPS >= 2 });
+    this.transport = UdpTransport.bind(iface.addr, port, { offload });
     if (offload) {
       const names = Object.entries(TUN_F).flatMap(([k, bit]) => ((this.device?.offloads ?? 0) & bit ? [k] : []));
       this.log.info(
@@ -176,7 +175,6 @@ export class Daemon {
       mtu,
       peerCheck: this.opts.peerCheck,
       strictInnerSource: this.opts.strictInnerSource,
-      coalesce: STEPS >= 3,
       counters: this.counters,
       onError: (err, side) => {
         this.log.error({ err: err.message, side }, side === "device" ? "flannel0 failed" : "UDP socket failed");

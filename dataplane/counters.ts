@@ -23,6 +23,8 @@ export const Drop = {
   SendError: 8,
   /** The kernel refused the TUN write. */
   WriteError: 9,
+  /** A super-packet from flannel0 that cannot be split into packets (not TCP/UDP, no room). */
+  GsoUnsplittable: 10,
 } as const;
 export type Drop = (typeof Drop)[keyof typeof Drop];
 
@@ -37,6 +39,7 @@ export const DROP_NAMES = [
   "spoofed_source",
   "send_error",
   "write_error",
+  "gso_unsplittable",
 ] as const;
 
 export const Icmp = { NetUnreachable: 0, TimeExceeded: 1, FragNeeded: 2 } as const;

@@ -4,24 +4,35 @@
 //     Device.rx batch ──► validate IPv4 ──► table.lookup(dst) ──► TTL-1 (RFC 1624)
 //                            │ bad: drop        │ none: ICMP Net Unreachable ─┐
 //                            ▼                  ▼ TTL 0: ICMP Time Exceeded ──┤
-//                      stage (offset, length, peer addr, port)                ▼
-//                            └──► Transport.send (sendmmsg)          Device.write (into flannel0)
+//         super-packet? (TSO) split in place into MTU-sized packets           │
+//                            ▼                                                │
+//                      stage (offset, length, peer addr, port, run size)      ▼
+//                            └──► Transport.send (sendmmsg,          Device.write (into flannel0)
+//                                 a split super-packet as UDP GSO runs)
 //
 //   decapsulate (peers -> flannel0)
-//     Transport.rx batch ──► truncated? ──► sender holds a lease? ──► validate IPv4
-//        ──► [inner source in sender's subnet?] ──► fits our MTU? ──► TTL-1 ──► stage
-//        └──► Device.write (one write() per packet)
+//     Transport.rx batch ──► truncated? ──► sender holds a lease? ──► each datagram of the
+//        slot (one, or a UDP GRO run) ──► validate IPv4 ──► [inner source in sender's
+//        subnet?] ──► fits our MTU? ──► TTL-1 ──► stage
+//        ──► [TCP coalescing, gro.ts] ──► Device.write (one write() per (super-)packet)
 //        ICMP errors about tunnelled packets go straight back to the sending peer.
 //
-// Packets are never copied: staging records where each one already lies in the
+// Per-byte work (splitting, merging, checksums) happens in place in the
+// receive arenas, in the addon; what to split, merge and send where is
+// decided here. Counters count the ordinary packets the wire carries: a
+// super-packet counts as its segments, bytes as their inner IP bytes.
+//
+// Packets are never copied between arenas: staging records where each one already lies in the
 // receive arena. A short write (EAGAIN) pauses the opposite source until the
 // blocked fd is writable again, so an arena is never overwritten while packets
 // in it wait. Nothing here awaits, allocates per packet or logs.
 
-import { Drop, Counters, Icmp } from "./counters.js";
-import type { Device, Transport } from "./io.js";
+import { Counters, Drop, Icmp } from "./counters.js";
+import { TcpCoalescer } from "./gro.js";
+import { type Device, MAX_RUN_BYTES, type Transport } from "./io.js";
 import { LeaseTable } from "./leases.js";
 import { PerSourceLimiter } from "./ratelimit.js";
+import { Splitter } from "./tso.js";
 import {
   buildIcmpError,
   CODE_FRAG_NEEDED,
@@ -33,6 +44,11 @@ import {
   mayAnswerWithError,
 } from "./wire/icmp.js";
 import { Ipv4Check, Ipv4View } from "./wire/ipv4.js";
+
+/** Staging room per received slot when slots may hold several packets (runs, super-packets). */
+const PACKETS_PER_BIG_SLOT = 64;
+/** Slots at least this big may hold a UDP GRO run. */
+const BIG_SLOT = 16 * 1024;
 
 export interface EngineOptions {
   readonly device: Device;
@@ -48,6 +64,8 @@ export interface EngineOptions {
   readonly counters?: Counters;
   /** ICMP errors per second per source (default 10). */
   readonly icmpRate?: number;
+  /** Coalesce TCP segments toward flannel0 when the device takes super-packets (default true). */
+  readonly coalesce?: boolean;
   /** Milliseconds clock for the ICMP limiter (tests inject one). */
   readonly now?: () => number;
   /** flannel0 or the socket failed for good (e.g. flannel0 was deleted); forwarding has stopped. */
@@ -56,10 +74,12 @@ export interface EngineOptions {
 
 /** Staged packets of one direction: where each lies and where it goes. */
 class Staging {
-  readonly offsets: Uint32Array;
-  readonly lengths: Uint32Array;
-  readonly addrs: Uint32Array;
-  readonly ports: Uint16Array;
+  offsets: Uint32Array;
+  lengths: Uint32Array;
+  addrs: Uint32Array;
+  ports: Uint16Array;
+  /** Toward peers: UDP GSO run segment size (0: one datagram). Toward flannel0: TCP super-packet segment payload. */
+  gso: Uint16Array;
   count = 0;
   /** First staged packet not yet accepted by the kernel (after a short write). */
   pending = 0;
@@ -69,6 +89,25 @@ class Staging {
     this.lengths = new Uint32Array(capacity);
     this.addrs = new Uint32Array(capacity);
     this.ports = new Uint16Array(capacity);
+    this.gso = new Uint16Array(capacity);
+  }
+
+  /**
+   * Makes room for `needed` entries. Sized up front for the worst case the
+   * kernel produces (64 segments per slot); growing is a rare safety net.
+   */
+  ensure(needed: number): void {
+    if (needed <= this.offsets.length) return;
+    const size = Math.max(needed, this.offsets.length * 2);
+    const grow = <T extends Uint32Array | Uint16Array>(a: T, b: T): T => {
+      b.set(a);
+      return b;
+    };
+    this.offsets = grow(this.offsets, new Uint32Array(size));
+    this.lengths = grow(this.lengths, new Uint32Array(size));
+    this.addrs = grow(this.addrs, new Uint32Array(size));
+    this.ports = grow(this.ports, new Uint16Array(size));
+    this.gso = grow(this.gso, new Uint16Array(size));
   }
 }
 
@@ -92,6 +131,7 @@ export class Engine {
   private readonly mtu: number;
   private readonly peerCheck: boolean;
   private readonly strictInnerSource: boolean;
+  private readonly coalesce: boolean;
   private readonly now: () => number;
   private readonly limiter: PerSourceLimiter;
   private readonly view = new Ipv4View();
@@ -99,6 +139,8 @@ export class Engine {
   private readonly toDevice: Staging;
   private readonly icmpToDevice: IcmpOut;
   private readonly icmpToPeers: IcmpOut;
+  private readonly splitter = new Splitter();
+  private readonly coalescer = new TcpCoalescer();
   private running = false;
   private readonly onError: (err: Error, side: "device" | "transport") => void;
 
@@ -114,11 +156,14 @@ export class Engine {
     this.mtu = opts.mtu;
     this.peerCheck = opts.peerCheck ?? true;
     this.strictInnerSource = opts.strictInnerSource ?? false;
+    this.coalesce = (opts.coalesce ?? true) && this.device.gso;
     this.counters = opts.counters ?? new Counters();
     this.now = opts.now ?? Date.now;
     this.limiter = new PerSourceLimiter(opts.icmpRate ?? 10, opts.icmpRate ?? 10);
-    this.toPeers = new Staging(this.device.rx.capacity);
-    this.toDevice = new Staging(this.transport.rx.capacity);
+    this.toPeers = new Staging(this.device.rx.capacity * (this.device.gso ? PACKETS_PER_BIG_SLOT : 1));
+    this.toDevice = new Staging(
+      this.transport.rx.capacity * (this.transport.rx.slotSize >= BIG_SLOT ? PACKETS_PER_BIG_SLOT : 1),
+    );
     this.icmpToDevice = new IcmpOut(this.device.rx.capacity);
     this.icmpToPeers = new IcmpOut(this.transport.rx.capacity);
   }
@@ -180,10 +225,16 @@ export class Engine {
       }
       ip.decrementTtl();
       const total = ip.totalLength;
+      const gsoSize = rx.gsoSize[i];
+      if (gsoSize !== 0) {
+        staged = this.stageSuperPacket(i, off, len, total, id, staged);
+        continue;
+      }
       out.offsets[staged] = off;
       out.lengths[staged] = total;
       out.addrs[staged] = table.peerAddr[id];
       out.ports[staged] = table.peerPort[id];
+      out.gso[staged] = 0;
       staged++;
       c.outPackets++;
       c.outBytes += total;
@@ -208,50 +259,68 @@ export class Engine {
     icmp.count = 0;
     c.batches++;
     for (let i = 0; i < count; i++) {
-      const off = i * rx.slotSize;
-      const len = rx.lengths[i];
-      c.inPackets++;
-      c.inBytes += len;
+      const slot = i * rx.slotSize;
+      const dlen = rx.lengths[i];
       if (rx.truncated[i] !== 0) {
+        c.inPackets++;
+        c.inBytes += dlen;
         c.drops[Drop.Truncated]++;
         continue;
       }
+      // A UDP GRO slot holds a run of datagrams, each one packet; a
+      // zero-length datagram is still one (malformed) packet.
+      const seg = rx.segSize[i];
+      const step = seg === 0 ? dlen : seg;
+      const n = seg === 0 ? 1 : Math.ceil(dlen / seg);
       const sender = rx.srcAddr[i];
       if (peerCheck && !table.isPeer(sender)) {
-        c.drops[Drop.UnknownSender]++;
+        c.inPackets += n;
+        c.inBytes += dlen;
+        c.drops[Drop.UnknownSender] += n;
         continue;
       }
-      const verdict = ip.check(bytes, off, len);
-      if (verdict !== Ipv4Check.Ok) {
-        c.drops[verdict === Ipv4Check.NotIpv4 ? Drop.NotIpv4 : Drop.Malformed]++;
-        continue;
-      }
-      if (this.strictInnerSource) {
-        const owner = table.lookup(ip.src);
-        if (owner < 0 || table.peerAddr[owner] !== sender) {
-          c.drops[Drop.SpoofedSource]++;
+      out.ensure(staged + n);
+      for (let k = 0; k < n; k++) {
+        const off = slot + k * step;
+        const len = k === n - 1 ? dlen - k * step : step;
+        c.inPackets++;
+        c.inBytes += len;
+        const verdict = ip.check(bytes, off, len);
+        if (verdict !== Ipv4Check.Ok) {
+          c.drops[verdict === Ipv4Check.NotIpv4 ? Drop.NotIpv4 : Drop.Malformed]++;
           continue;
         }
-      }
-      const total = ip.totalLength;
-      if (total > this.mtu) {
-        c.drops[Drop.Oversize]++;
-        if (ip.dontFragment) {
-          this.answer(icmp, ICMP_DEST_UNREACH, CODE_FRAG_NEEDED, this.mtu, Icmp.FragNeeded, i);
+        if (this.strictInnerSource) {
+          const owner = table.lookup(ip.src);
+          if (owner < 0 || table.peerAddr[owner] !== sender) {
+            c.drops[Drop.SpoofedSource]++;
+            continue;
+          }
         }
-        continue;
+        const total = ip.totalLength;
+        if (total > this.mtu) {
+          c.drops[Drop.Oversize]++;
+          if (ip.dontFragment) {
+            this.answer(icmp, ICMP_DEST_UNREACH, CODE_FRAG_NEEDED, this.mtu, Icmp.FragNeeded, i);
+          }
+          continue;
+        }
+        if (ip.ttl <= 1) {
+          c.drops[Drop.TtlExpired]++;
+          this.answer(icmp, ICMP_TIME_EXCEEDED, CODE_TTL_EXCEEDED, 0, Icmp.TimeExceeded, i);
+          continue;
+        }
+        ip.decrementTtl();
+        out.offsets[staged] = off;
+        out.lengths[staged] = total;
+        out.gso[staged] = 0;
+        staged++;
+        c.outPackets++;
+        c.outBytes += total;
       }
-      if (ip.ttl <= 1) {
-        c.drops[Drop.TtlExpired]++;
-        this.answer(icmp, ICMP_TIME_EXCEEDED, CODE_TTL_EXCEEDED, 0, Icmp.TimeExceeded, i);
-        continue;
-      }
-      ip.decrementTtl();
-      out.offsets[staged] = off;
-      out.lengths[staged] = total;
-      staged++;
-      c.outPackets++;
-      c.outBytes += total;
+    }
+    if (staged > 1 && this.coalesce) {
+      staged = this.coalescer.coalesce(bytes, out.offsets, out.lengths, out.gso, staged, rx.slotSize);
     }
     out.count = staged;
     out.pending = 0;
@@ -269,6 +338,11 @@ export class Engine {
   private answer(icmp: IcmpOut, type: number, code: number, extra: number, kind: number, datagram: number): void {
     const ip = this.view;
     if (!mayAnswerWithError(ip)) return;
+    // A batch of GRO runs may hold more packets than there are ICMP slots.
+    if (icmp.count === icmp.lengths.length) {
+      this.counters.icmpRateLimited++;
+      return;
+    }
     if (!this.limiter.allow(ip.src, this.now())) {
       this.counters.icmpRateLimited++;
       return;
@@ -281,11 +355,54 @@ export class Engine {
     this.counters.icmpSent[kind]++;
   }
 
+  /**
+   * Splits the super-packet of slot `i` (validated, routed to lease `id`,
+   * TTL already decremented: every segment inherits it) in place and stages
+   * its segments: as UDP GSO runs when the transport takes them, else one
+   * datagram each. Returns the new staged count.
+   */
+  private stageSuperPacket(i: number, off: number, len: number, total: number, id: number, staged: number): number {
+    const rx = this.device.rx;
+    const c = this.counters.tx;
+    const split = this.splitter;
+    if (!split.split(rx.bytes, off, total, rx.gsoType[i], rx.gsoSize[i], rx.slotSize)) {
+      c.drops[Drop.GsoUnsplittable]++;
+      return staged;
+    }
+    const segs = split.segments;
+    const stride = split.stride;
+    const bytesOut = split.total;
+    c.inPackets += segs - 1;
+    c.inBytes += bytesOut - len;
+    if (stride > this.mtu) {
+      c.drops[Drop.Oversize] += segs;
+      return staged;
+    }
+    const out = this.toPeers;
+    out.ensure(staged + segs);
+    const addr = this.table.peerAddr[id];
+    const port = this.table.peerPort[id];
+    const maxRun = this.transport.gsoMaxSegments;
+    const per = maxRun > 1 ? Math.min(maxRun, Math.floor(MAX_RUN_BYTES / stride)) : 1;
+    for (let k = 0; k < segs; k += per) {
+      const n = Math.min(per, segs - k);
+      out.offsets[staged] = off + k * stride;
+      out.lengths[staged] = k + n === segs ? bytesOut - k * stride : n * stride;
+      out.addrs[staged] = addr;
+      out.ports[staged] = port;
+      out.gso[staged] = n > 1 ? stride : 0;
+      staged++;
+    }
+    c.outPackets += segs;
+    c.outBytes += bytesOut;
+    return staged;
+  }
+
   private sendToPeers(): void {
     const s = this.toPeers;
     const bytes = this.device.rx.bytes;
     const todo = s.count - s.pending;
-    const sent = this.transport.send(bytes, s.offsets, s.lengths, s.addrs, s.ports, s.pending, todo);
+    const sent = this.transport.send(bytes, s.offsets, s.lengths, s.addrs, s.ports, s.pending, todo, s.gso);
     s.pending += sent;
     if (s.pending < s.count) {
       // The socket buffer is full: hold flannel0 until the rest is out.
@@ -302,7 +419,8 @@ export class Engine {
   private writeToDevice(): void {
     const s = this.toDevice;
     const bytes = this.transport.rx.bytes;
-    const written = this.device.write(bytes, s.offsets, s.lengths, s.pending, s.count - s.pending);
+    const gso = this.device.gso ? s.gso : undefined;
+    const written = this.device.write(bytes, s.offsets, s.lengths, s.pending, s.count - s.pending, gso);
     s.pending += written;
     if (s.pending < s.count) {
       // flannel0's queue is full: hold the socket until the rest is in.

@@ -2,14 +2,38 @@
 // whole-engine tests and `bench replay` run the production engine over these,
 // without root, syscalls or timing. inject*() fills the receive arena the way
 // the native reader does and delivers batches of at most `capacity`.
+// Offloads are modelled the way the kernel behaves: a FakeDevice with `gso`
+// takes super-packets (recorded whole, with their gsoSize) and injects them; a
+// FakeTransport with `gso` takes runs and records the datagrams the kernel
+// would cut them into, and injects GRO runs (segSize) like UDP_GRO delivers.
 
-import type { BatchHandler, DatagramArena, Device, RxArena, Transport } from "./io.js";
+import {
+  type BatchHandler,
+  type DatagramArena,
+  type Device,
+  type DeviceArena,
+  GRO_SLOT_SIZE,
+  MAX_RUN_BYTES,
+  type RxArena,
+  type Transport,
+  TSO_SLOT_SIZE,
+} from "./io.js";
 
 export interface FakeOptions {
   capacity?: number;
   slotSize?: number;
   /** Keep a copy of everything written/sent (tests); off for benchmarks. */
   record?: boolean;
+  /** Offloads on: super-packets (device) or GSO/GRO runs (transport); bigger default slots. */
+  gso?: boolean;
+}
+
+/** A packet to inject into a FakeDevice; gsoSize > 0 makes it a super-packet. */
+export interface InjectedPacket {
+  readonly data: Uint8Array;
+  readonly gsoSize?: number;
+  /** GSO_TYPE (default TCPV4 when gsoSize is set). */
+  readonly gsoType?: number;
 }
 
 export interface SentDatagram {
@@ -22,6 +46,8 @@ export interface InjectedDatagram {
   readonly data: Uint8Array;
   readonly src: number;
   readonly srcPort?: number;
+  /** A GRO run: data holds datagrams of this size end to end (last shorter). */
+  readonly segSize?: number;
 }
 
 /** Shared behaviour: start/pause/resume, a write budget to simulate EAGAIN. */
@@ -84,28 +110,38 @@ function arena(capacity: number, slotSize: number): RxArena {
 
 export class FakeDevice extends FakeEndpoint implements Device {
   readonly name: string;
-  readonly rx: RxArena;
+  readonly rx: DeviceArena;
+  readonly gso: boolean;
   readonly written: Uint8Array[] = [];
+  /** gsoSize of each written packet (0: an ordinary packet), parallel to written. */
+  readonly writtenGso: number[] = [];
   writeErrors = 0;
   private readonly record: boolean;
 
   constructor(name = "flannel0", opts: FakeOptions = {}) {
     super();
     this.name = name;
-    this.rx = arena(opts.capacity ?? 64, opts.slotSize ?? 2048);
+    this.gso = opts.gso ?? false;
+    const base = arena(opts.capacity ?? 64, opts.slotSize ?? (this.gso ? TSO_SLOT_SIZE : 2048));
+    this.rx = { ...base, gsoSize: new Uint16Array(base.capacity), gsoType: new Uint8Array(base.capacity) };
     this.record = opts.record ?? true;
   }
 
   /** Delivers packets as reads from the TUN, in batches of at most capacity. Returns batches delivered. */
-  inject(packets: readonly Uint8Array[]): number {
+  inject(packets: readonly (Uint8Array | InjectedPacket)[]): number {
     let batches = 0;
     for (let first = 0; first < packets.length; first += this.rx.capacity) {
       const n = Math.min(this.rx.capacity, packets.length - first);
       for (let i = 0; i < n; i++) {
-        const p = packets[first + i] as Uint8Array;
+        const item = packets[first + i] as Uint8Array | InjectedPacket;
+        const p = item instanceof Uint8Array ? item : item.data;
+        const gsoSize = item instanceof Uint8Array ? 0 : (item.gsoSize ?? 0);
+        if (gsoSize !== 0 && !this.gso) throw new Error("fake device: super-packets need gso");
         const len = Math.min(p.length, this.rx.slotSize);
         this.rx.bytes.set(len === p.length ? p : p.subarray(0, len), i * this.rx.slotSize);
         this.rx.lengths[i] = len;
+        this.rx.gsoSize[i] = gsoSize;
+        this.rx.gsoType[i] = gsoSize === 0 ? 0 : ((item as InjectedPacket).gsoType ?? 1);
       }
       this.deliver(n);
       batches++;
@@ -113,12 +149,23 @@ export class FakeDevice extends FakeEndpoint implements Device {
     return batches;
   }
 
-  write(bytes: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, start: number, count: number): number {
+  write(
+    bytes: Uint8Array,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    start: number,
+    count: number,
+    gsoSize?: Uint16Array,
+  ): number {
+    if (gsoSize !== undefined && !this.gso) throw new Error("fake device: gsoSize needs gso");
     const n = this.take(count);
     for (let i = start; i < start + n; i++) {
       const off = offsets[i] as number;
       const len = lengths[i] as number;
-      if (this.record) this.written.push(bytes.slice(off, off + len));
+      if (this.record) {
+        this.written.push(bytes.slice(off, off + len));
+        this.writtenGso.push(gsoSize === undefined ? 0 : (gsoSize[i] as number));
+      }
       this.outPackets++;
       this.outBytes += len;
     }
@@ -129,21 +176,32 @@ export class FakeDevice extends FakeEndpoint implements Device {
 export class FakeTransport extends FakeEndpoint implements Transport {
   readonly rx: DatagramArena;
   readonly localPort: number;
+  /** Every datagram as the kernel puts it on the wire (runs already cut). */
   readonly sent: SentDatagram[] = [];
+  /** send() entries consumed, a run counting once (the syscall-level view). */
+  entries = 0;
   sendErrors = 0;
+  gsoMaxSegments: number;
   private readonly record: boolean;
 
   constructor(localPort = 8285, opts: FakeOptions = {}) {
     super();
     this.localPort = localPort;
-    const base = arena(opts.capacity ?? 64, opts.slotSize ?? 2048);
+    this.gsoMaxSegments = opts.gso ? 64 : 0;
+    const base = arena(opts.capacity ?? 64, opts.slotSize ?? (opts.gso ? GRO_SLOT_SIZE : 2048));
     this.rx = {
       ...base,
       srcAddr: new Uint32Array(base.capacity),
       srcPort: new Uint16Array(base.capacity),
       truncated: new Uint8Array(base.capacity),
+      segSize: new Uint16Array(base.capacity),
     };
     this.record = opts.record ?? true;
+  }
+
+  /** What the kernel refusing UDP GSO looks like from above: no more runs. */
+  refuseGso(): void {
+    this.gsoMaxSegments = 0;
   }
 
   /** Delivers datagrams as reads from the socket; longer than a slot = truncated, like MSG_TRUNC. */
@@ -160,6 +218,7 @@ export class FakeTransport extends FakeEndpoint implements Transport {
         rx.truncated[i] = d.data.length > rx.slotSize ? 1 : 0;
         rx.srcAddr[i] = d.src;
         rx.srcPort[i] = d.srcPort ?? 8285;
+        rx.segSize[i] = d.segSize ?? 0;
       }
       this.deliver(n);
       batches++;
@@ -175,16 +234,25 @@ export class FakeTransport extends FakeEndpoint implements Transport {
     dstPort: Uint16Array,
     start: number,
     count: number,
+    segSize?: Uint16Array,
   ): number {
     const n = this.take(count);
     for (let i = start; i < start + n; i++) {
       const off = offsets[i] as number;
       const len = lengths[i] as number;
-      if (this.record) {
-        this.sent.push({ data: bytes.slice(off, off + len), addr: dstAddr[i] as number, port: dstPort[i] as number });
+      const seg = segSize === undefined ? 0 : (segSize[i] as number);
+      const step = seg !== 0 && len > seg ? seg : len;
+      if (step !== len && Math.ceil(len / step) > 64) throw new Error(`fake transport: run of ${len / step} > 64`);
+      if (step !== len && len > MAX_RUN_BYTES) throw new Error(`fake transport: run of ${len} bytes`);
+      this.entries++;
+      for (let o = off; o < off + len; o += step) {
+        const l = Math.min(step, off + len - o);
+        if (this.record) {
+          this.sent.push({ data: bytes.slice(o, o + l), addr: dstAddr[i] as number, port: dstPort[i] as number });
+        }
+        this.outPackets++;
+        this.outBytes += l;
       }
-      this.outPackets++;
-      this.outBytes += len;
     }
     return n;
   }

@@ -5,14 +5,32 @@
 // source). Writes take (bytes, offsets, lengths, start, count) and return how
 // many packets were consumed: fewer than `count` means the kernel said EAGAIN;
 // call onWritable() and retry the rest from the same arrays when it fires.
+//
+// Offloads (both sides optional, both off when the kernel refuses them): a
+// Device may read TCP/UDP super-packets (rx.gsoSize > 0) and take them on
+// write (gsoSize argument); a Transport may receive runs of equal-size
+// datagrams in one slot (rx.segSize > 0) and send runs as one entry (segSize
+// argument, at most gsoMaxSegments datagrams and MAX_RUN_BYTES bytes). A run
+// is datagrams laid end to end, all segSize long but the last, which may be
+// shorter. On the wire every datagram is still one ordinary IPv4 packet.
 
 import {
   loadAddon,
   type NativeError,
   type NativePacketFd,
   type NativeUdpSocket,
+  TUN_F,
   type TunFlags,
 } from "./native/index.js";
+
+/** Device slot with offloads: a 64 KiB super-packet plus the headers its split adds (64 segments). */
+export const TSO_SLOT_SIZE = 72 * 1024;
+/** Datagram slot with UDP GRO: the largest UDP payload fits. */
+export const GRO_SLOT_SIZE = 64 * 1024;
+/** Most bytes one run entry may carry (the largest IPv4 UDP payload). */
+export const MAX_RUN_BYTES = 65507;
+/** The offloads weft asks a TUN for; the kernel keeps what it knows. */
+export const WANTED_OFFLOADS = TUN_F.CSUM | TUN_F.TSO4 | TUN_F.TSO6 | TUN_F.USO4 | TUN_F.USO6;
 
 /** Fixed-slot receive arena: packet i sits at bytes[i * slotSize, + lengths[i]). */
 export interface RxArena {
@@ -23,6 +41,14 @@ export interface RxArena {
   readonly capacity: number;
 }
 
+/** Device arena: also what the virtio-net header said of each packet (zeros without offloads). */
+export interface DeviceArena extends RxArena {
+  /** Payload bytes per segment of a super-packet; 0 for an ordinary packet. */
+  readonly gsoSize: Uint16Array;
+  /** GSO_TYPE of a super-packet (TCPV4, UDP_L4, TCPV6). */
+  readonly gsoType: Uint8Array;
+}
+
 /** Datagram arena: also records each datagram's sender and truncation. */
 export interface DatagramArena extends RxArena {
   /** Sender IPv4 address (host order). */
@@ -30,6 +56,8 @@ export interface DatagramArena extends RxArena {
   readonly srcPort: Uint16Array;
   /** 1 when the datagram was longer than its slot (MSG_TRUNC). */
   readonly truncated: Uint8Array;
+  /** With GRO: the slot holds a run of datagrams of this size (last shorter); 0 = one datagram. */
+  readonly segSize: Uint16Array;
 }
 
 export type BatchHandler = (count: number) => void;
@@ -51,9 +79,22 @@ interface Source {
 
 export interface Device extends Source {
   readonly name: string;
-  readonly rx: RxArena;
-  /** One write() per packet, never a multi-packet writev. */
-  write(bytes: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, start: number, count: number): number;
+  readonly rx: DeviceArena;
+  /** Whether write() takes TCP super-packets (gsoSize) and reads may yield them. */
+  readonly gso: boolean;
+  /**
+   * One write() per packet, never a multi-packet writev. With gso, gsoSize[i] > 0
+   * marks a TCP super-packet of segments with that payload size, its TCP
+   * checksum seeded with the pseudo-header sum (what groMerge leaves).
+   */
+  write(
+    bytes: Uint8Array,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    start: number,
+    count: number,
+    gsoSize?: Uint16Array,
+  ): number;
   /** Packets the kernel refused with an error other than EAGAIN (counted drops). */
   readonly writeErrors: number;
 }
@@ -61,6 +102,12 @@ export interface Device extends Source {
 export interface Transport extends Source {
   readonly rx: DatagramArena;
   readonly localPort: number;
+  /**
+   * Datagrams one run entry may carry; 0 = no runs (every entry one datagram).
+   * Drops to 0 for good when the kernel refuses a run at send time.
+   */
+  readonly gsoMaxSegments: number;
+  /** segSize[i] > 0: entry i is a run of datagrams of that size (see above). */
   send(
     bytes: Uint8Array,
     offsets: Uint32Array,
@@ -69,6 +116,7 @@ export interface Transport extends Source {
     dstPort: Uint16Array,
     start: number,
     count: number,
+    segSize?: Uint16Array,
   ): number;
   /** Datagrams the kernel refused with an error other than EAGAIN (counted drops). */
   readonly sendErrors: number;
@@ -82,8 +130,10 @@ export type ErrorHandler = (err: NativeError) => void;
 export interface TunOptions extends TunFlags {
   /** Packets per batch (default 64). */
   capacity?: number;
-  /** Bytes per slot (default 2048); longer packets are dropped and counted in truncatedDrops. */
+  /** Bytes per slot (default 2048, TSO_SLOT_SIZE with vnetHdr); longer packets are dropped and counted in truncatedDrops. */
   slotSize?: number;
+  /** Virtio-net headers and WANTED_OFFLOADS (what the kernel accepts, see offloads). */
+  offload?: boolean;
 }
 
 export interface UdpOptions {
@@ -93,6 +143,8 @@ export interface UdpOptions {
   slotSize?: number;
   /** SO_RCVBUF and SO_SNDBUF to ask for (default 4 MiB; 0 keeps the kernel's default). */
   bufferBytes?: number;
+  /** UDP GRO and GSO where the kernel has them (slotSize then defaults to GRO_SLOT_SIZE). */
+  offload?: boolean;
 }
 
 const DEFAULT_CAPACITY = 64;
@@ -110,20 +162,32 @@ function makeArena(capacity: number, slotSize: number): RxArena {
   return { bytes: new Uint8Array(capacity * slotSize), lengths: new Uint32Array(capacity), slotSize, capacity };
 }
 
+function makeDeviceArena(capacity: number, slotSize: number): DeviceArena {
+  const base = makeArena(capacity, slotSize);
+  return { ...base, gsoSize: new Uint16Array(base.capacity), gsoType: new Uint8Array(base.capacity) };
+}
+
 /** Routes a stop-reading error to the handler, or makes it an uncaught exception. */
 function reportError(handler: ErrorHandler | null, err: NativeError): void {
   if (handler === null) throw err;
   handler(err);
 }
 
-/** A TUN device queue (IFF_TUN|IFF_NO_PI): packets start at the IP header. */
+/**
+ * A TUN device queue (IFF_TUN|IFF_NO_PI): packets start at the IP header. With
+ * vnetHdr the native layer reads and writes the virtio-net header around them.
+ */
 export class TunDevice implements Device {
   private errorHandler: ErrorHandler | null = null;
 
   private constructor(
     readonly name: string,
-    readonly rx: RxArena,
+    readonly rx: DeviceArena,
     private readonly native: NativePacketFd,
+    /** Virtio-net headers on: super-packets in both directions. */
+    readonly gso: boolean,
+    /** TUN_F_* bits the kernel accepted (0 without vnetHdr). */
+    readonly offloads: number,
   ) {}
 
   /**
@@ -132,19 +196,34 @@ export class TunDevice implements Device {
    */
   static open(template: string, opts: TunOptions = {}): TunDevice {
     const addon = loadAddon();
-    const rx = makeArena(opts.capacity ?? DEFAULT_CAPACITY, opts.slotSize ?? DEFAULT_SLOT_SIZE);
-    const { fd, name } = addon.openTun(template, {
-      vnetHdr: opts.vnetHdr === true,
+    const vnetHdr = opts.vnetHdr === true || opts.offload === true;
+    const rx = makeDeviceArena(
+      opts.capacity ?? DEFAULT_CAPACITY,
+      opts.slotSize ?? (vnetHdr ? TSO_SLOT_SIZE : DEFAULT_SLOT_SIZE),
+    );
+    const { fd, name, offloads } = addon.openTun(template, {
+      vnetHdr,
       multiQueue: opts.multiQueue === true,
+      offloads: opts.offloads ?? (opts.offload === true ? WANTED_OFFLOADS : 0),
     });
-    return new TunDevice(name, rx, new addon.PacketFd(fd, rx.bytes, rx.lengths, rx.slotSize, rx.capacity));
+    const native = new addon.PacketFd(fd, rx.bytes, rx.lengths, rx.slotSize, rx.capacity, vnetHdr ? rx : undefined);
+    return new TunDevice(name, rx, native, vnetHdr, offloads);
   }
 
-  /** Wraps any packet fd (a SOCK_SEQPACKET socket in tests); takes ownership of fd. */
-  static fromFd(fd: number, name: string, opts: { capacity?: number; slotSize?: number } = {}): TunDevice {
+  /**
+   * Wraps any packet fd (a SOCK_SEQPACKET socket in tests); takes ownership of
+   * fd. vnetHdr: each packet travels behind a virtio-net header, as on a TUN.
+   */
+  static fromFd(
+    fd: number,
+    name: string,
+    opts: { capacity?: number; slotSize?: number; vnetHdr?: boolean } = {},
+  ): TunDevice {
     const addon = loadAddon();
-    const rx = makeArena(opts.capacity ?? DEFAULT_CAPACITY, opts.slotSize ?? DEFAULT_SLOT_SIZE);
-    return new TunDevice(name, rx, new addon.PacketFd(fd, rx.bytes, rx.lengths, rx.slotSize, rx.capacity));
+    const rx = makeDeviceArena(opts.capacity ?? DEFAULT_CAPACITY, opts.slotSize ?? DEFAULT_SLOT_SIZE);
+    const vnetHdr = opts.vnetHdr === true;
+    const native = new addon.PacketFd(fd, rx.bytes, rx.lengths, rx.slotSize, rx.capacity, vnetHdr ? rx : undefined);
+    return new TunDevice(name, rx, native, vnetHdr, 0);
   }
 
   start(onBatch: BatchHandler, onError?: ErrorHandler): void {
@@ -169,8 +248,15 @@ export class TunDevice implements Device {
     this.native.onWritable(cb);
   }
 
-  write(bytes: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, start: number, count: number): number {
-    return this.native.write(bytes, offsets, lengths, start, count);
+  write(
+    bytes: Uint8Array,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    start: number,
+    count: number,
+    gsoSize?: Uint16Array,
+  ): number {
+    return this.native.write(bytes, offsets, lengths, start, count, gsoSize);
   }
 
   /** Idempotent; afterwards start/onWritable/write throw EBADF. */
@@ -192,7 +278,7 @@ export class TunDevice implements Device {
   }
 }
 
-/** The underlay UDP socket (AF_INET), batched with recvmmsg/sendmmsg. */
+/** The underlay UDP socket (AF_INET), batched with recvmmsg/sendmmsg (and UDP GSO/GRO with offload). */
 export class UdpTransport implements Transport {
   private errorHandler: ErrorHandler | null = null;
 
@@ -204,14 +290,19 @@ export class UdpTransport implements Transport {
   /** Binds addr:port (host-order IPv4, 0 = any; port 0 = any, see localPort). */
   static bind(addr: number, port: number, opts: UdpOptions = {}): UdpTransport {
     const addon = loadAddon();
-    const base = makeArena(opts.capacity ?? DEFAULT_CAPACITY, opts.slotSize ?? DEFAULT_SLOT_SIZE);
+    const offload = opts.offload === true;
+    const base = makeArena(
+      opts.capacity ?? DEFAULT_CAPACITY,
+      opts.slotSize ?? (offload ? GRO_SLOT_SIZE : DEFAULT_SLOT_SIZE),
+    );
     const rx: DatagramArena = {
       ...base,
       srcAddr: new Uint32Array(base.capacity),
       srcPort: new Uint16Array(base.capacity),
       truncated: new Uint8Array(base.capacity),
+      segSize: new Uint16Array(base.capacity),
     };
-    const native = new addon.UdpSocket(addr >>> 0, port, rx, opts.bufferBytes ?? DEFAULT_BUFFER_BYTES);
+    const native = new addon.UdpSocket(addr >>> 0, port, rx, opts.bufferBytes ?? DEFAULT_BUFFER_BYTES, { offload });
     return new UdpTransport(rx, native);
   }
 
@@ -245,8 +336,9 @@ export class UdpTransport implements Transport {
     dstPort: Uint16Array,
     start: number,
     count: number,
+    segSize?: Uint16Array,
   ): number {
-    return this.native.send(bytes, offsets, lengths, dstAddr, dstPort, start, count);
+    return this.native.send(bytes, offsets, lengths, dstAddr, dstPort, start, count, segSize);
   }
 
   /** Idempotent; afterwards start/onWritable/send throw EBADF. */
@@ -260,6 +352,15 @@ export class UdpTransport implements Transport {
 
   get sendErrors(): number {
     return this.native.sendErrors;
+  }
+
+  get gsoMaxSegments(): number {
+    return this.native.gsoMaxSegments;
+  }
+
+  /** Whether UDP GRO is on (rx.segSize may be set). */
+  get gro(): boolean {
+    return this.native.gro;
   }
 
   get recvBufferSize(): number {

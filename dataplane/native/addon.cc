@@ -3,6 +3,7 @@
 #include <napi.h>
 
 #include "addon.h"
+#include "offload.h"
 #include "packet_fd.h"
 #include "udp_socket.h"
 
@@ -15,6 +16,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("openTun", Napi::Function::New(env, OpenTun, "openTun"));
   exports.Set("socketpair", Napi::Function::New(env, Socketpair, "socketpair"));
   exports.Set("notify", Napi::Function::New(env, Notify, "notify"));
+  exports.Set("gsoSplit", Napi::Function::New(env, GsoSplit, "gsoSplit"));
+  exports.Set("groMerge", Napi::Function::New(env, GroMerge, "groMerge"));
   return exports;
 }
 

@@ -42,8 +42,19 @@ export interface NativeSource {
 
 /** A TUN queue or a SOCK_SEQPACKET socket: one read()/write() is one packet. */
 export interface NativePacketFd extends NativeSource {
-  /** One write() per packet; returns packets consumed (< count only on EAGAIN). */
-  write(bytes: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, start: number, count: number): number;
+  /**
+   * One write() per packet; returns packets consumed (< count only on EAGAIN).
+   * gsoSize (vnet fds only): gsoSize[i] > 0 marks a TCP/UDP super-packet whose
+   * L4 checksum holds the pseudo-header sum; the kernel segments it.
+   */
+  write(
+    bytes: Uint8Array,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    start: number,
+    count: number,
+    gsoSize?: Uint16Array,
+  ): number;
   /** Packets the kernel refused (errno other than EAGAIN/EINTR); they count as consumed. */
   readonly writeErrors: number;
   /** Received packets longer than slotSize, dropped before delivery. */
@@ -56,6 +67,8 @@ export interface NativeDatagramArena {
   srcAddr: Uint32Array;
   srcPort: Uint16Array;
   truncated: Uint8Array;
+  /** GRO segment size per slot (0: one datagram); needed for offload. */
+  segSize?: Uint16Array;
   slotSize: number;
   capacity: number;
 }
@@ -71,7 +84,12 @@ export interface NativeUdpSocket extends NativeSource {
     dstPort: Uint16Array,
     start: number,
     count: number,
+    segSize?: Uint16Array,
   ): number;
+  /** Segments one send entry may carry (UDP GSO); 0 when the kernel lacks or refused it. */
+  readonly gsoMaxSegments: number;
+  /** Whether UDP_GRO is on: a slot may hold a run of datagrams (arena.segSize). */
+  readonly gro: boolean;
   /** Datagrams the kernel refused (errno other than EAGAIN/EINTR); they count as consumed. */
   readonly sendErrors: number;
   readonly localPort: number;
@@ -85,6 +103,27 @@ export interface TunFlags {
   vnetHdr?: boolean;
   /** IFF_MULTI_QUEUE: open further queues of the same device by name. */
   multiQueue?: boolean;
+  /** TUN_F_* bits to ask TUNSETOFFLOAD for (needs vnetHdr); unknown bits are refused, not fatal. */
+  offloads?: number;
+}
+
+/** TUNSETOFFLOAD bits (linux/if_tun.h). */
+export const TUN_F = {
+  CSUM: 0x01,
+  TSO4: 0x02,
+  TSO6: 0x04,
+  TSO_ECN: 0x08,
+  USO4: 0x20,
+  USO6: 0x40,
+} as const;
+
+/** VIRTIO_NET_HDR_GSO_* types (gsoType in a device arena). */
+export const GSO_TYPE = { NONE: 0, TCPV4: 1, TCPV6: 4, UDP_L4: 5 } as const;
+
+/** Where the virtio-net header fields of reads land (one entry per slot). */
+export interface NativeVnetArena {
+  gsoSize: Uint16Array;
+  gsoType: Uint8Array;
 }
 
 export interface Addon {
@@ -98,6 +137,7 @@ export interface Addon {
     lengths: Uint32Array,
     slotSize: number,
     capacity: number,
+    vnet?: NativeVnetArena,
   ) => NativePacketFd;
   /** new UdpSocket(bindAddr host order (0 = any), port (0 = any), arena, bufferBytes (0 = kernel default)). */
   UdpSocket: new (
@@ -105,13 +145,43 @@ export interface Addon {
     port: number,
     arena: NativeDatagramArena,
     bufferBytes: number,
+    opts?: { offload?: boolean },
   ) => NativeUdpSocket;
   /** Opens a TUN queue (IFF_TUN|IFF_NO_PI) in the caller's network namespace; name is the kernel's. */
-  openTun(template: string, flags?: TunFlags): { fd: number; name: string };
+  openTun(template: string, flags?: TunFlags): { fd: number; name: string; offloads: number };
   /** AF_UNIX SOCK_SEQPACKET pair, non-blocking, cloexec (tests of the packet fd). */
   socketpair(): [number, number];
   /** sd_notify: one datagram to an AF_UNIX socket path; "@name" is abstract. */
   notify(socketPath: string, message: string): void;
+  /**
+   * Splits the TSO/USO super-packet at bytes[off, +len) (len = its IP total
+   * length) in place into segments of gsoSize payload bytes, end to end, none
+   * reaching past off + room. True on success, out = [segments, stride, total].
+   */
+  gsoSplit(
+    bytes: Uint8Array,
+    off: number,
+    len: number,
+    gsoType: number,
+    gsoSize: number,
+    room: number,
+    out: Uint32Array,
+  ): boolean;
+  /**
+   * Appends the TCP payloads of packets first+1 .. first+count-1 to packet
+   * `first` (growing up to room bytes from its offset), stopping before any
+   * whose TCP checksum fails; fixes the IP header, takes PSH from the last,
+   * seeds the TCP checksum for NEEDS_CSUM. Returns how many went in (< 2:
+   * nothing changed); lengths[first] is the new length.
+   */
+  groMerge(
+    bytes: Uint8Array,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    first: number,
+    count: number,
+    room: number,
+  ): number;
 }
 
 const ADDON_PATH = join("build", "Release", "weft.node");

@@ -3,9 +3,14 @@
 #include <errno.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "args.h"
+#include "offload.h"
 
 namespace weft {
 
@@ -25,6 +30,8 @@ PacketFd::PacketFd(const Napi::CallbackInfo& info) : PollSource(info) {
   if (!GetUint(env, info[0], "fd", INT32_MAX, &fd)) return;
   ArrayView<uint8_t> bytes;
   ArrayView<uint32_t> lengths;
+  ArrayView<uint16_t> gso_size;
+  ArrayView<uint8_t> gso_type;
   bool ok = GetArray(env, info[1], "bytes", &bytes) &&
             GetArray(env, info[2], "lengths", &lengths) &&
             GetUint(env, info[3], "slotSize", 1 << 20, &slot_size_) &&
@@ -38,6 +45,16 @@ PacketFd::PacketFd(const Napi::CallbackInfo& info) : PollSource(info) {
     ThrowRangeError(env, "arena too small for capacity x slotSize");
     ok = false;
   }
+  if (ok && info[5].IsObject()) {
+    Napi::Object vnet = info[5].As<Napi::Object>();
+    ok = GetArray(env, vnet.Get("gsoSize"), "vnet.gsoSize", &gso_size) &&
+         GetArray(env, vnet.Get("gsoType"), "vnet.gsoType", &gso_type);
+    if (ok && std::min(gso_size.length, gso_type.length) < capacity_) {
+      ThrowRangeError(env, "vnet arrays shorter than capacity");
+      ok = false;
+    }
+    vnet_ = ok;
+  }
   if (!ok) {
     ::close(static_cast<int>(fd));
     return;
@@ -49,18 +66,41 @@ PacketFd::PacketFd(const Napi::CallbackInfo& info) : PollSource(info) {
   lengths_ref_ = Napi::Persistent(info[2]);
   bytes_ = bytes.data;
   lengths_ = lengths.data;
+  if (vnet_) {
+    Napi::Object vnet = info[5].As<Napi::Object>();
+    gso_size_ref_ = Napi::Persistent(vnet.Get("gsoSize"));
+    gso_type_ref_ = Napi::Persistent(vnet.Get("gsoType"));
+    gso_size_ = gso_size.data;
+    gso_type_ = gso_type.data;
+  }
+}
+
+// One packet into slot (and its virtio-net header into vnet_hdr when on).
+// Returns what read()/recv() returns, the header's bytes included.
+ssize_t PacketFd::ReadOne(uint8_t* slot, void* vnet_hdr) {
+  if (!vnet_) {
+    // recv(MSG_TRUNC) makes a socket report the real length like a TUN read
+    // does, so an oversized packet is recognised on both.
+    return is_socket_ ? recv(fd(), slot, slot_size_, MSG_TRUNC | MSG_DONTWAIT)
+                      : read(fd(), slot, slot_size_);
+  }
+  iovec iov[2] = {{vnet_hdr, kVnetHdrLen}, {slot, slot_size_}};
+  if (!is_socket_) return readv(fd(), iov, 2);
+  msghdr h = {};
+  h.msg_iov = iov;
+  h.msg_iovlen = 2;
+  return recvmsg(fd(), &h, MSG_TRUNC | MSG_DONTWAIT);
 }
 
 Drained PacketFd::Drain() {
-  // recv(MSG_TRUNC) makes a socket report the real length like a TUN read
-  // does, so an oversized packet is recognised on both.
   const char* syscall = is_socket_ ? "recv" : "read";
+  const uint32_t hdr_len = vnet_ ? kVnetHdrLen : 0;
   uint32_t count = 0;
   for (uint32_t attempt = 0; attempt < capacity_ && count < capacity_;
        attempt++) {
     uint8_t* slot = bytes_ + size_t{count} * slot_size_;
-    ssize_t n = is_socket_ ? recv(fd(), slot, slot_size_, MSG_TRUNC | MSG_DONTWAIT)
-                           : read(fd(), slot, slot_size_);
+    VnetHdr hdr = {};
+    ssize_t n = ReadOne(slot, &hdr);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
@@ -68,13 +108,64 @@ Drained PacketFd::Drain() {
     }
     // TUN never yields an empty packet; on a socket 0 is the peer's close.
     if (n == 0) return {count, kEndOfStream, syscall};
-    if (static_cast<size_t>(n) > slot_size_) {
+    if (static_cast<size_t>(n) < hdr_len ||
+        static_cast<size_t>(n) - hdr_len > slot_size_) {
       truncated_drops_++;
       continue;
     }
-    lengths_[count++] = static_cast<uint32_t>(n);
+    const uint32_t len = static_cast<uint32_t>(n) - hdr_len;
+    if (vnet_) {
+      const uint8_t type = hdr.gso_type & static_cast<uint8_t>(~kGsoEcn);
+      if (type != kGsoNone && hdr.gso_size != 0) {
+        gso_size_[count] = hdr.gso_size;
+        gso_type_[count] = type;
+      } else {
+        gso_size_[count] = 0;
+        gso_type_[count] = 0;
+        if ((hdr.flags & kVnetNeedsCsum) != 0) {
+          CompleteChecksum(slot, len, hdr.csum_start, hdr.csum_offset);
+        }
+      }
+    }
+    lengths_[count++] = len;
   }
   return {count, 0, syscall};
+}
+
+// One packet (behind a virtio-net header when on). A super-packet's header
+// says where its L4 checksum lies; the kernel completes it per segment.
+ssize_t PacketFd::WriteOne(const uint8_t* packet, uint32_t len,
+                           uint32_t gso_size) {
+  if (!vnet_) {
+    // MSG_NOSIGNAL: a socket whose peer closed says EPIPE instead of SIGPIPE.
+    return is_socket_ ? send(fd(), packet, len, MSG_NOSIGNAL | MSG_DONTWAIT)
+                      : write(fd(), packet, len);
+  }
+  VnetHdr hdr = {};
+  if (gso_size != 0 && len >= 20) {
+    const uint32_t ihl = (packet[0] & 15u) * 4;
+    if (packet[9] == 6 && len >= ihl + 20) {
+      hdr.gso_type = kGsoTcpV4;
+      hdr.hdr_len = static_cast<uint16_t>(ihl + (packet[ihl + 12] >> 4) * 4u);
+      hdr.csum_offset = 16;
+    } else if (packet[9] == 17 && len >= ihl + 8) {
+      hdr.gso_type = kGsoUdpL4;
+      hdr.hdr_len = static_cast<uint16_t>(ihl + 8);
+      hdr.csum_offset = 6;
+    }
+    if (hdr.gso_type != kGsoNone) {
+      hdr.flags = kVnetNeedsCsum;
+      hdr.gso_size = static_cast<uint16_t>(gso_size);
+      hdr.csum_start = static_cast<uint16_t>(ihl);
+    }
+  }
+  iovec iov[2] = {{&hdr, kVnetHdrLen},
+                  {const_cast<uint8_t*>(packet), len}};
+  if (!is_socket_) return writev(fd(), iov, 2);
+  msghdr h = {};
+  h.msg_iov = iov;
+  h.msg_iovlen = 2;
+  return sendmsg(fd(), &h, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 Napi::Value PacketFd::Write(const Napi::CallbackInfo& info) {
@@ -83,6 +174,7 @@ Napi::Value PacketFd::Write(const Napi::CallbackInfo& info) {
   ArrayView<uint8_t> bytes;
   ArrayView<uint32_t> offsets;
   ArrayView<uint32_t> lengths;
+  ArrayView<uint16_t> gso;
   uint32_t start = 0;
   uint32_t count = 0;
   if (!GetArray(env, info[0], "bytes", &bytes) ||
@@ -95,15 +187,23 @@ Napi::Value PacketFd::Write(const Napi::CallbackInfo& info) {
       !CheckPackets(env, offsets, lengths, start, count, bytes.length)) {
     return Napi::Value();
   }
+  const bool has_gso = !info[5].IsUndefined();
+  if (has_gso) {
+    if (!GetArray(env, info[5], "gsoSize", &gso) ||
+        !CheckBatchRange(env, start, count, gso.length)) {
+      return Napi::Value();
+    }
+    if (!vnet_) {
+      ThrowRangeError(env, "gsoSize needs a device with virtio-net headers");
+      return Napi::Value();
+    }
+  }
   // One write() per packet: a TUN fd takes a writev as ONE packet.
   uint32_t done = 0;
   while (done < count) {
     uint32_t i = start + done;
-    const uint8_t* packet = bytes.data + offsets.data[i];
-    // MSG_NOSIGNAL: a socket whose peer closed says EPIPE instead of SIGPIPE.
-    ssize_t n = is_socket_ ? send(fd(), packet, lengths.data[i],
-                                  MSG_NOSIGNAL | MSG_DONTWAIT)
-                           : write(fd(), packet, lengths.data[i]);
+    ssize_t n = WriteOne(bytes.data + offsets.data[i], lengths.data[i],
+                         has_gso ? gso.data[i] : 0);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
@@ -113,7 +213,6 @@ Napi::Value PacketFd::Write(const Napi::CallbackInfo& info) {
   }
   return Napi::Number::New(env, done);
 }
-
 Napi::Value PacketFd::WriteErrors(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), write_errors_);
 }

@@ -1,5 +1,8 @@
 // A packet fd: an fd whose every read() is one packet and every write() sends
 // one packet — a TUN queue, or one end of a SOCK_SEQPACKET socketpair (tests).
+// With a virtio-net header (IFF_VNET_HDR) each packet travels behind a
+// struct virtio_net_hdr; this class reads and writes that header itself, so
+// the arena only ever holds IP packets.
 #pragma once
 
 #include <napi.h>
@@ -15,27 +18,42 @@ class PacketFd : public PollSource<PacketFd> {
   static Napi::Function Init(Napi::Env env);
 
   // new PacketFd(fd, bytes: Uint8Array, lengths: Uint32Array, slotSize,
-  // capacity). Owns fd from here on, also when the constructor throws.
+  // capacity, vnet?: {gsoSize: Uint16Array, gsoType: Uint8Array}). Owns fd
+  // from here on, also when the constructor throws. With `vnet` the fd
+  // carries virtio-net headers.
   explicit PacketFd(const Napi::CallbackInfo& info);
 
   // Reads up to capacity packets: packet i into bytes[i * slotSize, ...),
   // its length into lengths[i]. A packet longer than slotSize is dropped and
-  // counted in truncatedDrops (the kernel tells its real length).
+  // counted in truncatedDrops (the kernel tells its real length). With vnet:
+  // a packet whose checksum the kernel left partial (NEEDS_CSUM) has it
+  // completed; a GSO super-packet gets gsoSize[i] (payload bytes per
+  // segment) and gsoType[i] (VIRTIO_NET_HDR_GSO_*), others 0.
   Drained Drain();
 
  private:
-  // write(bytes, offsets, lengths, start, count) -> packets consumed.
+  // write(bytes, offsets, lengths, start, count, gsoSize?) -> packets
+  // consumed. With vnet, gsoSize[i] > 0 marks a TCP/UDP super-packet (its L4
+  // checksum seeded with the pseudo-header sum) that the kernel segments.
   Napi::Value Write(const Napi::CallbackInfo& info);
   Napi::Value WriteErrors(const Napi::CallbackInfo& info);
   Napi::Value TruncatedDrops(const Napi::CallbackInfo& info);
 
+  ssize_t ReadOne(uint8_t* slot, void* vnet_hdr);
+  ssize_t WriteOne(const uint8_t* packet, uint32_t len, uint32_t gso_size);
+
   Napi::Reference<Napi::Value> bytes_ref_;
   Napi::Reference<Napi::Value> lengths_ref_;
+  Napi::Reference<Napi::Value> gso_size_ref_;
+  Napi::Reference<Napi::Value> gso_type_ref_;
   uint8_t* bytes_ = nullptr;
   uint32_t* lengths_ = nullptr;
+  uint16_t* gso_size_ = nullptr;
+  uint8_t* gso_type_ = nullptr;
   uint32_t slot_size_ = 0;
   uint32_t capacity_ = 0;
   bool is_socket_ = false;
+  bool vnet_ = false;
   double write_errors_ = 0;
   double truncated_drops_ = 0;
 };

@@ -2,9 +2,11 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/udp.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 
 #include "args.h"
@@ -16,6 +18,12 @@ namespace {
 // sendmmsg takes at most UIO_MAXIOV (1024) messages per call; a larger
 // capacity still gets one header per slot.
 constexpr uint32_t kMinSendChunk = 1024;
+
+// Control buffers: UDP_GRO delivers an int, UDP_SEGMENT takes a uint16_t.
+constexpr size_t kRxCtlBytes = CMSG_SPACE(sizeof(int));
+constexpr size_t kTxCtlBytes = CMSG_SPACE(sizeof(uint16_t));
+constexpr size_t kRxCtlWords = (kRxCtlBytes + 7) / 8;
+constexpr size_t kTxCtlWords = (kTxCtlBytes + 7) / 8;
 
 std::string FormatAddress(uint32_t addr, uint32_t port) {
   return std::to_string(addr >> 24) + "." + std::to_string((addr >> 16) & 255) +
@@ -51,6 +59,9 @@ Napi::Function UdpSocket::Init(Napi::Env env) {
       InstanceAccessor("recvBufferSize", &UdpSocket::RecvBufferSize, nullptr));
   members.push_back(
       InstanceAccessor("sendBufferSize", &UdpSocket::SendBufferSize, nullptr));
+  members.push_back(
+      InstanceAccessor("gsoMaxSegments", &UdpSocket::GsoMaxSegments, nullptr));
+  members.push_back(InstanceAccessor("gro", &UdpSocket::Gro, nullptr));
   return DefineClass(env, "UdpSocket", members);
 }
 
@@ -63,6 +74,14 @@ UdpSocket::UdpSocket(const Napi::CallbackInfo& info) : PollSource(info) {
       !GetUint(env, info[1], "port", 65535, &port) ||
       !ReadArena(env, info[2]) ||
       !GetUint(env, info[3], "bufferBytes", INT32_MAX / 2, &buffer_bytes)) {
+    return;
+  }
+  bool offload = false;
+  if (info[4].IsObject()) {
+    offload = info[4].As<Napi::Object>().Get("offload").ToBoolean();
+  }
+  if (offload && seg_size_ == nullptr) {
+    ThrowTypeError(env, "offload needs arena.segSize");
     return;
   }
 
@@ -81,6 +100,7 @@ UdpSocket::UdpSocket(const Napi::CallbackInfo& info) : PollSource(info) {
   tx_msgs_.resize(chunk);
   tx_iov_.resize(chunk);
   tx_to_.resize(chunk);
+  tx_ctl_.assign(size_t{chunk} * kTxCtlWords, 0);
   for (uint32_t i = 0; i < chunk; i++) {
     msghdr& h = tx_msgs_[i].msg_hdr;
     h = {};
@@ -92,8 +112,23 @@ UdpSocket::UdpSocket(const Napi::CallbackInfo& info) : PollSource(info) {
     tx_to_[i].sin_family = AF_INET;
   }
 
+  seg_msgs_.resize(kMaxGsoSegments);
+  seg_iov_.resize(kMaxGsoSegments);
+  for (uint32_t i = 0; i < kMaxGsoSegments; i++) {
+    seg_msgs_[i].msg_hdr = {};
+    seg_msgs_[i].msg_hdr.msg_iov = &seg_iov_[i];
+    seg_msgs_[i].msg_hdr.msg_iovlen = 1;
+    seg_msgs_[i].msg_hdr.msg_namelen = sizeof(sockaddr_in);
+  }
+
   int fd = -1;
-  if (!SetupSocket(env, addr, port, buffer_bytes, &fd)) return;
+  if (!SetupSocket(env, addr, port, buffer_bytes, offload, &fd)) return;
+  if (gro_) {
+    rx_ctl_.assign(size_t{capacity_} * kRxCtlWords, 0);
+    for (uint32_t i = 0; i < capacity_; i++) {
+      rx_msgs_[i].msg_hdr.msg_control = &rx_ctl_[size_t{i} * kRxCtlWords];
+    }
+  }
   Adopt(env, fd, "weft.UdpSocket");
 }
 
@@ -108,6 +143,7 @@ bool UdpSocket::ReadArena(Napi::Env env, Napi::Value value) {
   Napi::Value src_addr_v = arena.Get("srcAddr");
   Napi::Value src_port_v = arena.Get("srcPort");
   Napi::Value truncated_v = arena.Get("truncated");
+  Napi::Value seg_size_v = arena.Get("segSize");
   ArrayView<uint8_t> bytes;
   ArrayView<uint32_t> lengths;
   ArrayView<uint32_t> src_addr;
@@ -134,6 +170,16 @@ bool UdpSocket::ReadArena(Napi::Env env, Napi::Value value) {
     ThrowRangeError(env, "arena too small for capacity x slotSize");
     return false;
   }
+  if (!seg_size_v.IsUndefined()) {
+    ArrayView<uint16_t> seg_size;
+    if (!GetArray(env, seg_size_v, "arena.segSize", &seg_size)) return false;
+    if (seg_size.length < capacity_) {
+      ThrowRangeError(env, "arena.segSize shorter than capacity");
+      return false;
+    }
+    seg_size_ = seg_size.data;
+    arena_refs_.push_back(Napi::Persistent(seg_size_v));
+  }
   for (Napi::Value v : {bytes_v, lengths_v, src_addr_v, src_port_v,
                         truncated_v}) {
     arena_refs_.push_back(Napi::Persistent(v));
@@ -147,7 +193,7 @@ bool UdpSocket::ReadArena(Napi::Env env, Napi::Value value) {
 }
 
 bool UdpSocket::SetupSocket(Napi::Env env, uint32_t addr, uint32_t port,
-                            uint32_t buffer_bytes, int* out_fd) {
+                            uint32_t buffer_bytes, bool offload, int* out_fd) {
   int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     ThrowSysError(env, errno, "socket", "");
@@ -162,6 +208,16 @@ bool UdpSocket::SetupSocket(Napi::Env env, uint32_t addr, uint32_t port,
     } else if ((err = SetBuffer(fd, SO_SNDBUFFORCE, SO_SNDBUF, bytes)) != 0) {
       failed = "SO_SNDBUF";
     }
+  }
+  if (offload) {
+    // Kernels before 4.18 (UDP_SEGMENT) / 5.0 (UDP_GRO) say ENOPROTOOPT:
+    // then this socket simply sends and receives one datagram at a time.
+    // GRO only into slots that hold the largest run (64 KiB).
+    int one = 1;
+    int zero = 0;
+    gro_ = slot_size_ >= 65535 &&
+           setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof one) == 0;
+    gso_ = setsockopt(fd, SOL_UDP, UDP_SEGMENT, &zero, sizeof zero) == 0;
   }
   if (failed != nullptr) {
     ::close(fd);
@@ -198,6 +254,7 @@ Drained UdpSocket::Drain() {
     uint32_t want = capacity_ - count;
     for (uint32_t i = count; i < capacity_; i++) {
       rx_msgs_[i].msg_hdr.msg_namelen = sizeof(sockaddr_in);
+      if (gro_) rx_msgs_[i].msg_hdr.msg_controllen = kRxCtlBytes;
     }
     // MSG_TRUNC: msg_len is the datagram's real length even when it was cut.
     int n = recvmmsg(fd(), &rx_msgs_[count], want, MSG_DONTWAIT | MSG_TRUNC,
@@ -218,6 +275,20 @@ Drained UdpSocket::Drain() {
         src_addr_[i] = 0;
         src_port_[i] = 0;
       }
+      if (seg_size_ != nullptr) {
+        uint32_t seg = 0;
+        if (gro_) {
+          for (cmsghdr* c = CMSG_FIRSTHDR(&h); c != nullptr;
+               c = CMSG_NXTHDR(const_cast<msghdr*>(&h), c)) {
+            if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+              int v = 0;
+              memcpy(&v, CMSG_DATA(c), sizeof v);
+              if (v > 0 && static_cast<uint32_t>(v) < lengths_[i]) seg = v;
+            }
+          }
+        }
+        seg_size_[i] = static_cast<uint16_t>(seg);
+      }
     }
     count += static_cast<uint32_t>(n);
     // Fewer than asked: the queue ran dry, another call would say EAGAIN.
@@ -234,6 +305,7 @@ Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
   ArrayView<uint32_t> lengths;
   ArrayView<uint32_t> dst_addr;
   ArrayView<uint16_t> dst_port;
+  ArrayView<uint16_t> seg_size;
   uint32_t start = 0;
   uint32_t count = 0;
   if (!GetArray(env, info[0], "bytes", &bytes) ||
@@ -249,27 +321,81 @@ Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
       !CheckPackets(env, offsets, lengths, start, count, bytes.length)) {
     return Napi::Value();
   }
+  const bool has_seg = !info[7].IsUndefined();
+  if (has_seg && (!GetArray(env, info[7], "segSize", &seg_size) ||
+                  !CheckBatchRange(env, start, count, seg_size.length))) {
+    return Napi::Value();
+  }
+  // Entry i is a run of datagrams when segSize[i] > 0 and it is longer than
+  // one segment: one message with a UDP_SEGMENT control message.
+  auto run_segment = [&](uint32_t i) -> uint32_t {
+    uint32_t seg = has_seg ? seg_size.data[i] : 0;
+    return seg != 0 && lengths.data[i] > seg ? seg : 0;
+  };
   const uint32_t chunk = static_cast<uint32_t>(tx_msgs_.size());
   uint32_t done = 0;
   while (done < count) {
-    uint32_t n = std::min(count - done, chunk);
-    for (uint32_t k = 0; k < n; k++) {
-      uint32_t i = start + done + k;
-      tx_iov_[k].iov_base = bytes.data + offsets.data[i];
-      tx_iov_[k].iov_len = lengths.data[i];
-      tx_to_[k].sin_addr.s_addr = htonl(dst_addr.data[i]);
-      tx_to_[k].sin_port = htons(dst_port.data[i]);
+    // Fill up to `chunk` messages; a run entry stops the chunk once GSO was
+    // refused, and goes out datagram by datagram below.
+    uint32_t n = 0;
+    while (n < chunk && done + n < count) {
+      uint32_t i = start + done + n;
+      uint32_t seg = run_segment(i);
+      if (seg != 0 && !gso_) break;
+      tx_iov_[n].iov_base = bytes.data + offsets.data[i];
+      tx_iov_[n].iov_len = lengths.data[i];
+      tx_to_[n].sin_addr.s_addr = htonl(dst_addr.data[i]);
+      tx_to_[n].sin_port = htons(dst_port.data[i]);
+      msghdr& h = tx_msgs_[n].msg_hdr;
+      if (seg != 0) {
+        h.msg_control = &tx_ctl_[size_t{n} * kTxCtlWords];
+        h.msg_controllen = kTxCtlBytes;
+        cmsghdr* c = CMSG_FIRSTHDR(&h);
+        c->cmsg_level = SOL_UDP;
+        c->cmsg_type = UDP_SEGMENT;
+        c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        uint16_t v = static_cast<uint16_t>(seg);
+        memcpy(CMSG_DATA(c), &v, sizeof v);
+      } else {
+        h.msg_control = nullptr;
+        h.msg_controllen = 0;
+      }
+      n++;
+    }
+    if (n == 0) {
+      uint32_t i = start + done;
+      if (!SendSegments(bytes.data + offsets.data[i], lengths.data[i],
+                        run_segment(i), tx_to_[0])) {
+        return Napi::Number::New(env, done);
+      }
+      done++;
+      continue;
     }
     uint32_t sent = 0;
-    while (sent < n) {
+    bool refill = false;
+    while (sent < n && !refill) {
       int r = sendmmsg(fd(), &tx_msgs_[sent], n - sent, MSG_DONTWAIT);
       if (r < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
           return Napi::Number::New(env, done + sent);
         }
-        // sendmmsg failed on its first message: drop that one, go on.
-        send_errors_++;
+        // sendmmsg failed on its first message. A run the kernel will not
+        // segment (EIO: no checksum offload on the route; EINVAL: segment
+        // too large for the path) turns UDP GSO off for good and goes out
+        // datagram by datagram; any other failure drops that message.
+        if (tx_msgs_[sent].msg_hdr.msg_controllen != 0 &&
+            (errno == EIO || errno == EINVAL)) {
+          gso_ = false;
+          uint32_t i = start + done + sent;
+          if (!SendSegments(bytes.data + offsets.data[i], lengths.data[i],
+                            run_segment(i), tx_to_[sent])) {
+            return Napi::Number::New(env, done + sent);
+          }
+          refill = true;
+        } else {
+          send_errors_++;
+        }
         sent++;
       } else if (r == 0) {
         return Napi::Number::New(env, done + sent);
@@ -277,9 +403,48 @@ Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
         sent += static_cast<uint32_t>(r);
       }
     }
-    done += n;
+    done += sent;
   }
   return Napi::Number::New(env, done);
+}
+
+bool UdpSocket::SendSegments(const uint8_t* data, uint32_t len, uint32_t seg,
+                             const sockaddr_in& to) {
+  sockaddr_in dst = to;
+  uint32_t at = 0;
+  bool any = false;
+  while (at < len) {
+    uint32_t n = 0;
+    for (; n < kMaxGsoSegments && at + n * seg < len; n++) {
+      uint32_t o = at + n * seg;
+      seg_iov_[n].iov_base = const_cast<uint8_t*>(data + o);
+      seg_iov_[n].iov_len = std::min(seg, len - o);
+      seg_msgs_[n].msg_hdr.msg_name = &dst;
+    }
+    uint32_t sent = 0;
+    while (sent < n) {
+      int r = sendmmsg(fd(), &seg_msgs_[sent], n - sent, MSG_DONTWAIT);
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+          if (!any) return false;
+          // Part of the run is out: the rest is lost, like a full queue
+          // would lose it; TCP repairs it.
+          uint32_t left = (len - (at + sent * seg) + seg - 1) / seg;
+          send_errors_ += left;
+          return true;
+        }
+        send_errors_++;
+        sent++;
+        any = true;
+      } else {
+        sent += static_cast<uint32_t>(r);
+        any = true;
+      }
+    }
+    at += n * seg;
+  }
+  return true;
 }
 
 Napi::Value UdpSocket::SendErrors(const Napi::CallbackInfo& info) {
@@ -296,6 +461,14 @@ Napi::Value UdpSocket::RecvBufferSize(const Napi::CallbackInfo& info) {
 
 Napi::Value UdpSocket::SendBufferSize(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), send_buffer_);
+}
+
+Napi::Value UdpSocket::GsoMaxSegments(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), gso_ ? kMaxGsoSegments : 0);
+}
+
+Napi::Value UdpSocket::Gro(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), gro_);
 }
 
 }  // namespace weft

@@ -1,5 +1,8 @@
 // The underlay UDP socket: recvmmsg into a datagram arena, sendmmsg with one
-// destination per datagram. Every header array is allocated at construction.
+// destination per datagram. With offload on, UDP GRO on receive (one slot may
+// hold a run of equal-size datagrams, its segment size reported) and UDP GSO
+// on send (one entry may carry a run of datagrams, sent with UDP_SEGMENT).
+// Every header array is allocated at construction.
 #pragma once
 
 #include <napi.h>
@@ -15,28 +18,41 @@ namespace weft {
 
 class UdpSocket : public PollSource<UdpSocket> {
  public:
+  // Segments per UDP_SEGMENT send (UDP_MAX_SEGMENTS on older kernels).
+  static constexpr uint32_t kMaxGsoSegments = 64;
+
   static Napi::Function Init(Napi::Env env);
 
   // new UdpSocket(bindAddr (host order), port, arena {bytes, lengths,
-  // srcAddr, srcPort, truncated, slotSize, capacity}, bufferBytes).
+  // srcAddr, srcPort, truncated, segSize?, slotSize, capacity}, bufferBytes,
+  // {offload}?). Offload asks for UDP_GRO (needs arena.segSize) and probes
+  // UDP_SEGMENT; either may be refused by an old kernel.
   explicit UdpSocket(const Napi::CallbackInfo& info);
 
   // recvmmsg until capacity datagrams or EAGAIN. Datagram i: bytes in slot i,
   // lengths[i] its real length (> slotSize when truncated[i] is 1),
-  // srcAddr[i]/srcPort[i] the sender in host order.
+  // srcAddr[i]/srcPort[i] the sender in host order, segSize[i] the GRO
+  // segment size when the slot holds several datagrams (else 0).
   Drained Drain();
 
  private:
-  // send(bytes, offsets, lengths, dstAddr, dstPort, start, count) -> consumed.
+  // send(bytes, offsets, lengths, dstAddr, dstPort, start, count, segSize?)
+  // -> consumed.
   Napi::Value Send(const Napi::CallbackInfo& info);
   Napi::Value SendErrors(const Napi::CallbackInfo& info);
   Napi::Value LocalPort(const Napi::CallbackInfo& info);
   Napi::Value RecvBufferSize(const Napi::CallbackInfo& info);
   Napi::Value SendBufferSize(const Napi::CallbackInfo& info);
+  Napi::Value GsoMaxSegments(const Napi::CallbackInfo& info);
+  Napi::Value Gro(const Napi::CallbackInfo& info);
 
   bool ReadArena(Napi::Env env, Napi::Value arena);
   bool SetupSocket(Napi::Env env, uint32_t addr, uint32_t port,
-                   uint32_t buffer_bytes, int* out_fd);
+                   uint32_t buffer_bytes, bool offload, int* out_fd);
+  // Sends one run entry as separate datagrams (after UDP GSO was refused).
+  // Returns false when the socket was full before the first one went out.
+  bool SendSegments(const uint8_t* data, uint32_t len, uint32_t seg,
+                    const sockaddr_in& to);
 
   std::vector<Napi::Reference<Napi::Value>> arena_refs_;
   uint8_t* bytes_ = nullptr;
@@ -44,19 +60,26 @@ class UdpSocket : public PollSource<UdpSocket> {
   uint32_t* src_addr_ = nullptr;
   uint16_t* src_port_ = nullptr;
   uint8_t* truncated_ = nullptr;
+  uint16_t* seg_size_ = nullptr;
   uint32_t slot_size_ = 0;
   uint32_t capacity_ = 0;
 
   std::vector<mmsghdr> rx_msgs_;
   std::vector<iovec> rx_iov_;
   std::vector<sockaddr_in> rx_from_;
+  std::vector<uint64_t> rx_ctl_;
   std::vector<mmsghdr> tx_msgs_;
   std::vector<iovec> tx_iov_;
   std::vector<sockaddr_in> tx_to_;
+  std::vector<uint64_t> tx_ctl_;
+  std::vector<mmsghdr> seg_msgs_;
+  std::vector<iovec> seg_iov_;
 
   uint32_t local_port_ = 0;
   int recv_buffer_ = 0;
   int send_buffer_ = 0;
+  bool gro_ = false;
+  bool gso_ = false;
   double send_errors_ = 0;
 };
 
