@@ -192,13 +192,13 @@ export class Lab {
    */
   startWeft(host: LabHost, extra: readonly string[] = [], opts: { detached?: boolean } = {}): ChildProcess {
     if (host.weft !== null && host.weft.exitCode === null) throw new Error(`weftd already runs on ${host.ns}`);
-    const main = new URL("../control/main.js", import.meta.url).pathname;
+    // The launcher users run, so the lab gets weftd's Node settings too.
+    const weftd = new URL("../../bin/weftd", import.meta.url).pathname;
     const args = [
       "netns",
       "exec",
       host.ns,
-      process.execPath,
-      main,
+      weftd,
       "--iface",
       host.iface,
       "--subnet-file",
@@ -207,7 +207,11 @@ export class Lab {
       ...extra,
     ];
     const log = openSync(join(host.dir, "weftd.log"), "a");
-    const child = spawn("ip", args, { stdio: ["ignore", log, log], detached: opts.detached ?? false });
+    const child = spawn("ip", args, {
+      stdio: ["ignore", log, log],
+      detached: opts.detached ?? false,
+      env: { ...process.env, NODE: process.execPath },
+    });
     closeSync(log);
     host.weft = child;
     return child;
