@@ -130,11 +130,8 @@ export class Daemon {
     await this.startDataplane(iface, lease, config);
     this.installLeases([...manager.peers.values()]);
 
-    const mtu = iface.mtu - UDP_OVERHEAD;
-    await writeSubnetEnv(opts.subnetFile, { network: config.network, subnet: lease.subnet, mtu, ipMasq: opts.ipMasq });
-    this.ready.subnetEnv = true;
-    log.info({ path: opts.subnetFile }, "wrote subnet file");
-
+    // Rules before subnet.env: the file is what tells the CNI plugin (and
+    // anyone waiting on it) that this node can take pods.
     await this.syncRules(config, lease);
     this.ready.rules = true;
     if (opts.ipMasq || opts.iptablesForwardRules) {
@@ -145,6 +142,11 @@ export class Daemon {
       }, opts.iptablesResync * 1000);
       this.resyncTimer.unref();
     }
+
+    const mtu = iface.mtu - UDP_OVERHEAD;
+    await writeSubnetEnv(opts.subnetFile, { network: config.network, subnet: lease.subnet, mtu, ipMasq: opts.ipMasq });
+    this.ready.subnetEnv = true;
+    log.info({ path: opts.subnetFile }, "wrote subnet file");
     this.notifySystemd();
     log.info({ subnet: formatPrefix(lease.subnet), tun: this.device?.name }, "running");
   }

@@ -7,7 +7,7 @@ import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { after, afterEach, before, describe, it } from "node:test";
 import { DEFAULT_NETWORK_CONFIG, Lab, type LabHost, nsRun } from "../lab/topology.js";
 
 const MAIN = new URL("../control/main.js", import.meta.url).pathname;
@@ -63,6 +63,10 @@ describe("weftd as a service", { timeout: 180_000 }, () => {
       dir: mkdtempSync(join(tmpdir(), "weft-daemon-")),
     });
     h1 = lab.hosts[0] as LabHost;
+  });
+  // A failed test must not leave its weftd holding the port for the next one.
+  afterEach(async () => {
+    if (h1 !== undefined) await lab.stopWeft(h1);
   });
   after(async () => {
     await lab?.destroy();
