@@ -159,7 +159,13 @@ function positiveInt(value: number, field: string): number {
 function makeArena(capacity: number, slotSize: number): RxArena {
   positiveInt(capacity, "capacity");
   positiveInt(slotSize, "slotSize");
-  return { bytes: new Uint8Array(capacity * slotSize), lengths: new Uint32Array(capacity), slotSize, capacity };
+  const bytes = new Uint8Array(capacity * slotSize);
+  // Touch every page now: a fresh buffer is mapped lazily, so without this
+  // the daemon's memory would creep up for minutes as ever larger batches
+  // and super-packets reach untouched slots, which looks like a leak.
+  for (let i = 0; i < bytes.length; i += 4096) bytes[i] = 1;
+  bytes.fill(0);
+  return { bytes, lengths: new Uint32Array(capacity), slotSize, capacity };
 }
 
 function makeDeviceArena(capacity: number, slotSize: number): DeviceArena {
