@@ -78,9 +78,11 @@ function alive(pid: number): boolean {
   }
 }
 
-function rssKb(pid: number): number {
-  const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-  return m === null ? Number.NaN : Number(m[1]);
+/** VmRSS, and the part of it that is anonymous memory (not pages of the node binary and libraries). */
+function rssKb(pid: number): { rss: number; anon: number } {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB$`, "m").exec(status)?.[1] ?? Number.NaN);
+  return { rss: field("VmRSS"), anon: field("RssAnon") };
 }
 
 /**
@@ -295,15 +297,16 @@ export async function runSoak(seconds: number, log: (line: string) => void = con
 
     const tcp = { transfers: 0, failures: 0, bytes: 0 };
     // RSS every 10 s.
-    const rss: { at: number; kb: number[] }[] = [];
+    const rss: { at: number; kb: number[]; anon: number[] }[] = [];
     const sampleRss = () => {
       if (dead.size > 0) return;
-      const sample = { at: Date.now() - t0, kb: pids.map(rssKb) };
+      const readings = pids.map(rssKb);
+      const sample = { at: Date.now() - t0, kb: readings.map((r) => r.rss), anon: readings.map((r) => r.anon) };
       rss.push(sample);
       if (rss.length % 6 === 1) {
-        const mb = sample.kb.map((k) => (k / 1024).toFixed(1)).join(" / ");
+        const mb = (kb: number[]) => kb.map((k) => (k / 1024).toFixed(1)).join(" / ");
         log(
-          `soak: ${Math.round(sample.at / 1000)} s: RSS ${mb} MB, ${churn.extras.size} extra leases, ${tcp.transfers} TCP transfers`,
+          `soak: ${Math.round(sample.at / 1000)} s: RSS ${mb(sample.kb)} MB (anonymous ${mb(sample.anon)}), ${churn.extras.size} extra leases, ${tcp.transfers} TCP transfers`,
         );
       }
     };
@@ -435,12 +438,14 @@ export async function runSoak(seconds: number, log: (line: string) => void = con
     // low points after a collection): a leak lifts the low points too.
     const endAt = rss[rss.length - 1]?.at ?? 0;
     const windowMs = warmupMs;
-    const least = (from: number, to: number) => {
+    const least = (from: number, to: number, of: "kb" | "anon" = "kb") => {
       const inWindow = rss.filter((s) => s.at >= from && s.at <= to);
-      return pids.map((_, i) => Math.min(...inWindow.map((s) => s.kb[i] as number)));
+      return pids.map((_, i) => Math.min(...inWindow.map((s) => s[of][i] as number)));
     };
     const rssStart = least(warmupMs, warmupMs + windowMs - 1);
     const rssEnd = least(endAt - windowMs + 1, endAt);
+    const anonStart = least(warmupMs, warmupMs + windowMs - 1, "anon");
+    const anonEnd = least(endAt - windowMs + 1, endAt, "anon");
     const rssPeak = pids.map((_, i) => Math.max(...rss.map((s) => s.kb[i] as number)));
     const growthKb = pids.map((_, i) => (rssEnd[i] as number) - (rssStart[i] as number));
     const mb = (kb: number[]) => kb.map((k) => (k / 1024).toFixed(1)).join("/");
@@ -513,6 +518,8 @@ export async function runSoak(seconds: number, log: (line: string) => void = con
       rssStartMB: mb(rssStart),
       rssEndMB: mb(rssEnd),
       rssPeakMB: mb(rssPeak),
+      rssAnonStartMB: mb(anonStart),
+      rssAnonEndMB: mb(anonEnd),
       drops: Object.entries(drops)
         .filter(([, v]) => v > 0)
         .map(([k, v]) => `${k}=${v}`)
