@@ -55,7 +55,7 @@ describe("a 60-second soak of three hosts with traffic and lease churn (netns)",
   it("exits 0 with every check passed", async (t) => {
     const r = await finished();
     const summary = output.slice(output.indexOf(`soak: ${r.seconds} s`), output.indexOf("SOAK_RESULT"));
-    t.diagnostic(summary.trim());
+    for (const line of summary.trim().split("\n")) t.diagnostic(line);
     assert.equal(code, 0, summary);
     assert.equal(r.ok, true);
   });
