@@ -41,7 +41,8 @@ import { spawnUdpgen } from "../bench/udpgen.js";
 import { nsRun, readSubnetEnvFile, type SubnetEnvFields, sh } from "../lab/topology.js";
 
 const HERE = new URL(".", import.meta.url).pathname;
-const WEFTD = new URL("../control/main.js", import.meta.url).pathname;
+/** The launcher users run (node with weftd's settings); NODE picks this node. */
+const WEFTD = new URL("../../bin/weftd", import.meta.url).pathname;
 const TRANSFER = join(HERE, "helpers", "tcp-transfer.js");
 const METRICS_PORT = 9105;
 const NETWORK_CONFIG = '{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":8285}}';
@@ -125,7 +126,6 @@ function startWeft(host: Host, registryDir: string): void {
       "netns",
       "exec",
       host.ns,
-      process.execPath,
       WEFTD,
       "--iface",
       "eth0",
@@ -138,7 +138,7 @@ function startWeft(host: Host, registryDir: string): void {
       "--healthz-ip",
       "127.0.0.1",
     ],
-    { stdio: ["ignore", log, log] },
+    { stdio: ["ignore", log, log], env: { ...process.env, NODE: process.execPath } },
   );
   closeSync(log);
   children.add(child);
