@@ -65,6 +65,7 @@ export function createMetrics(src: MetricSources): Registry {
     labelNames: ["direction", "reason"],
     registers: [registry],
     collect() {
+      this.reset();
       for (const [d, n] of dirs) {
         for (let i = 0; i < DROP_NAMES.length; i++) {
           const reason = DROP_NAMES[i] as string;

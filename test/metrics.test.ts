@@ -1,0 +1,28 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { createMetrics } from "../control/metrics.js";
+import { Counters, Drop } from "../dataplane/counters.js";
+
+describe("metrics", () => {
+  it("report the dataplane's absolute counts, the same on every scrape", async () => {
+    const counters = new Counters();
+    counters.rx.drops[Drop.UnknownSender] = 5;
+    counters.tx.outPackets = 7;
+    const registry = createMetrics({
+      counters,
+      leaseCount: () => 2,
+      leaseExpiresAt: () => null,
+      registryConnected: () => true,
+      deviceWriteErrors: () => 1,
+      transportSendErrors: () => 3,
+    });
+    for (let scrape = 0; scrape < 3; scrape++) {
+      const text = await registry.metrics();
+      assert.match(text, /^weft_drops_total\{direction="rx",reason="unknown_sender"\} 5$/m);
+      assert.match(text, /^weft_drops_total\{direction="rx",reason="write_error"\} 1$/m);
+      assert.match(text, /^weft_drops_total\{direction="tx",reason="send_error"\} 3$/m);
+      assert.match(text, /^weft_packets_total\{direction="tx",stage="out"\} 7$/m);
+      assert.match(text, /^weft_leases 2$/m);
+    }
+  });
+});
