@@ -1,7 +1,7 @@
 // The soak: three hosts in network namespaces (on the lab's switch bridge),
 // weftd on each with one file registry, a pod per host, and for the whole run
 //
-//   - TCP: verified transfers (tests/helpers/tcp-transfer) round the pods in a loop,
+//   - TCP: verified transfers (test/helpers/tcp-transfer) round the pods in a loop,
 //   - UDP: the batching generator at a modest fixed rate, p3 -> p1,
 //   - ICMP: a ping every 200 ms, p2 -> p3,
 //   - lease churn: every few seconds extra leases appear or vanish in the
@@ -69,18 +69,23 @@ function randomInt(lo: number, hi: number): number {
 // ---------------------------------------------------------------------------
 // /proc readings of a weftd, from the root namespace (PIDs are global).
 
-function alive(pid: number): boolean {
+/** Reads /proc/<pid>/<file>, or "" once the process is gone (its checks then fail on NaN). */
+function proc(pid: number, file: string): string {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+    return readFileSync(`/proc/${pid}/${file}`, "utf8");
   } catch {
-    return false;
+    return "";
   }
+}
+
+function alive(pid: number): boolean {
+  const stat = proc(pid, "stat");
+  return stat !== "" && stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
 }
 
 /** VmRSS, and the part of it that is anonymous memory (not pages of the node binary and libraries). */
 function rssKb(pid: number): { rss: number; anon: number } {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const status = proc(pid, "status");
   const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB$`, "m").exec(status)?.[1] ?? Number.NaN);
   return { rss: field("VmRSS"), anon: field("RssAnon") };
 }
@@ -93,6 +98,7 @@ function rssKb(pid: number): { rss: number; anon: number } {
 async function fdCount(pid: number): Promise<number> {
   let least = Number.POSITIVE_INFINITY;
   for (let i = 0; i < 5; i++) {
+    if (!alive(pid)) return Number.NaN;
     least = Math.min(least, readdirSync(`/proc/${pid}/fd`).length);
     await sleep(100);
   }
@@ -101,7 +107,8 @@ async function fdCount(pid: number): Promise<number> {
 
 /** utime + stime in clock ticks. */
 function cpuTicks(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const stat = proc(pid, "stat");
+  if (stat === "") return Number.NaN;
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   // Fields after the command start at field 3 (state); utime is field 14, stime 15.
   return Number(fields[11]) + Number(fields[12]);
