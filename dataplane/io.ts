@@ -18,6 +18,7 @@ import {
   loadAddon,
   type NativeError,
   type NativePacketFd,
+  type NativeSource,
   type NativeUdpSocket,
   TUN_F,
   type TunFlags,
@@ -179,22 +180,60 @@ function reportError(handler: ErrorHandler | null, err: NativeError): void {
   handler(err);
 }
 
+/** What both native endpoints share: readiness, backpressure, error reporting, close. */
+abstract class NativeEndpoint<N extends NativeSource> {
+  private errorHandler: ErrorHandler | null = null;
+
+  protected constructor(protected readonly native: N) {}
+
+  start(onBatch: BatchHandler, onError?: ErrorHandler): void {
+    if (onError !== undefined) this.errorHandler = onError;
+    this.native.start(onBatch, (err) => reportError(this.errorHandler, err));
+  }
+
+  /** Without a handler, a stop-reading error is thrown as an uncaught exception. */
+  onError(handler: ErrorHandler): void {
+    this.errorHandler = handler;
+  }
+
+  pause(): void {
+    this.native.pause();
+  }
+
+  resume(): void {
+    this.native.resume();
+  }
+
+  onWritable(cb: () => void): void {
+    this.native.onWritable(cb);
+  }
+
+  /** Idempotent; afterwards start, onWritable and write/send throw EBADF. */
+  close(): void {
+    this.native.close();
+  }
+
+  get closed(): boolean {
+    return this.native.closed;
+  }
+}
+
 /**
  * A TUN device queue (IFF_TUN|IFF_NO_PI): packets start at the IP header. With
  * vnetHdr the native layer reads and writes the virtio-net header around them.
  */
-export class TunDevice implements Device {
-  private errorHandler: ErrorHandler | null = null;
-
+export class TunDevice extends NativeEndpoint<NativePacketFd> implements Device {
   private constructor(
     readonly name: string,
     readonly rx: DeviceArena,
-    private readonly native: NativePacketFd,
+    native: NativePacketFd,
     /** Virtio-net headers on: super-packets in both directions. */
     readonly gso: boolean,
     /** TUN_F_* bits the kernel accepted (0 without vnetHdr). */
     readonly offloads: number,
-  ) {}
+  ) {
+    super(native);
+  }
 
   /**
    * Opens a TUN queue in this process's network namespace; `template` may hold
@@ -232,28 +271,6 @@ export class TunDevice implements Device {
     return new TunDevice(name, rx, native, vnetHdr, 0);
   }
 
-  start(onBatch: BatchHandler, onError?: ErrorHandler): void {
-    if (onError !== undefined) this.errorHandler = onError;
-    this.native.start(onBatch, (err) => reportError(this.errorHandler, err));
-  }
-
-  /** Without a handler, a stop-reading error is thrown as an uncaught exception. */
-  onError(handler: ErrorHandler): void {
-    this.errorHandler = handler;
-  }
-
-  pause(): void {
-    this.native.pause();
-  }
-
-  resume(): void {
-    this.native.resume();
-  }
-
-  onWritable(cb: () => void): void {
-    this.native.onWritable(cb);
-  }
-
   write(
     bytes: Uint8Array,
     offsets: Uint32Array,
@@ -265,11 +282,6 @@ export class TunDevice implements Device {
     return this.native.write(bytes, offsets, lengths, start, count, gsoSize);
   }
 
-  /** Idempotent; afterwards start/onWritable/write throw EBADF. */
-  close(): void {
-    this.native.close();
-  }
-
   get writeErrors(): number {
     return this.native.writeErrors;
   }
@@ -278,23 +290,20 @@ export class TunDevice implements Device {
   get truncatedDrops(): number {
     return this.native.truncatedDrops;
   }
-
-  get closed(): boolean {
-    return this.native.closed;
-  }
 }
 
 /** The underlay UDP socket (AF_INET), batched with recvmmsg/sendmmsg (and UDP GSO/GRO with offload). */
-export class UdpTransport implements Transport {
-  private errorHandler: ErrorHandler | null = null;
-
+export class UdpTransport extends NativeEndpoint<NativeUdpSocket> implements Transport {
   private constructor(
     readonly rx: DatagramArena,
-    private readonly native: NativeUdpSocket,
-  ) {}
+    native: NativeUdpSocket,
+  ) {
+    super(native);
+  }
 
   /** Binds addr:port (host-order IPv4, 0 = any; port 0 = any, see localPort). */
-  static bind(addr: number, port: number, opts: UdpOptions = {}): UdpTransport {
+  // "override": a subclass static named bind shadows Function.prototype.bind.
+  static override bind(addr: number, port: number, opts: UdpOptions = {}): UdpTransport {
     const addon = loadAddon();
     const offload = opts.offload === true;
     const base = makeArena(
@@ -312,28 +321,6 @@ export class UdpTransport implements Transport {
     return new UdpTransport(rx, native);
   }
 
-  start(onBatch: BatchHandler, onError?: ErrorHandler): void {
-    if (onError !== undefined) this.errorHandler = onError;
-    this.native.start(onBatch, (err) => reportError(this.errorHandler, err));
-  }
-
-  /** Without a handler, a stop-reading error is thrown as an uncaught exception. */
-  onError(handler: ErrorHandler): void {
-    this.errorHandler = handler;
-  }
-
-  pause(): void {
-    this.native.pause();
-  }
-
-  resume(): void {
-    this.native.resume();
-  }
-
-  onWritable(cb: () => void): void {
-    this.native.onWritable(cb);
-  }
-
   send(
     bytes: Uint8Array,
     offsets: Uint32Array,
@@ -345,11 +332,6 @@ export class UdpTransport implements Transport {
     segSize?: Uint16Array,
   ): number {
     return this.native.send(bytes, offsets, lengths, dstAddr, dstPort, start, count, segSize);
-  }
-
-  /** Idempotent; afterwards start/onWritable/send throw EBADF. */
-  close(): void {
-    this.native.close();
   }
 
   get localPort(): number {
@@ -375,9 +357,5 @@ export class UdpTransport implements Transport {
 
   get sendBufferSize(): number {
     return this.native.sendBufferSize;
-  }
-
-  get closed(): boolean {
-    return this.native.closed;
   }
 }
