@@ -8,13 +8,14 @@
 //                            ▼                                                │
 //                      stage (offset, length, peer addr, port, run size)      ▼
 //                            └──► Transport.send (sendmmsg,          Device.write (into flannel0)
-//                                 a split super-packet as UDP GSO runs)
+//                                 a split super-packet, or packets of one size to one
+//                                 peer gathered into one slot, as UDP GSO runs)
 //
 //   decapsulate (peers -> flannel0)
 //     Transport.rx batch ──► truncated? ──► sender holds a lease? ──► each datagram of the
 //        slot (one, or a UDP GRO run) ──► validate IPv4 ──► [inner source in sender's
 //        subnet?] ──► fits our MTU? ──► TTL-1 ──► stage
-//        ──► [TCP coalescing, gro.ts] ──► Device.write (one write() per (super-)packet)
+//        ──► [TCP/UDP coalescing, gro.ts] ──► Device.write (one write() per (super-)packet)
 //        ICMP errors about tunnelled packets go straight back to the sending peer.
 //
 // Per-byte work (splitting, merging, checksums) happens in place in the
@@ -23,12 +24,12 @@
 // super-packet counts as its segments, bytes as their inner IP bytes.
 //
 // Packets are never copied between arenas: staging records where each one already lies in the
-// receive arena. A short write (EAGAIN) pauses the opposite source until the
+// receive arena (a run toward a peer gathers its packets into its first slot). A short write (EAGAIN) pauses the opposite source until the
 // blocked fd is writable again, so an arena is never overwritten while packets
 // in it wait. Nothing here awaits, allocates per packet or logs.
 
 import { Counters, Drop, Icmp } from "./counters.js";
-import { TcpCoalescer } from "./gro.js";
+import { Coalescer } from "./gro.js";
 import { type Device, MAX_RUN_BYTES, type Transport } from "./io.js";
 import { LeaseTable } from "./leases.js";
 import { PerSourceLimiter } from "./ratelimit.js";
@@ -64,7 +65,7 @@ export interface EngineOptions {
   readonly counters?: Counters;
   /** ICMP errors per second per source (default 10). */
   readonly icmpRate?: number;
-  /** Coalesce TCP segments toward flannel0 when the device takes super-packets (default true). */
+  /** Coalesce TCP segments (and UDP datagrams) toward flannel0 when the device takes super-packets (default true). */
   readonly coalesce?: boolean;
   /** Milliseconds clock for the ICMP limiter (tests inject one). */
   readonly now?: () => number;
@@ -140,7 +141,17 @@ export class Engine {
   private readonly icmpToDevice: IcmpOut;
   private readonly icmpToPeers: IcmpOut;
   private readonly splitter = new Splitter();
-  private readonly coalescer = new TcpCoalescer();
+  private readonly coalescer: Coalescer;
+  /**
+   * The open UDP GSO run per lease id toward peers: valid while runStamp[id]
+   * equals the batch stamp; runSeg[id] is its segment size (0: closed by a
+   * shorter tail or by another entry to that peer), runCount[id] its datagrams.
+   */
+  private runStamp = new Uint32Array(0);
+  private runEntry = new Uint32Array(0);
+  private runSeg = new Uint16Array(0);
+  private runCount = new Uint16Array(0);
+  private stamp = 0;
   private running = false;
   private readonly onError: (err: Error, side: "device" | "transport") => void;
 
@@ -157,6 +168,7 @@ export class Engine {
     this.peerCheck = opts.peerCheck ?? true;
     this.strictInnerSource = opts.strictInnerSource ?? false;
     this.coalesce = (opts.coalesce ?? true) && this.device.gso;
+    this.coalescer = new Coalescer(this.device.udpGso);
     this.counters = opts.counters ?? new Counters();
     this.now = opts.now ?? Date.now;
     this.limiter = new PerSourceLimiter(opts.icmpRate ?? 10, opts.icmpRate ?? 10);
@@ -183,6 +195,13 @@ export class Engine {
 
   /** Installs a new lease table; takes effect from the next batch. */
   setTable(table: LeaseTable): void {
+    if (table.size > this.runStamp.length) {
+      const size = Math.max(table.size, this.runStamp.length * 2);
+      this.runStamp = new Uint32Array(size);
+      this.runEntry = new Uint32Array(size);
+      this.runSeg = new Uint16Array(size);
+      this.runCount = new Uint16Array(size);
+    }
     this.table = table;
   }
 
@@ -202,6 +221,15 @@ export class Engine {
     let staged = 0;
     icmp.count = 0;
     c.batches++;
+    // Runs: packets of one size to one peer leave as one UDP GSO entry. They
+    // are gathered into the run's first slot, which has room for the largest
+    // run (the device slots are super-packet sized when runs are possible).
+    const maxRun = rx.slotSize >= MAX_RUN_BYTES ? this.transport.gsoMaxSegments : 0;
+    const stamp = this.nextStamp();
+    const runStamp = this.runStamp;
+    const runEntry = this.runEntry;
+    const runSeg = this.runSeg;
+    const runCount = this.runCount;
     for (let i = 0; i < count; i++) {
       const off = i * rx.slotSize;
       const len = rx.lengths[i];
@@ -230,14 +258,32 @@ export class Engine {
         staged = this.stageSuperPacket(i, off, len, total, id, staged);
         continue;
       }
+      c.outPackets++;
+      c.outBytes += total;
+      if (maxRun > 1 && runStamp[id] === stamp) {
+        const seg = runSeg[id];
+        const e = runEntry[id];
+        const runLen = out.lengths[e];
+        if (total <= seg && runCount[id] < maxRun && runLen + total <= MAX_RUN_BYTES) {
+          bytes.copyWithin(out.offsets[e] + runLen, off, off + total);
+          out.lengths[e] = runLen + total;
+          out.gso[e] = seg;
+          runCount[id]++;
+          // Only the last datagram of a run may be shorter.
+          if (total < seg) runSeg[id] = 0;
+          continue;
+        }
+      }
       out.offsets[staged] = off;
       out.lengths[staged] = total;
       out.addrs[staged] = table.peerAddr[id];
       out.ports[staged] = table.peerPort[id];
       out.gso[staged] = 0;
+      runStamp[id] = stamp;
+      runEntry[id] = staged;
+      runSeg[id] = total;
+      runCount[id] = 1;
       staged++;
-      c.outPackets++;
-      c.outBytes += total;
     }
     if (icmp.count > 0) this.device.write(icmp.bytes, icmp.offsets, icmp.lengths, 0, icmp.count);
     out.count = staged;
@@ -380,6 +426,8 @@ export class Engine {
     }
     const out = this.toPeers;
     out.ensure(staged + segs);
+    // A later packet to this peer must not join a run staged before these segments.
+    this.runStamp[id] = 0;
     const addr = this.table.peerAddr[id];
     const port = this.table.peerPort[id];
     const maxRun = this.transport.gsoMaxSegments;
@@ -396,6 +444,15 @@ export class Engine {
     c.outPackets += segs;
     c.outBytes += bytesOut;
     return staged;
+  }
+
+  /** A fresh nonzero stamp per device batch (0 marks "no open run"). */
+  private nextStamp(): number {
+    if (this.stamp === 0xffffffff) {
+      this.stamp = 0;
+      this.runStamp.fill(0);
+    }
+    return ++this.stamp;
   }
 
   private sendToPeers(): void {

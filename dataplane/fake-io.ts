@@ -26,6 +26,8 @@ export interface FakeOptions {
   record?: boolean;
   /** Offloads on: super-packets (device) or GSO/GRO runs (transport); bigger default slots. */
   gso?: boolean;
+  /** Device with gso: also take UDP super-packets (default true, as a TUN with TUN_F_USO4). */
+  udpGso?: boolean;
 }
 
 /** A packet to inject into a FakeDevice; gsoSize > 0 makes it a super-packet. */
@@ -112,6 +114,7 @@ export class FakeDevice extends FakeEndpoint implements Device {
   readonly name: string;
   readonly rx: DeviceArena;
   readonly gso: boolean;
+  readonly udpGso: boolean;
   readonly written: Uint8Array[] = [];
   /** gsoSize of each written packet (0: an ordinary packet), parallel to written. */
   readonly writtenGso: number[] = [];
@@ -122,6 +125,7 @@ export class FakeDevice extends FakeEndpoint implements Device {
     super();
     this.name = name;
     this.gso = opts.gso ?? false;
+    this.udpGso = this.gso && (opts.udpGso ?? true);
     const base = arena(opts.capacity ?? 64, opts.slotSize ?? (this.gso ? TSO_SLOT_SIZE : 2048));
     this.rx = { ...base, gsoSize: new Uint16Array(base.capacity), gsoType: new Uint8Array(base.capacity) };
     this.record = opts.record ?? true;

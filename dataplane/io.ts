@@ -83,10 +83,13 @@ export interface Device extends Source {
   readonly rx: DeviceArena;
   /** Whether write() takes TCP super-packets (gsoSize) and reads may yield them. */
   readonly gso: boolean;
+  /** Whether write() also takes UDP super-packets (GSO_UDP_L4; TUN_F_USO4 accepted). */
+  readonly udpGso: boolean;
   /**
    * One write() per packet, never a multi-packet writev. With gso, gsoSize[i] > 0
-   * marks a TCP super-packet of segments with that payload size, its TCP
-   * checksum seeded with the pseudo-header sum (what groMerge leaves).
+   * marks a TCP (or, with udpGso, UDP) super-packet of segments with that
+   * payload size, its L4 checksum seeded with the pseudo-header sum (what
+   * groMerge leaves).
    */
   write(
     bytes: Uint8Array,
@@ -233,7 +236,10 @@ export class TunDevice extends NativeEndpoint<NativePacketFd> implements Device 
     readonly offloads: number,
   ) {
     super(native);
+    this.udpGso = gso && (offloads & TUN_F.USO4) !== 0;
   }
+
+  readonly udpGso: boolean;
 
   /**
    * Opens a TUN queue in this process's network namespace; `template` may hold

@@ -286,7 +286,7 @@ describe("TUN offloads in a network namespace", () => {
       // and sends three segments back glued into one super-packet.
       const code = `
       import { TunDevice } from ${JSON.stringify(IO_URL)};
-      import { TcpCoalescer } from ${JSON.stringify(GRO_URL)};
+      import { Coalescer } from ${JSON.stringify(GRO_URL)};
       import { loadAddon } from ${JSON.stringify(NATIVE_URL)};
       import { execFileSync } from "node:child_process";
       import net from "node:net";
@@ -370,7 +370,7 @@ describe("TUN offloads in a network namespace", () => {
         let at = 0;
         const offsets = new Uint32Array(3), lengths = new Uint32Array(3), gso = new Uint16Array(3);
         segs.forEach((s, k) => { arena.set(s, at); offsets[k] = at; lengths[k] = s.length; at += s.length; });
-        out.coalesced = new TcpCoalescer().coalesce(arena, offsets, lengths, gso, 3, 65536);
+        out.coalesced = new Coalescer().coalesce(arena, offsets, lengths, gso, 3, 65536);
         out.gso = gso[0];
         out.written = tun.write(arena, offsets, lengths, 0, 1, gso);
         await wait(() => Buffer.concat(received).length >= 3000);

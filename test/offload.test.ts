@@ -7,7 +7,7 @@ import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../dataplane/addr.js";
 import { Drop } from "../dataplane/counters.js";
 import { Engine } from "../dataplane/engine.js";
 import { FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
-import { TcpCoalescer } from "../dataplane/gro.js";
+import { Coalescer } from "../dataplane/gro.js";
 import { MAX_RUN_BYTES, TSO_SLOT_SIZE } from "../dataplane/io.js";
 import { LeaseTable } from "../dataplane/leases.js";
 import { GSO_TYPE, loadAddon } from "../dataplane/native/index.js";
@@ -395,7 +395,7 @@ describe("TCP coalescing toward flannel0", () => {
       const { bytes, offsets, lengths, rooms } = layOut(rand, pkts);
       const gso = new Uint16Array(pkts.length);
       const want = referenceCoalesce(pkts, rooms);
-      const n = new TcpCoalescer().coalesce(bytes, offsets, lengths, gso, pkts.length, SLOT);
+      const n = new Coalescer().coalesce(bytes, offsets, lengths, gso, pkts.length, SLOT);
       assert.equal(n, want.length, `seed ${seed} iter ${iter}: count`);
       for (let k = 0; k < n; k++) {
         const got = bytes.slice(offsets[k], (offsets[k] as number) + (lengths[k] as number));
@@ -436,7 +436,7 @@ describe("TCP coalescing toward flannel0", () => {
     );
     const { bytes, offsets, lengths } = layOut(() => 0.9, pkts);
     const gso = new Uint16Array(3);
-    assert.equal(new TcpCoalescer().coalesce(bytes, offsets, lengths, gso, 3, SLOT), 1);
+    assert.equal(new Coalescer().coalesce(bytes, offsets, lengths, gso, 3, SLOT), 1);
     assert.equal(gso[0], mss);
     const merged = bytes.slice(offsets[0], (offsets[0] as number) + (lengths[0] as number));
     assert.equal(merged.length, 40 + 2010);
@@ -456,7 +456,7 @@ describe("TCP coalescing toward flannel0", () => {
     ];
     const { bytes, offsets, lengths } = layOut(() => 0.9, pkts);
     const gso = new Uint16Array(pkts.length);
-    assert.equal(new TcpCoalescer().coalesce(bytes, offsets, lengths, gso, pkts.length, SLOT), pkts.length);
+    assert.equal(new Coalescer().coalesce(bytes, offsets, lengths, gso, pkts.length, SLOT), pkts.length);
     assert.deepEqual([...gso], [0, 0, 0, 0, 0, 0]);
   });
 
@@ -465,7 +465,7 @@ describe("TCP coalescing toward flannel0", () => {
     (pkts[2] as Uint8Array)[40] ^= 1; // corrupt a payload byte
     const { bytes, offsets, lengths } = layOut(() => 0.9, pkts);
     const gso = new Uint16Array(4);
-    assert.equal(new TcpCoalescer().coalesce(bytes, offsets, lengths, gso, 4, SLOT), 3);
+    assert.equal(new Coalescer().coalesce(bytes, offsets, lengths, gso, 4, SLOT), 3);
     assert.deepEqual([...gso.subarray(0, 3)], [500, 0, 0]);
     assert.equal(lengths[0], 40 + 1000);
     assert.equal(hex(bytes.slice(offsets[1], (offsets[1] as number) + 540)), hex(pkts[2] as Uint8Array));
@@ -475,7 +475,7 @@ describe("TCP coalescing toward flannel0", () => {
     const many = Array.from({ length: 70 }, (_, k) => tcpPacket({ seq: k * 100, id: k, payload: new Uint8Array(100) }));
     const a = layOut(() => 0.9, many);
     const gso = new Uint16Array(70);
-    assert.equal(new TcpCoalescer().coalesce(a.bytes, a.offsets, a.lengths, gso, 70, SLOT), 2);
+    assert.equal(new Coalescer().coalesce(a.bytes, a.offsets, a.lengths, gso, 70, SLOT), 2);
     assert.equal(a.lengths[0], 40 + 64 * 100);
     // A run that starts near the end of its slot cannot grow past it.
     const big = Array.from({ length: 3 }, (_, k) => tcpPacket({ seq: k * 1400, id: k, payload: new Uint8Array(1400) }));
@@ -484,7 +484,7 @@ describe("TCP coalescing toward flannel0", () => {
     const lengths = new Uint32Array([1440, 1440, 1440]);
     for (const [k, p] of big.entries()) bytes.set(p, offsets[k] as number);
     const g = new Uint16Array(3);
-    assert.equal(new TcpCoalescer().coalesce(bytes, offsets, lengths, g, 3, SLOT), 2);
+    assert.equal(new Coalescer().coalesce(bytes, offsets, lengths, g, 3, SLOT), 2);
     assert.deepEqual([...g.subarray(0, 2)], [0, 1400], "the first stays alone, the next two merge in the next slot");
   });
 });

@@ -168,11 +168,12 @@ export interface Addon {
     out: Uint32Array,
   ): boolean;
   /**
-   * Appends the TCP payloads of packets first+1 .. first+count-1 to packet
-   * `first` (growing up to room bytes from its offset), stopping before any
-   * whose TCP checksum fails; fixes the IP header, takes PSH from the last,
-   * seeds the TCP checksum for NEEDS_CSUM. Returns how many went in (< 2:
-   * nothing changed); lengths[first] is the new length.
+   * Appends the TCP or UDP payloads of packets first+1 .. first+count-1 to
+   * packet `first` (growing up to room bytes from its offset), stopping before
+   * any whose checksum fails (or, for UDP, is absent); fixes the IP header,
+   * for TCP takes PSH from the last, for UDP sets the whole length, and seeds
+   * the L4 checksum for NEEDS_CSUM. Returns how many went in (< 2: nothing
+   * changed); lengths[first] is the new length.
    */
   groMerge(
     bytes: Uint8Array,

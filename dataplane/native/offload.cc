@@ -150,6 +150,17 @@ bool TcpChecksumOk(const uint8_t* p, uint32_t len) {
   return OnesSum(p + ihl, l4, PseudoHeaderSum(p, 6, l4)) == 0xffff;
 }
 
+// A UDP datagram whose length field matches and whose checksum is present
+// and right: only such datagrams may be merged, since the kernel computes a
+// fresh checksum for every segment of a super-packet.
+bool UdpChecksumOk(const uint8_t* p, uint32_t len) {
+  uint32_t ihl = (p[0] & 15u) * 4;
+  if (ihl < 20 || len < ihl + 8) return false;
+  uint32_t l4 = len - ihl;
+  if (Read16(p + ihl + 4) != l4 || Read16(p + ihl + 6) == 0) return false;
+  return OnesSum(p + ihl, l4, PseudoHeaderSum(p, 17, l4)) == 0xffff;
+}
+
 bool SplitGso(uint8_t* p, uint32_t len, uint8_t gso_type, uint32_t mss,
               uint32_t room, SplitResult* out) {
   if (len < 20 || (p[0] >> 4) != 4 || mss == 0) return false;
@@ -290,27 +301,35 @@ Napi::Value GroMerge(const Napi::CallbackInfo& info) {
   }
   uint8_t* head = bytes.data + head_off;
   uint32_t end = lengths.data[first];
-  if (end < 40 || (head[0] >> 4) != 4 || head[9] != 6 ||
-      Read16(head + 2) != end || !TcpChecksumOk(head, end)) {
+  if (end < 28 || (head[0] >> 4) != 4 || Read16(head + 2) != end) {
+    return Napi::Number::New(env, 0);
+  }
+  const uint8_t proto = head[9];
+  const bool tcp = proto == 6;
+  if (tcp ? !TcpChecksumOk(head, end)
+          : proto != 17 || !UdpChecksumOk(head, end)) {
     return Napi::Number::New(env, 0);
   }
   const uint32_t ihl = (head[0] & 15u) * 4;
-  const uint32_t hdr = ihl + (head[ihl + 12] >> 4) * 4u;
+  const uint32_t hdr = ihl + (tcp ? (head[ihl + 12] >> 4) * 4u : 8u);
   if (hdr > end) return Napi::Number::New(env, 0);
   const uint32_t limit = std::min(room, kIpMaxTotal);
   uint32_t merged = 1;
-  uint8_t last_flags = head[ihl + 13];
+  uint8_t last_flags = tcp ? head[ihl + 13] : 0;
   for (uint32_t j = first + 1; j < first + count; j++) {
     const uint8_t* q = bytes.data + offsets.data[j];
     const uint32_t qlen = lengths.data[j];
-    if (qlen < hdr || Read16(q + 2) != qlen ||
-        (q[0] & 15u) * 4 != ihl || (q[ihl + 12] >> 4) * 4u != hdr - ihl ||
-        !TcpChecksumOk(q, qlen)) {
+    if (qlen < hdr || Read16(q + 2) != qlen || (q[0] & 15u) * 4 != ihl ||
+        q[9] != proto) {
+      break;
+    }
+    if (tcp ? (q[ihl + 12] >> 4) * 4u != hdr - ihl || !TcpChecksumOk(q, qlen)
+            : !UdpChecksumOk(q, qlen)) {
       break;
     }
     const uint32_t pl = qlen - hdr;
     if (uint64_t{end} + pl > limit) break;
-    last_flags = q[ihl + 13];
+    if (tcp) last_flags = q[ihl + 13];
     // Same slot: the gap the dropped headers leave lies before q, so the
     // copy only ever moves bytes down over ones already consumed (q's own
     // header included: read nothing of q after this).
@@ -319,10 +338,17 @@ Napi::Value GroMerge(const Napi::CallbackInfo& info) {
     merged++;
   }
   if (merged < 2) return Napi::Number::New(env, merged);
-  head[ihl + 13] |= last_flags & kTcpPsh;
   Write16(head + 2, end);
   FixIpChecksum(head, ihl);
-  Write16(head + ihl + 16, PseudoHeaderSum(head, 6, end - ihl));
+  if (tcp) {
+    head[ihl + 13] |= last_flags & kTcpPsh;
+    Write16(head + ihl + 16, PseudoHeaderSum(head, 6, end - ihl));
+  } else {
+    // The kernel cuts the super-packet's UDP length and pseudo-header sum
+    // down to each segment's.
+    Write16(head + ihl + 4, end - ihl);
+    Write16(head + ihl + 6, PseudoHeaderSum(head, 17, end - ihl));
+  }
   lengths.data[first] = end;
   return Napi::Number::New(env, merged);
 }

@@ -72,6 +72,10 @@ bool SplitGso(uint8_t* p, uint32_t len, uint8_t gso_type, uint32_t mss,
 // verifies.
 bool TcpChecksumOk(const uint8_t* p, uint32_t len);
 
+// Whether the IPv4 UDP datagram at p has a right length field and a present,
+// right checksum.
+bool UdpChecksumOk(const uint8_t* p, uint32_t len);
+
 // Napi: gsoSplit(bytes, off, len, gsoType, gsoSize, room, out: Uint32Array(3))
 // -> boolean; out = [segments, stride, total].
 Napi::Value GsoSplit(const Napi::CallbackInfo& info);
