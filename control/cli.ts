@@ -58,6 +58,11 @@ export const FLAGS = {
     def: true,
     help: "TUN checksum/segmentation offloads and UDP GSO/GRO where the kernel has them (--no-offload: one packet per syscall; the wire format is the same)",
   },
+  "busy-poll-us": {
+    kind: "int",
+    def: 0,
+    help: "after each batch, poll flannel0 and the socket this many microseconds without sleeping before waiting again (0: off); trades CPU for latency",
+  },
   "strict-inner-source": {
     kind: "bool",
     def: false,
@@ -98,6 +103,7 @@ export interface Options {
   peerCheck: boolean;
   offload: boolean;
   strictInnerSource: boolean;
+  busyPollUs: number;
   kubeSubnetMgr: boolean;
   verbosity: number;
   version: boolean;
@@ -199,12 +205,16 @@ function validate(o: Options): void {
     ["iptables-resync", o.iptablesResync],
     ["healthz-port", o.healthzPort],
     ["port", o.port],
+    ["busy-poll-us", o.busyPollUs],
   ];
   for (const [name, value] of nonNegative) {
     if (value < 0) throw new UsageError(`flag --${name}: ${value} must not be negative`);
   }
   if (o.healthzPort > 65535) throw new UsageError(`flag --healthz-port: ${o.healthzPort} is not a port`);
   if (o.port > 65535) throw new UsageError(`flag --port: ${o.port} is not a port`);
+  if (o.busyPollUs > 1_000_000) {
+    throw new UsageError(`flag --busy-poll-us: ${o.busyPollUs} is more than a second (1000000)`);
+  }
   if (o.subnetLeaseRenewMargin >= 24 * 60) {
     throw new UsageError(
       `flag --subnet-lease-renew-margin: ${o.subnetLeaseRenewMargin} minutes is not below the 24 h lease`,

@@ -9,7 +9,7 @@ import { formatIpv4, formatPrefix, parseIpv4 } from "../dataplane/addr.js";
 import { Counters } from "../dataplane/counters.js";
 import { Engine } from "../dataplane/engine.js";
 import { GRO_MAX_SEGMENTS } from "../dataplane/gro.js";
-import { TunDevice, UdpTransport } from "../dataplane/io.js";
+import { setBusyPoll, TunDevice, UdpTransport } from "../dataplane/io.js";
 import { LeaseTable } from "../dataplane/leases.js";
 import { loadAddon, TUN_F } from "../dataplane/native/index.js";
 import type { Options } from "./cli.js";
@@ -183,6 +183,7 @@ export class Daemon {
         void this.stop(1);
       },
     });
+    setBusyPoll(this.opts.busyPollUs);
     this.engine.start();
     this.log.info({ tun: this.device.name, mtu, bind: `${formatIpv4(iface.addr)}:${port}` }, "dataplane up");
   }
@@ -234,6 +235,7 @@ export class Daemon {
       registryConnected: () => this.manager?.connected ?? false,
       deviceWriteErrors: () => this.device?.writeErrors ?? 0,
       transportSendErrors: () => this.transport?.sendErrors ?? 0,
+      transportSendRetries: () => this.transport?.sendRetries ?? 0,
     });
     this.health = createServer((req, res) => {
       const path = (req.url ?? "/").split("?")[0];

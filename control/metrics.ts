@@ -3,7 +3,7 @@
 // never touches a metrics object.
 
 import { Counter, Gauge, Registry } from "prom-client";
-import { type Counters, DROP_NAMES, type DirectionCounters, ICMP_NAMES } from "../dataplane/counters.js";
+import { type Counters, type DirectionCounters, DROP_NAMES, ICMP_NAMES } from "../dataplane/counters.js";
 
 export interface MetricSources {
   readonly counters: Counters;
@@ -15,6 +15,8 @@ export interface MetricSources {
   /** Kernel-refused writes/sends (counted by the native layer). */
   deviceWriteErrors(): number;
   transportSendErrors(): number;
+  /** Sends stopped for want of kernel memory (ENOBUFS) and retried after a pause. */
+  transportSendRetries(): number;
 }
 
 /**
@@ -75,6 +77,15 @@ export function createMetrics(src: MetricSources): Registry {
           setTotal(this, { direction: d, reason }, value);
         }
       }
+    },
+  });
+  new Counter({
+    name: "weft_send_retries_total",
+    help: "Times sending to peers stopped because the kernel was out of buffer memory (ENOBUFS) and was retried after a pause",
+    registers: [registry],
+    collect() {
+      this.reset();
+      setTotal(this, {}, src.transportSendRetries());
     },
   });
   new Counter({

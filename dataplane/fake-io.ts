@@ -185,6 +185,7 @@ export class FakeTransport extends FakeEndpoint implements Transport {
   /** send() entries consumed, a run counting once (the syscall-level view). */
   entries = 0;
   sendErrors = 0;
+  sendRetries = 0;
   gsoMaxSegments: number;
   private readonly record: boolean;
 

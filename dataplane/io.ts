@@ -124,9 +124,19 @@ export interface Transport extends Source {
   ): number;
   /** Datagrams the kernel refused with an error other than EAGAIN (counted drops). */
   readonly sendErrors: number;
+  /** Sends stopped short for want of kernel memory (ENOBUFS) and retried after a pause. */
+  readonly sendRetries: number;
 }
 
 // ---- Native-backed implementations (dataplane/native, loaded on first use) ----
+
+/**
+ * Busy polling for every native source of this thread: after a batch, keep
+ * polling without sleeping for up to `us` µs (0: off, the default).
+ */
+export function setBusyPoll(us: number): void {
+  loadAddon().setBusyPoll(us);
+}
 
 /** Called when reading stops on an error (device deleted, peer closed); resume() retries. */
 export type ErrorHandler = (err: NativeError) => void;
@@ -154,6 +164,8 @@ export interface UdpOptions {
 const DEFAULT_CAPACITY = 64;
 const DEFAULT_SLOT_SIZE = 2048;
 const DEFAULT_BUFFER_BYTES = 4 * 1024 * 1024;
+/** Pause before retrying a send the kernel refused for want of memory (ENOBUFS). */
+const NO_BUFFER_RETRY_MS = 1;
 
 function positiveInt(value: number, field: string): number {
   if (!Number.isInteger(value) || value < 1) throw new RangeError(`${field} must be a positive integer, got ${value}`);
@@ -346,6 +358,30 @@ export class UdpTransport extends NativeEndpoint<NativeUdpSocket> implements Tra
 
   get sendErrors(): number {
     return this.native.sendErrors;
+  }
+
+  get sendRetries(): number {
+    return this.native.sendRetries;
+  }
+
+  /**
+   * After EAGAIN, when the socket is writable. After ENOBUFS the socket may
+   * well be writable already (it is the kernel's memory that ran short), so
+   * waiting for writability would spin: try again after a pause instead.
+   */
+  override onWritable(cb: () => void): void {
+    if (!this.native.retryLater) {
+      this.native.onWritable(cb);
+      return;
+    }
+    setTimeout(() => {
+      if (!this.closed) cb();
+    }, NO_BUFFER_RETRY_MS);
+  }
+
+  /** Tests: the next `count` sendmmsg calls fail with `errno` (e.g. os.constants.errno.ENOBUFS). */
+  injectSendErrors(errno: number, count: number): void {
+    this.native.injectSendErrors(errno, count);
   }
 
   get gsoMaxSegments(): number {

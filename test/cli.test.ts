@@ -85,6 +85,12 @@ describe("weftd flags", () => {
     assert.equal(parseOptions(["-peer-check=false"], {}).peerCheck, false);
   });
 
+  it("takes a busy-poll window in microseconds, off by default", () => {
+    assert.equal(parseOptions([], {}).busyPollUs, 0);
+    assert.equal(parseOptions(["--busy-poll-us=50"], {}).busyPollUs, 50);
+    assert.equal(parseOptions([], { FLANNELD_BUSY_POLL_US: "20" }).busyPollUs, 20);
+  });
+
   it("takes -v alone or with a level", () => {
     assert.equal(parseOptions(["-v"], {}).verbosity, 1);
     assert.equal(parseOptions(["-v=10"], {}).verbosity, 10);
@@ -97,6 +103,8 @@ describe("weftd flags", () => {
     [["--healthz-port=abc"], {}, 'flag healthz-port: "abc" is not an integer'],
     [["--healthz-port=70000"], {}, "flag --healthz-port: 70000 is not a port"],
     [["--subnet-file"], {}, "flag --subnet-file needs a value"],
+    [["--busy-poll-us=-5"], {}, "flag --busy-poll-us: -5 must not be negative"],
+    [["--busy-poll-us=2000000"], {}, "flag --busy-poll-us: 2000000 is more than a second (1000000)"],
     [["--iface-regex=("], {}, 'flag --iface-regex: "(" is not a valid regular expression'],
     [
       ["--etcd-endpoints=127.0.0.1:2379"],

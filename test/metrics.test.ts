@@ -15,6 +15,7 @@ describe("metrics", () => {
       registryConnected: () => true,
       deviceWriteErrors: () => 1,
       transportSendErrors: () => 3,
+      transportSendRetries: () => 4,
     });
     for (let scrape = 0; scrape < 3; scrape++) {
       const text = await registry.metrics();
@@ -23,6 +24,7 @@ describe("metrics", () => {
       assert.match(text, /^weft_drops_total\{direction="tx",reason="send_error"\} 3$/m);
       assert.match(text, /^weft_packets_total\{direction="tx",stage="out"\} 7$/m);
       assert.match(text, /^weft_leases 2$/m);
+      assert.match(text, /^weft_send_retries_total 4$/m);
     }
   });
 });

@@ -4,19 +4,25 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { constants as os, tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it, type TestContext } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
-import { TunDevice, UdpTransport } from "../dataplane/io.js";
+import { type Ipv4Prefix, parsePrefix } from "../dataplane/addr.js";
+import { Engine } from "../dataplane/engine.js";
+import { FakeDevice } from "../dataplane/fake-io.js";
+import { setBusyPoll, TunDevice, UdpTransport } from "../dataplane/io.js";
+import { LeaseTable } from "../dataplane/leases.js";
 import { loadAddon, type NativeError } from "../dataplane/native/index.js";
 import { createNetns, deleteNetns, nsExec } from "./helpers/netns.js";
+import { udpPacket } from "./helpers/packets.js";
 
 const execFileAsync = promisify(execFile);
 const IO_URL = new URL("../dataplane/io.js", import.meta.url).href;
 const NATIVE_URL = new URL("../dataplane/native/index.js", import.meta.url).href;
 const LOOPBACK = 0x7f000001;
+const ENOBUFS = os.errno.ENOBUFS;
 
 /** Deterministic, index-dependent packet contents. */
 function packet(i: number, len: number): Uint8Array {
@@ -322,6 +328,47 @@ describe("packet fd over a SOCK_SEQPACKET socketpair", () => {
   );
 });
 
+describe("busy polling", () => {
+  /** Order of events when a batch's callback makes the next batch ready at once. */
+  async function order(t: TestContext, busyPollUs: number): Promise<string[]> {
+    setBusyPoll(busyPollUs);
+    t.after(() => setBusyPoll(0));
+    const { reader, writer } = socketpairDevices(t, { capacity: 8, slotSize: 64 });
+    const marks: string[] = [];
+    const s = stage([packet(0, 10), packet(1, 10)]);
+    let done: () => void = () => {};
+    const finished = new Promise<void>((resolve) => {
+      done = resolve;
+    });
+    let batch = 0;
+    reader.start(() => {
+      batch++;
+      marks.push(`batch ${batch}`);
+      if (batch === 1) {
+        setImmediate(() => marks.push("immediate"));
+        writer.write(s.bytes, s.offsets, s.lengths, 1, 1);
+      } else setImmediate(done);
+    });
+    writer.write(s.bytes, s.offsets, s.lengths, 0, 1);
+    await finished;
+    await new Promise((resolve) => setImmediate(resolve));
+    return marks;
+  }
+
+  it("off (the default): the next batch waits for the next turn of the event loop", TIMEOUT, async (t) => {
+    assert.deepEqual(await order(t, 0), ["batch 1", "immediate", "batch 2"]);
+  });
+
+  it("on: a batch that becomes ready within the window is handled before the loop moves on", TIMEOUT, async (t) => {
+    assert.deepEqual(await order(t, 1000), ["batch 1", "batch 2", "immediate"]);
+  });
+
+  it("refuses a window longer than a second", (t) => {
+    t.after(() => setBusyPoll(0));
+    assert.throws(() => setBusyPoll(2_000_000), RangeError);
+  });
+});
+
 describe("UDP transport on 127.0.0.1", () => {
   it("binds port 0 to a real port and sends a batch with a destination per datagram", TIMEOUT, async (t) => {
     const sender = udp(t);
@@ -411,6 +458,60 @@ describe("UDP transport on 127.0.0.1", () => {
       got.datagrams.map((d) => d.payload),
       [sent[0], sent[2]],
     );
+  });
+
+  it("stops short on ENOBUFS and, through the engine, retries after a pause until all is sent", TIMEOUT, async (t) => {
+    const sender = udp(t);
+    const receiver = udp(t);
+    const got = collectDatagrams(receiver);
+    const sent = [packet(0, 10), packet(1, 11), packet(2, 12)];
+    const s = stage(sent);
+    const dstAddr = new Uint32Array(3).fill(LOOPBACK);
+    const dstPort = new Uint16Array(3).fill(receiver.localPort);
+    sender.injectSendErrors(ENOBUFS, 1);
+    assert.equal(sender.send(s.bytes, s.offsets, s.lengths, dstAddr, dstPort, 0, 3), 0, "nothing consumed");
+    assert.equal(sender.sendRetries, 1);
+    assert.equal(sender.sendErrors, 0, "not a drop");
+    assert.equal(sender.send(s.bytes, s.offsets, s.lengths, dstAddr, dstPort, 0, 3), 3, "the retry sends all");
+    await got.received(3);
+
+    // Through the engine: flannel0 (a fake) is held while the kernel is out
+    // of memory, the send is retried on a timer (not on writability, which
+    // would spin), and every packet goes out once memory is back.
+    const device = new FakeDevice("flannel0");
+    const engine = new Engine({ device, transport: sender, localAddr: 1, mtu: 1472 });
+    const pod = parsePrefix("10.244.2.0/24") as Ipv4Prefix;
+    engine.setTable(
+      LeaseTable.build(
+        parsePrefix("10.244.0.0/16") as Ipv4Prefix,
+        24,
+        [{ subnet: pod, publicIp: LOOPBACK }],
+        receiver.localPort,
+      ),
+    );
+    engine.start();
+    t.after(() => engine.stop());
+    const inner = Array.from({ length: 5 }, (_, k) =>
+      udpPacket("10.244.1.2", `10.244.2.${k + 2}`, 1000, 2000, Uint8Array.of(k)),
+    );
+    sender.injectSendErrors(ENOBUFS, 1_000_000);
+    const before = sender.sendRetries;
+    device.inject(inner);
+    await sleep(200);
+    const retries = sender.sendRetries - before;
+    assert.ok(retries >= 2, `retried while out of memory (${retries})`);
+    assert.ok(retries < 1000, `on a timer, not in a loop (${retries} tries in 200 ms)`);
+    assert.equal(got.datagrams.length, 3, "nothing from the engine arrived yet");
+    assert.equal(device.paused, true, "flannel0 held meanwhile");
+    sender.injectSendErrors(ENOBUFS, 0);
+    await got.received(8);
+    assert.deepEqual(
+      got.datagrams.slice(3).map((d) => d.payload[28]),
+      [0, 1, 2, 3, 4],
+      "all five, in order",
+    );
+    assert.equal(device.paused, false, "flannel0 resumed once everything was out");
+    assert.equal(sender.sendErrors, 0);
   });
 
   it("refuses to bind a port in use with EADDRINUSE naming the address", TIMEOUT, (t) => {

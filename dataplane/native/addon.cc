@@ -4,11 +4,24 @@
 
 #include "addon.h"
 #include "offload.h"
+#include "args.h"
 #include "packet_fd.h"
+#include "poll_source.h"
 #include "udp_socket.h"
 
 namespace weft {
 namespace {
+
+// setBusyPoll(us): how long sources of this thread are polled without
+// sleeping after each batch (0: never, the default).
+Napi::Value SetBusyPoll(const Napi::CallbackInfo& info) {
+  uint32_t us = 0;
+  if (!GetUint(info.Env(), info[0], "busyPollUs", 1'000'000, &us)) {
+    return Napi::Value();
+  }
+  Spinner::Get().set_budget_ns(uint64_t{us} * 1000);
+  return info.Env().Undefined();
+}
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("PacketFd", PacketFd::Init(env));
@@ -18,6 +31,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("notify", Napi::Function::New(env, Notify, "notify"));
   exports.Set("gsoSplit", Napi::Function::New(env, GsoSplit, "gsoSplit"));
   exports.Set("groMerge", Napi::Function::New(env, GroMerge, "groMerge"));
+  exports.Set("setBusyPoll",
+              Napi::Function::New(env, SetBusyPoll, "setBusyPoll"));
   return exports;
 }
 

@@ -75,7 +75,10 @@ export interface NativeDatagramArena {
 
 /** AF_INET UDP socket with recvmmsg/sendmmsg batches. */
 export interface NativeUdpSocket extends NativeSource {
-  /** sendmmsg with one destination (host order) per datagram; returns datagrams consumed (< count only on EAGAIN). */
+  /**
+   * sendmmsg with one destination (host order) per datagram; returns datagrams
+   * consumed (< count only on EAGAIN, or ENOBUFS/ENOMEM: then retryLater).
+   */
   send(
     bytes: Uint8Array,
     offsets: Uint32Array,
@@ -90,8 +93,14 @@ export interface NativeUdpSocket extends NativeSource {
   readonly gsoMaxSegments: number;
   /** Whether UDP_GRO is on: a slot may hold a run of datagrams (arena.segSize). */
   readonly gro: boolean;
-  /** Datagrams the kernel refused (errno other than EAGAIN/EINTR); they count as consumed. */
+  /** Datagrams the kernel refused (errno other than EAGAIN/EINTR/ENOBUFS/ENOMEM); they count as consumed. */
   readonly sendErrors: number;
+  /** Sends stopped short by ENOBUFS/ENOMEM, to be retried after a pause. */
+  readonly sendRetries: number;
+  /** The last send stopped short for want of kernel memory: writability will not tell when to retry. */
+  readonly retryLater: boolean;
+  /** Tests: the next `count` sendmmsg calls fail with `errno` without reaching the kernel. */
+  injectSendErrors(errno: number, count: number): void;
   readonly localPort: number;
   /** SO_RCVBUF / SO_SNDBUF as the kernel reports them (it doubles what was asked). */
   readonly recvBufferSize: number;
@@ -151,6 +160,11 @@ export interface Addon {
   openTun(template: string, flags?: TunFlags): { fd: number; name: string; offloads: number };
   /** AF_UNIX SOCK_SEQPACKET pair, non-blocking, cloexec (tests of the packet fd). */
   socketpair(): [number, number];
+  /**
+   * After each batch, poll every started source of this thread without
+   * sleeping for up to `us` microseconds (0, the default: never).
+   */
+  setBusyPoll(us: number): void;
   /** sd_notify: one datagram to an AF_UNIX socket path; "@name" is abstract. */
   notify(socketPath: string, message: string): void;
   /**

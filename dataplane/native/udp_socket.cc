@@ -54,6 +54,12 @@ Napi::Function UdpSocket::Init(Napi::Env env) {
   members.push_back(
       InstanceAccessor("sendErrors", &UdpSocket::SendErrors, nullptr));
   members.push_back(
+      InstanceAccessor("sendRetries", &UdpSocket::SendRetries, nullptr));
+  members.push_back(
+      InstanceAccessor("retryLater", &UdpSocket::RetryLater, nullptr));
+  members.push_back(
+      InstanceMethod("injectSendErrors", &UdpSocket::InjectSendErrors));
+  members.push_back(
       InstanceAccessor("localPort", &UdpSocket::LocalPort, nullptr));
   members.push_back(
       InstanceAccessor("recvBufferSize", &UdpSocket::RecvBufferSize, nullptr));
@@ -334,6 +340,7 @@ Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
   };
   const uint32_t chunk = static_cast<uint32_t>(tx_msgs_.size());
   uint32_t done = 0;
+  retry_later_ = false;
   while (done < count) {
     // Fill up to `chunk` messages; a run entry stops the chunk once GSO was
     // refused, and goes out datagram by datagram below.
@@ -374,10 +381,17 @@ Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
     uint32_t sent = 0;
     bool refill = false;
     while (sent < n && !refill) {
-      int r = sendmmsg(fd(), &tx_msgs_[sent], n - sent, MSG_DONTWAIT);
+      int r = SendMmsg(&tx_msgs_[sent], n - sent);
       if (r < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
+          return Napi::Number::New(env, done + sent);
+        }
+        // No memory for the datagram right now: stop short like EAGAIN; the
+        // caller retries the rest after a pause (see retryLater).
+        if (errno == ENOBUFS || errno == ENOMEM) {
+          retry_later_ = true;
+          send_retries_++;
           return Napi::Number::New(env, done + sent);
         }
         // sendmmsg failed on its first message. A run the kernel will not
@@ -423,7 +437,7 @@ bool UdpSocket::SendSegments(const uint8_t* data, uint32_t len, uint32_t seg,
     }
     uint32_t sent = 0;
     while (sent < n) {
-      int r = sendmmsg(fd(), &seg_msgs_[sent], n - sent, MSG_DONTWAIT);
+      int r = SendMmsg(&seg_msgs_[sent], n - sent);
       if (r < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -449,6 +463,36 @@ bool UdpSocket::SendSegments(const uint8_t* data, uint32_t len, uint32_t seg,
 
 Napi::Value UdpSocket::SendErrors(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), send_errors_);
+}
+
+Napi::Value UdpSocket::SendRetries(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), send_retries_);
+}
+
+Napi::Value UdpSocket::RetryLater(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), retry_later_);
+}
+
+Napi::Value UdpSocket::InjectSendErrors(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t err = 0;
+  uint32_t count = 0;
+  if (!GetUint(env, info[0], "errno", 4095, &err) ||
+      !GetUint(env, info[1], "count", UINT32_MAX, &count)) {
+    return Napi::Value();
+  }
+  inject_errno_ = static_cast<int>(err);
+  inject_count_ = count;
+  return env.Undefined();
+}
+
+int UdpSocket::SendMmsg(mmsghdr* msgs, uint32_t n) {
+  if (inject_count_ > 0) {
+    inject_count_--;
+    errno = inject_errno_;
+    return -1;
+  }
+  return sendmmsg(fd(), msgs, n, MSG_DONTWAIT);
 }
 
 Napi::Value UdpSocket::LocalPort(const Napi::CallbackInfo& info) {

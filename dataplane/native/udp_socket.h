@@ -40,6 +40,13 @@ class UdpSocket : public PollSource<UdpSocket> {
   // -> consumed.
   Napi::Value Send(const Napi::CallbackInfo& info);
   Napi::Value SendErrors(const Napi::CallbackInfo& info);
+  Napi::Value SendRetries(const Napi::CallbackInfo& info);
+  Napi::Value RetryLater(const Napi::CallbackInfo& info);
+  // injectSendErrors(errno, count): the next `count` sendmmsg calls fail
+  // with errno without reaching the kernel (tests of the error paths).
+  Napi::Value InjectSendErrors(const Napi::CallbackInfo& info);
+  // sendmmsg, or the injected failure.
+  int SendMmsg(mmsghdr* msgs, uint32_t n);
   Napi::Value LocalPort(const Napi::CallbackInfo& info);
   Napi::Value RecvBufferSize(const Napi::CallbackInfo& info);
   Napi::Value SendBufferSize(const Napi::CallbackInfo& info);
@@ -74,6 +81,13 @@ class UdpSocket : public PollSource<UdpSocket> {
   std::vector<uint64_t> tx_ctl_;
   std::vector<mmsghdr> seg_msgs_;
   std::vector<iovec> seg_iov_;
+
+  // ENOBUFS/ENOMEM stopped the last send short: the kernel had no memory
+  // for the datagram, and writability will not say when it has again.
+  bool retry_later_ = false;
+  double send_retries_ = 0;
+  int inject_errno_ = 0;
+  uint32_t inject_count_ = 0;
 
   uint32_t local_port_ = 0;
   int recv_buffer_ = 0;
