@@ -1,6 +1,11 @@
 // Lease logic shared by every registry (flannel's LocalManager): acquire a
 // subnet for this host, keep it renewed, and follow everyone else's leases so
 // the dataplane always has a current snapshot of who owns which subnet.
+//
+// Expiries are wall-clock times (ms since the epoch, shared with other hosts
+// through the registry) while timers count monotonic time, so a clock jump or
+// a suspend would leave the renewal timer aiming at the wrong moment: a
+// periodic check compares the two clocks and reschedules from the expiry.
 
 import { formatIpv4, formatPrefix, type Ipv4Prefix, prefixSize } from "../dataplane/addr.js";
 import { type NetworkConfig, parseNetworkConfig } from "./config.js";
@@ -30,6 +35,8 @@ const ACQUIRE_ATTEMPTS = 10;
 const FREE_SUBNET_SAMPLE = 100;
 /** setTimeout fires at once for delays above 2^31-1 ms. */
 const LONGEST_TIMER_MS = 2 ** 31 - 1;
+/** Wall and monotonic clocks drifting apart by more than this between two checks is a jump. */
+const CLOCK_JUMP_MS = 5000;
 
 export interface AcquireOptions {
   /** This host's underlay address, as written in PublicIP. */
@@ -152,6 +159,10 @@ function sameSubnet(a: Ipv4Prefix, b: Ipv4Prefix): boolean {
   return a.base === b.base && a.len === b.len;
 }
 
+function hasExpired(lease: Lease, now: number): boolean {
+  return lease.expiresAt !== null && lease.expiresAt < now;
+}
+
 export interface LeaseManagerOptions {
   readonly registry: Registry;
   readonly publicIp: number;
@@ -165,6 +176,8 @@ export interface LeaseManagerOptions {
   readonly renewRetryMs?: number;
   /** Clock for renewal scheduling, ms since the epoch. Default Date.now. */
   readonly now?: () => number;
+  /** A clock that never jumps, ms, to tell a wall-clock jump from elapsed time. Default performance.now. */
+  readonly monotonicNow?: () => number;
   readonly random?: () => number;
   readonly log?: Logger;
   /** Every peer lease (never our own), after each change; bursts are coalesced. */
@@ -177,10 +190,11 @@ export interface LeaseManagerOptions {
   /**
    * The network config in the registry now names another Network or SubnetLen
    * than the one this host runs on; the manager has stopped. Checked every
-   * `configCheckMs` (default 10 s).
+   * `checkIntervalMs`.
    */
   readonly onConfigChanged?: (message: string) => void;
-  readonly configCheckMs?: number;
+  /** How often the network config is re-read and the wall clock checked for jumps. Default 10 s. */
+  readonly checkIntervalMs?: number;
 }
 
 /**
@@ -191,6 +205,7 @@ export class LeaseManager {
   private readonly options: LeaseManagerOptions;
   private readonly log: Logger;
   private readonly now: () => number;
+  private readonly monotonicNow: () => number;
   private readonly ttlSeconds: number;
   private readonly renewMarginMs: number;
   private ownLease: Lease | null = null;
@@ -198,7 +213,10 @@ export class LeaseManager {
   private readonly peerLeases = new Map<string, Lease>();
   private watch: Watch | null = null;
   private renewTimer: NodeJS.Timeout | null = null;
-  private configTimer: NodeJS.Timeout | null = null;
+  private checkTimer: NodeJS.Timeout | null = null;
+  /** Both clocks at the last check, to measure how far they drifted apart since. */
+  private lastWallMs = 0;
+  private lastMonotonicMs = 0;
   private renewAt: number | null = null;
   private waitTimer: { timer: NodeJS.Timeout; wake: () => void } | null = null;
   private publishPending = false;
@@ -206,11 +224,13 @@ export class LeaseManager {
   private stopped = false;
   private revoked = false;
   private recreating = false;
+  private renewing = false;
 
   constructor(options: LeaseManagerOptions) {
     this.options = options;
     this.log = options.log ?? silentLogger;
     this.now = options.now ?? Date.now;
+    this.monotonicNow = options.monotonicNow ?? (() => performance.now());
     this.ttlSeconds = options.ttlSeconds ?? DEFAULT_LEASE_TTL_SECONDS;
     const marginMinutes = options.renewMarginMinutes ?? DEFAULT_RENEW_MARGIN_MINUTES;
     // A margin as long as the TTL would renew in a tight loop (flanneld refuses it too).
@@ -298,9 +318,33 @@ export class LeaseManager {
     });
     this.scheduleRenewal();
     this.schedulePublish();
-    this.configTimer = setInterval(() => void this.checkConfig(), this.options.configCheckMs ?? 10_000);
-    this.configTimer.unref();
+    this.lastWallMs = this.now();
+    this.lastMonotonicMs = this.monotonicNow();
+    this.checkTimer = setInterval(() => {
+      this.checkClock();
+      void this.checkConfig();
+    }, this.options.checkIntervalMs ?? 10_000);
+    this.checkTimer.unref();
     return lease;
+  }
+
+  /**
+   * A renewal timer set for "expiry minus margin" fires too late after the
+   * wall clock jumps forward (or the host slept: the monotonic clock stands
+   * still in suspend), and too early after it jumps back. Reschedule from the
+   * lease's wall-clock expiry; a renewal already due runs at once.
+   */
+  private checkClock(): void {
+    const wall = this.now();
+    const monotonic = this.monotonicNow();
+    const jumpMs = wall - this.lastWallMs - (monotonic - this.lastMonotonicMs);
+    this.lastWallMs = wall;
+    this.lastMonotonicMs = monotonic;
+    if (Math.abs(jumpMs) <= CLOCK_JUMP_MS || this.stopped) return;
+    const seconds = Math.round(jumpMs / 100) / 10;
+    this.log.warn({ jumpSeconds: seconds }, `clock jumped by ${seconds} s`);
+    // No timer means a renewal or re-creation is in flight; it schedules the next one from the new expiry.
+    if (this.renewTimer !== null) this.scheduleRenewal();
   }
 
   /**
@@ -339,8 +383,8 @@ export class LeaseManager {
   /** Stops renewing and watching; the lease stays in the registry for reuse after a restart. */
   stop(): void {
     this.stopped = true;
-    if (this.configTimer !== null) clearInterval(this.configTimer);
-    this.configTimer = null;
+    if (this.checkTimer !== null) clearInterval(this.checkTimer);
+    this.checkTimer = null;
     this.watch?.close();
     this.watch = null;
     if (this.renewTimer !== null) clearTimeout(this.renewTimer);
@@ -397,7 +441,12 @@ export class LeaseManager {
   private onDelete(subnet: Ipv4Prefix): void {
     const own = this.ownLease;
     if (own !== null && sameSubnet(subnet, own.subnet)) {
-      this.revoke(`lease ${formatPrefix(own.subnet)} was deleted`);
+      // The renewal in flight writes the key again (the watch then reports a put).
+      if (this.renewing) return;
+      // Expired and removed by whoever scanned (a forward clock jump, a long
+      // suspend): nobody took it from us, so take it again.
+      if (hasExpired(own, this.now())) void this.recreate(own);
+      else this.revoke(`lease ${formatPrefix(own.subnet)} was deleted`);
       return;
     }
     if (this.peerLeases.delete(subnetKey(subnet))) {
@@ -420,28 +469,39 @@ export class LeaseManager {
   }
 
   /**
-   * Our key is absent from a full listing without anyone having deleted it in
-   * our sight: the store came back empty (etcd restarted without its data
-   * dir, the registry directory was wiped). Take the same subnet again;
+   * Our key is gone though nobody deleted it in our sight: it expired and a
+   * scan removed it, or the store came back empty (etcd restarted without its
+   * data dir, the registry directory was wiped). Take the same subnet again;
    * only if another host got there first is the lease lost.
    */
   private async recreate(own: Lease): Promise<void> {
     if (this.recreating || this.stopped) return;
     this.recreating = true;
-    this.log.warn({ subnet: formatPrefix(own.subnet) }, "lease missing after the registry came back, re-creating it");
+    const subnet = formatPrefix(own.subnet);
+    const expired = hasExpired(own, this.now());
+    if (expired) this.log.warn({ subnet, expiredAt: own.expiresAt }, "lease expired and was removed, re-creating it");
+    else this.log.warn({ subnet }, "lease missing after the registry came back, re-creating it");
     try {
       for (let attempt = 1; !this.stopped; attempt++) {
         try {
-          const lease = await this.options.registry.createLease(own.subnet, this.options.publicIp, this.ttlSeconds);
+          const { registry, publicIp } = this.options;
+          let lease = await registry.createLease(own.subnet, publicIp, this.ttlSeconds);
           if (lease === null) {
-            this.revoke(`lease ${formatPrefix(own.subnet)} was taken by another host while the registry was away`);
-            return;
+            // A renewal of ours may have won the create; only another host's key is a loss.
+            const holder = (await registry.getLeases()).leases.find((l) => sameSubnet(l.subnet, own.subnet));
+            if (holder !== undefined && holder.publicIp !== publicIp) {
+              const when = expired ? "after it expired" : "while the registry was away";
+              this.revoke(`lease ${subnet} was taken by ${formatIpv4(holder.publicIp)} ${when}`);
+              return;
+            }
+            // Nobody holds it yet something blocks it (a create in flight elsewhere): try again.
+            if (holder === undefined) throw new Error(`lease ${subnet} could not be created though nobody holds it`);
+            lease = holder;
           }
           if (this.stopped) return;
           this.ownLease = lease;
           this.log.info({ lease: describeLease(lease) }, "lease re-created");
           this.options.onRenewed?.(lease);
-          if (this.renewTimer !== null) clearTimeout(this.renewTimer);
           this.scheduleRenewal();
           return;
         } catch (err) {
@@ -493,6 +553,9 @@ export class LeaseManager {
   }
 
   private scheduleRenewal(delayOverrideMs?: number): void {
+    // One renewal timer at a time, whoever schedules (renewal, re-creation, clock check).
+    if (this.renewTimer !== null) clearTimeout(this.renewTimer);
+    this.renewTimer = null;
     const own = this.ownLease;
     if (this.stopped || own === null || own.expiresAt === null) {
       // Reservations have no TTL and are never renewed.
@@ -513,9 +576,15 @@ export class LeaseManager {
   private async renew(): Promise<void> {
     this.renewTimer = null;
     const own = this.ownLease;
-    if (this.stopped || own === null) return;
+    // A re-creation in flight schedules the next renewal itself.
+    if (this.stopped || own === null || this.recreating) return;
     try {
-      const renewed = await this.options.registry.updateLease(own, this.options.publicIp, this.ttlSeconds);
+      this.renewing = true;
+      const renewed = await this.options.registry
+        .updateLease(own, this.options.publicIp, this.ttlSeconds)
+        .finally(() => {
+          this.renewing = false;
+        });
       // Recorded even after stop(): the registry now holds this expiry.
       this.ownLease = renewed;
       if (this.stopped) return;

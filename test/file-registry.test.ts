@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { mkdirSync, rmSync } from "node:fs";
 import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -23,6 +24,7 @@ function prefix(text: string): Ipv4Prefix {
 const HOST_A = ip("198.18.0.1");
 const HOST_B = ip("198.18.0.2");
 const T0 = 1_700_000_000_000;
+const HOUR = 3_600_000;
 
 /** Records what a watch reports and lets a test wait for a specific report (failing after a generous timeout). */
 class WatchRecorder implements WatchHandlers {
@@ -98,7 +100,12 @@ describe("FileRegistry", () => {
   const opened: FileRegistry[] = [];
 
   async function openRegistry(
-    options: { rescanIntervalMs?: number; orphanGraceMs?: number } = {},
+    options: {
+      rescanIntervalMs?: number;
+      orphanGraceMs?: number;
+      now?: () => number;
+      onRead?: (path: string) => void;
+    } = {},
   ): Promise<FileRegistry> {
     const registry = await FileRegistry.open(dir, { now, ...options });
     opened.push(registry);
@@ -351,8 +358,9 @@ process.stdin.once("data", async () => {
   });
 
   describe("watchLeases", () => {
-    test("reports changes made after the listing's revision, including ones made before the watch started", async () => {
-      const registry = await openRegistry({ rescanIntervalMs: 20 });
+    test("reports another instance's changes made after the listing's revision, before or after the watch started, without waiting for a rescan", async () => {
+      // Rescans an hour apart: only the first scan and inotify can report anything here.
+      const registry = await openRegistry({ rescanIntervalMs: HOUR });
       const other = await openRegistry();
       await other.createLease(prefix("10.244.1.0/24"), HOST_B, 100);
       const listing = await registry.getLeases();
@@ -386,7 +394,7 @@ process.stdin.once("data", async () => {
       }
     });
 
-    test("an expiry noticed by a rescan is reported as a delete", async () => {
+    test("an expiry the registry clock jumped past is noticed by the safety rescan and reported as a delete", async () => {
       const registry = await openRegistry({ rescanIntervalMs: 20 });
       await registry.createLease(prefix("10.244.1.0/24"), HOST_B, 10);
       await registry.createLease(prefix("10.244.2.0/24"), HOST_B, 1000);
@@ -406,7 +414,7 @@ process.stdin.once("data", async () => {
     });
 
     test("an unknown revision starts with a resync", async () => {
-      const registry = await openRegistry({ rescanIntervalMs: 20 });
+      const registry = await openRegistry();
       await registry.createLease(prefix("10.244.1.0/24"), HOST_B, 100);
       const recorder = new WatchRecorder();
       const watch = registry.watchLeases(0, recorder);
@@ -422,31 +430,40 @@ process.stdin.once("data", async () => {
       }
     });
 
-    test("a garbage value is reported once through onSkipped, and the watch goes on", async () => {
-      const registry = await openRegistry({ rescanIntervalMs: 20 });
-      const listing = await registry.getLeases();
-      const recorder = new WatchRecorder();
-      const watch = registry.watchLeases(listing.revision, recorder);
-      try {
-        await writeFile(join(dir, "subnets", "10.244.8.0-24"), "garbage");
-        await recorder.waitFor("the skipped key", () => recorder.reports.some((r) => r.kind === "skipped"));
-        await registry.createLease(prefix("10.244.9.0/24"), HOST_B, 100);
-        await recorder.waitFor("the next put", () => recorder.events().some((e) => isPut(e, "10.244.9.0/24", HOST_B)));
-        // Several rescans later the bad file is still there and still reported only once.
-        const putsSoFar = recorder.events().length;
-        await registry.createLease(prefix("10.244.10.0/24"), HOST_B, 100);
-        await recorder.waitFor("another put", () => recorder.events().length > putsSoFar);
-        assert.deepEqual(
-          recorder.reports.filter((r) => r.kind === "skipped"),
-          [{ kind: "skipped", key: join(dir, "subnets", "10.244.8.0-24"), reason: "value is not JSON" }],
-        );
-      } finally {
-        watch.close();
-      }
-    });
+    for (const [how, rescanIntervalMs] of [
+      ["full rescans every 20 ms", 20],
+      ["inotify alone", HOUR],
+    ] as const) {
+      test(`a garbage value is reported once through onSkipped, and the watch goes on (${how})`, async () => {
+        const registry = await openRegistry({ rescanIntervalMs });
+        const listing = await registry.getLeases();
+        const recorder = new WatchRecorder();
+        const watch = registry.watchLeases(listing.revision, recorder);
+        try {
+          const garbage = join(dir, "subnets", "10.244.8.0-24");
+          await writeFile(garbage, "garbage");
+          await recorder.waitFor("the skipped key", () => recorder.reports.some((r) => r.kind === "skipped"));
+          await registry.createLease(prefix("10.244.9.0/24"), HOST_B, 100);
+          await recorder.waitFor("the next put", () =>
+            recorder.events().some((e) => isPut(e, "10.244.9.0/24", HOST_B)),
+          );
+          // The bad file is read again (rewritten, and by any rescans) and still reported only once.
+          await writeFile(garbage, "garbage");
+          const putsSoFar = recorder.events().length;
+          await registry.createLease(prefix("10.244.10.0/24"), HOST_B, 100);
+          await recorder.waitFor("another put", () => recorder.events().length > putsSoFar);
+          assert.deepEqual(
+            recorder.reports.filter((r) => r.kind === "skipped"),
+            [{ kind: "skipped", key: garbage, reason: "value is not JSON" }],
+          );
+        } finally {
+          watch.close();
+        }
+      });
+    }
 
     test("a value that turns to garbage keeps its last good lease, and the repaired value is a put", async () => {
-      const registry = await openRegistry({ rescanIntervalMs: 20 });
+      const registry = await openRegistry({ rescanIntervalMs: HOUR });
       await registry.createLease(prefix("10.244.8.0/24"), HOST_B, 100);
       const listing = await registry.getLeases();
       const recorder = new WatchRecorder();
@@ -471,7 +488,8 @@ process.stdin.once("data", async () => {
     });
 
     test("an unreadable directory is reported as a lost connection, and changes are caught after it recovers", async () => {
-      const registry = await openRegistry({ rescanIntervalMs: 20 });
+      // The default 30 s safety rescan: noticing the loss and the return must not wait for it.
+      const registry = await openRegistry();
       const listing = await registry.getLeases();
       const recorder = new WatchRecorder();
       const watch = registry.watchLeases(listing.revision, recorder);
@@ -499,7 +517,7 @@ process.stdin.once("data", async () => {
     });
 
     test("close stops all reports", async () => {
-      const registry = await openRegistry({ rescanIntervalMs: 20 });
+      const registry = await openRegistry();
       const listing = await registry.getLeases();
       const recorder = new WatchRecorder();
       const watch = registry.watchLeases(listing.revision, recorder);
@@ -517,6 +535,137 @@ process.stdin.once("data", async () => {
         assert.equal(recorder.reports.length, seen);
       } finally {
         witnessWatch.close();
+      }
+    });
+    test("an idle watch over 40 leases reads no file after its first scan, and a change re-reads only that key", async () => {
+      const reads: string[] = [];
+      // The default safety rescan (30 s); the wait below is longer than the 1 s rescans this replaced.
+      const registry = await openRegistry({ onRead: (path) => reads.push(path) });
+      const other = await openRegistry();
+      for (let i = 1; i <= 40; i++) await other.createLease(prefix(`10.244.${i}.0/24`), HOST_B, 100);
+      const listing = await registry.getLeases();
+      const recorder = new WatchRecorder();
+      const watch = registry.watchLeases(listing.revision, recorder);
+      try {
+        await recorder.waitFor("connected", () => recorder.reports.some((r) => r.kind === "connection"));
+        assert.ok(reads.length >= 80, `the first scan read every key and expiry file (${reads.length} reads)`);
+        reads.length = 0;
+        await new Promise((resolve) => setTimeout(resolve, 1500));
+        assert.deepEqual(reads, [], "nothing is read while nothing changes");
+
+        await other.createLease(prefix("10.244.100.0/24"), HOST_B, 100);
+        await recorder.waitFor("the put", () => recorder.events().some((e) => isPut(e, "10.244.100.0/24", HOST_B)));
+        const changed = [join(dir, "subnets", "10.244.100.0-24"), join(dir, "leases", "10.244.100.0-24")];
+        assert.ok(reads.length > 0);
+        assert.deepEqual(
+          reads.filter((path) => !changed.includes(path)),
+          [],
+          "only the new key and its expiry file are read",
+        );
+        assert.equal(recorder.events().length, 1);
+      } finally {
+        watch.close();
+      }
+    });
+
+    test("an expiry is noticed by the expiry timer with the safety rescan an hour away", async () => {
+      const reads: string[] = [];
+      const registry = await openRegistry({
+        rescanIntervalMs: HOUR,
+        now: Date.now,
+        onRead: (path) => reads.push(path),
+      });
+      await registry.createLease(prefix("10.244.1.0/24"), HOST_B, 0.3);
+      await registry.createLease(prefix("10.244.2.0/24"), HOST_B, 1000);
+      const listing = await registry.getLeases();
+      const recorder = new WatchRecorder();
+      const watch = registry.watchLeases(listing.revision, recorder);
+      try {
+        await recorder.waitFor("the delete of the expired lease", () =>
+          recorder.events().some((e) => isDelete(e, "10.244.1.0/24")),
+        );
+        assert.deepEqual(await readdir(join(dir, "subnets")), ["10.244.2.0-24"], "the expired key was removed");
+        assert.deepEqual(await readdir(join(dir, "leases")), ["10.244.2.0-24"]);
+        assert.equal(recorder.events().length, 1, "the lease that did not expire is not reported");
+        const listings = reads.filter((path) => path === join(dir, "subnets")).length;
+        assert.equal(listings, 2, "one listing by getLeases, one by the watch's first scan, none since");
+      } finally {
+        watch.close();
+      }
+    });
+
+    test("a renewal (expiry file, then key) is a put with the new expiry, and so is a rewritten expiry file alone", async () => {
+      const registry = await openRegistry({ rescanIntervalMs: HOUR });
+      const other = await openRegistry();
+      const lease = await other.createLease(prefix("10.244.3.0/24"), HOST_B, 100);
+      assert.ok(lease);
+      const listing = await registry.getLeases();
+      const recorder = new WatchRecorder();
+      const watch = registry.watchLeases(listing.revision, recorder);
+      try {
+        await recorder.waitFor("connected", () => recorder.reports.some((r) => r.kind === "connection"));
+        clock = T0 + 50_000;
+        await other.updateLease(lease, HOST_B, 100);
+        await recorder.waitFor("the put with the renewed expiry", () =>
+          recorder.events().some((e) => isPut(e, "10.244.3.0/24", HOST_B, T0 + 150_000)),
+        );
+        const sidecar = join(dir, "leases", "10.244.3.0-24");
+        await writeFile(`${sidecar}.new`, String(T0 + 500_000));
+        await rename(`${sidecar}.new`, sidecar);
+        await recorder.waitFor("the put with the rewritten expiry", () =>
+          recorder.events().some((e) => isPut(e, "10.244.3.0/24", HOST_B, T0 + 500_000)),
+        );
+        assert.ok(!recorder.events().some((e) => e.type === "delete"), "a renewal is never a delete");
+        assert.ok(!recorder.reports.some((r) => r.kind === "resync"));
+      } finally {
+        watch.close();
+      }
+    });
+
+    test("the last good lease of a key turned to garbage ends at its expiry", async () => {
+      const registry = await openRegistry({ rescanIntervalMs: HOUR });
+      await registry.createLease(prefix("10.244.8.0/24"), HOST_B, 10);
+      const listing = await registry.getLeases();
+      const recorder = new WatchRecorder();
+      const watch = registry.watchLeases(listing.revision, recorder);
+      try {
+        const key = join(dir, "subnets", "10.244.8.0-24");
+        const scratch = join(dir, "tmp", "garbage");
+        await writeFile(scratch, "{half-written");
+        await rename(scratch, key);
+        await recorder.waitFor("the skipped key", () =>
+          recorder.reports.some((r) => r.kind === "skipped" && r.key === key),
+        );
+        assert.deepEqual(recorder.events(), [], "garbage alone changes nothing");
+        clock = T0 + 20_000;
+        await writeFile(scratch, "{still half-written");
+        await rename(scratch, key);
+        await recorder.waitFor("the delete", () => recorder.events().some((e) => isDelete(e, "10.244.8.0/24")));
+      } finally {
+        watch.close();
+      }
+    });
+
+    test("a subnets directory deleted and re-created is watched again", async () => {
+      const registry = await openRegistry({ rescanIntervalMs: HOUR });
+      await registry.createLease(prefix("10.244.1.0/24"), HOST_B, 100);
+      const listing = await registry.getLeases();
+      const recorder = new WatchRecorder();
+      const watch = registry.watchLeases(listing.revision, recorder);
+      try {
+        await recorder.waitFor("connected", () => recorder.reports.some((r) => r.kind === "connection"));
+        // In one turn, so the watch finds a directory at the path whenever it looks.
+        rmSync(join(dir, "subnets"), { recursive: true });
+        mkdirSync(join(dir, "subnets"));
+        await recorder.waitFor("the delete of the wiped lease", () =>
+          recorder.events().some((e) => isDelete(e, "10.244.1.0/24")),
+        );
+        await registry.createLease(prefix("10.244.2.0/24"), HOST_A, 100);
+        await recorder.waitFor("the put in the new directory", () =>
+          recorder.events().some((e) => isPut(e, "10.244.2.0/24", HOST_A)),
+        );
+      } finally {
+        watch.close();
       }
     });
   });

@@ -34,6 +34,7 @@ const HOST_A = ip("198.18.0.1");
 const HOST_B = ip("198.18.0.2");
 const HOST_C = ip("198.18.0.3");
 const T0 = 1_700_000_000_000;
+const HOUR = 3_600_000;
 const NETWORK_16 = '{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}';
 
 /** Resolves when `check` holds, re-checked by whoever changes the state; fails after a generous timeout. */
@@ -148,9 +149,10 @@ describe("lease manager over the file registry", () => {
   const registries: FileRegistry[] = [];
   const managers: LeaseManager[] = [];
 
+  /** Changes reach watches through inotify; pass a short rescanIntervalMs where an expiry on the fake clock must be noticed. */
   async function openRegistry(options: { rescanIntervalMs?: number; realClock?: boolean } = {}): Promise<FileRegistry> {
     const registry = await FileRegistry.open(dir, {
-      rescanIntervalMs: options.rescanIntervalMs ?? 20,
+      rescanIntervalMs: options.rescanIntervalMs ?? HOUR,
       ...(options.realClock ? {} : { now }),
     });
     registries.push(registry);
@@ -414,7 +416,13 @@ process.stdin.once("data", async () => {
       await other.createLease(prefix("10.244.50.0/24"), HOST_B, 100);
       await other.createLease(prefix("10.244.51.0/24"), HOST_C, 10);
       const recorder = new ManagerRecorder();
-      const m = manager({ registry: await openRegistry(), publicIp: HOST_A, random: () => 0, ...recorder.handlers() });
+      // Rescans every 20 ms: the fake clock jumps past an expiry, which no timer can foresee.
+      const m = manager({
+        registry: await openRegistry({ rescanIntervalMs: 20 }),
+        publicIp: HOST_A,
+        random: () => 0,
+        ...recorder.handlers(),
+      });
       const lease = await m.start();
       assert.equal(formatPrefix(lease.subnet), "10.244.1.0/24");
       await recorder.until("the first snapshot", () => recorder.snapshots.length > 0);
@@ -444,9 +452,9 @@ process.stdin.once("data", async () => {
     test("a burst of changes seen in one rescan is published as one snapshot", async () => {
       await config();
       const recorder = new ManagerRecorder();
-      // Only inotify triggers rescans here, so the burst below lands in one scan.
+      // inotify delivers the burst below in one turn, which is read as one batch.
       const m = manager({
-        registry: await openRegistry({ rescanIntervalMs: 3_600_000 }),
+        registry: await openRegistry(),
         publicIp: HOST_A,
         random: () => 0,
         ...recorder.handlers(),
@@ -552,18 +560,165 @@ process.stdin.once("data", async () => {
       assert.ok(log.messages().includes("lease renewal failed, retrying"));
     });
 
-    test("deleting our own key revokes the lease", async () => {
+    test("deleting our own unexpired key revokes the lease, as flannel does", async () => {
       await config();
       const log = new RecordingLogger();
       const recorder = new ManagerRecorder();
       const m = manager({ registry: await openRegistry(), publicIp: HOST_A, log, ...recorder.handlers() });
       const lease = await m.start();
+      clock = (lease.expiresAt as number) - 1000;
       const other = await openRegistry();
       await other.deleteLease(lease.subnet);
       await recorder.until("revocation", () => recorder.revoked > 0);
       assert.equal(recorder.revoked, 1);
       assert.equal(m.nextRenewalAt, null);
       assert.ok(log.lines.some((line) => line.level === "error" && line.msg === "lease has been revoked"));
+      assert.deepEqual(await subnetFiles(), [], "not re-created");
+    });
+
+    describe("clock jumps", () => {
+      let monotonic = 0;
+      beforeEach(() => {
+        monotonic = 0;
+      });
+
+      /** A manager checking the clocks every 20 ms, and a way to wait for some of those checks to pass. */
+      async function jumpWatcher(log: RecordingLogger, recorder: ManagerRecorder, checkIntervalMs = 20) {
+        await config();
+        const registry = await openRegistry();
+        let checks = 0;
+        const checked = new Condition();
+        // Each periodic check re-reads the config right after comparing the clocks.
+        const counting: Registry = Object.create(registry, {
+          getNetworkConfig: {
+            value: async () => {
+              checks++;
+              checked.notify();
+              return registry.getNetworkConfig();
+            },
+          },
+        });
+        const m = manager({
+          registry: counting,
+          publicIp: HOST_A,
+          random: () => 0,
+          checkIntervalMs,
+          monotonicNow: () => monotonic,
+          log,
+          ...recorder.handlers(),
+        });
+        const lease = await m.start();
+        const afterChecks = async (n: number) => {
+          const target = checks + n;
+          await checked.until(`${n} more clock checks`, () => checks >= target);
+        };
+        return { m, lease, registry, afterChecks };
+      }
+
+      const jumpLines = (log: RecordingLogger) =>
+        log.lines.filter((line) => line.level === "warn" && line.msg?.startsWith("clock jumped by"));
+
+      test("time passing on both clocks is not a jump", async () => {
+        const log = new RecordingLogger();
+        const { afterChecks } = await jumpWatcher(log, new ManagerRecorder());
+        for (let i = 0; i < 5; i++) {
+          clock += 60_000;
+          monotonic += 60_000;
+          await afterChecks(1);
+        }
+        assert.deepEqual(jumpLines(log), []);
+      });
+
+      test("a forward jump past the renewal point renews at once and is logged once", async () => {
+        const log = new RecordingLogger();
+        const recorder = new ManagerRecorder();
+        const { m, lease, afterChecks } = await jumpWatcher(log, recorder);
+        assert.equal(m.nextRenewalAt, (lease.expiresAt as number) - HOUR);
+        // 23.5 h on the wall clock, none on the monotonic one: the renewal timer still has 23 h to go.
+        clock = T0 + 23.5 * HOUR;
+        await recorder.until("the renewal", () => recorder.renewed.length > 0);
+        assert.equal(recorder.renewed[0]?.expiresAt, clock + 24 * HOUR);
+        assert.equal(await readFile(join(dir, "leases", "10.244.1.0-24"), "utf8"), String(clock + 24 * HOUR));
+        await afterChecks(3);
+        assert.equal(m.nextRenewalAt, clock + 23 * HOUR);
+        assert.deepEqual(
+          jumpLines(log).map((line) => line.msg),
+          ["clock jumped by 84600 s"],
+        );
+        assert.equal(recorder.revoked, 0);
+      });
+
+      test("a backward jump neither renews nor revokes, and the renewal stays due at expiry minus margin", async () => {
+        const log = new RecordingLogger();
+        const recorder = new ManagerRecorder();
+        const { m, lease, afterChecks } = await jumpWatcher(log, recorder);
+        clock = T0 - 2 * HOUR;
+        await log.changed.until("the jump", () => jumpLines(log).length > 0);
+        await afterChecks(5);
+        assert.deepEqual(
+          jumpLines(log).map((line) => line.msg),
+          ["clock jumped by -7200 s"],
+        );
+        assert.equal(recorder.renewed.length, 0);
+        assert.equal(recorder.revoked, 0);
+        assert.equal(m.nextRenewalAt, (lease.expiresAt as number) - HOUR);
+        assert.equal(m.lease?.expiresAt, lease.expiresAt);
+      });
+
+      test("a lease that expired during a jump and was removed by another instance's scan is re-created on the same subnet", async () => {
+        const log = new RecordingLogger();
+        const recorder = new ManagerRecorder();
+        // Clock checks an hour apart: the re-creation below comes from the delete alone.
+        const { m, lease } = await jumpWatcher(log, recorder, HOUR);
+        clock = T0 + 25 * HOUR;
+        const other = await openRegistry();
+        // The scan removes the expired lease; our watch may already be re-creating it meanwhile.
+        const seen = (await other.getLeases()).leases;
+        assert.ok(
+          seen.every((l) => l.expiresAt !== lease.expiresAt),
+          "the other instance's scan does not list the expired lease",
+        );
+        await recorder.until("the re-creation", () => recorder.renewed.length > 0);
+        const fresh = await (await openRegistry()).getLeases();
+        assert.deepEqual(fresh.leases, [m.lease], "the registry settles on the re-created lease with its expiry");
+        assert.deepEqual(m.lease, { subnet: lease.subnet, publicIp: HOST_A, expiresAt: clock + 24 * HOUR });
+        assert.deepEqual(await subnetFiles(), ["10.244.1.0-24"]);
+        assert.equal(
+          await readFile(join(dir, "subnets", "10.244.1.0-24"), "utf8"),
+          '{"PublicIP":"198.18.0.1","PublicIPv6":null}',
+        );
+        assert.equal(m.nextRenewalAt, clock + 23 * HOUR);
+        assert.equal(recorder.revoked, 0);
+        assert.ok(log.messages().includes("lease expired and was removed, re-creating it"));
+      });
+
+      test("a lease that expired and was taken by another host meanwhile is revoked", async () => {
+        await config();
+        const registry = await openRegistry();
+        let handlers: WatchHandlers | null = null;
+        // Events come only from the test, so the other host's create lands before our delete is seen.
+        const spy: Registry = Object.create(registry, {
+          watchLeases: {
+            value: (_revision: number, given: WatchHandlers) => {
+              handlers = given;
+              return { close() {} };
+            },
+          },
+        });
+        const log = new RecordingLogger();
+        const recorder = new ManagerRecorder();
+        const m = manager({ registry: spy, publicIp: HOST_A, random: () => 0, log, ...recorder.handlers() });
+        const lease = await m.start();
+        clock = T0 + 25 * HOUR;
+        const other = await openRegistry();
+        await other.getLeases();
+        assert.ok(await other.createLease(lease.subnet, HOST_B, 100));
+        (handlers as WatchHandlers | null)?.onEvent({ type: "delete", subnet: lease.subnet });
+        await recorder.until("revocation", () => recorder.revoked > 0);
+        const revoked = log.lines.find((line) => line.msg === "lease has been revoked");
+        assert.deepEqual(revoked?.obj, { why: "lease 10.244.1.0/24 was taken by 198.18.0.2 after it expired" });
+        assert.ok(log.messages().includes("lease expired and was removed, re-creating it"));
+      });
     });
 
     test("our key rewritten to name another host revokes the lease", async () => {
@@ -684,7 +839,7 @@ process.stdin.once("data", async () => {
       const m = manager({
         registry: await openRegistry(),
         publicIp: HOST_A,
-        configCheckMs: 20,
+        checkIntervalMs: 20,
         onConfigChanged: (message) => {
           messages.push(message);
           signal();

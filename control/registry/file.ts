@@ -14,13 +14,17 @@
 // reservation that never expires). Deletion goes the other way: key, then
 // sidecar. Expired leases count as absent and whoever scans removes them.
 //
-// There is no change log, so a watch is a rescan (on inotify events and on a
-// timer, which also notices expiries) diffed against the previous scan.
+// There is no change log, so a watch diffs what it reads against what it
+// reported. inotify on subnets/ and leases/ names the key that changed and only
+// that key is re-read; a timer set for the earliest known expiry re-reads the
+// leases that have expired; a slow full rescan catches whatever inotify missed
+// (NFS, a lost event, a directory moved away and back). Re-reading every key
+// every second made enough garbage to grow V8's old space about 1 MB a minute.
 
 import { randomBytes } from "node:crypto";
 import { type FSWatcher, watch as watchDirectory } from "node:fs";
 import { link, lstat, mkdir, open, readdir, readFile, rename, unlink } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { formatIpv4, formatPrefix, type Ipv4Prefix } from "../../dataplane/addr.js";
 import {
   decodeLeaseValue,
@@ -36,7 +40,11 @@ import {
 } from "./registry.js";
 
 export interface FileRegistryOptions {
-  /** How often watches rescan without an inotify event; bounds how late an expiry is noticed. Default 1000 ms. */
+  /**
+   * How often a watch re-reads every key to catch what inotify missed (changes
+   * arrive through inotify, expiries on their own timer). Default 30 s; while the
+   * directory is missing or cannot be watched, at most 1 s.
+   */
   readonly rescanIntervalMs?: number;
   /** Clock for expiries, ms since the epoch (tests inject one). Default Date.now. */
   readonly now?: () => number;
@@ -45,10 +53,25 @@ export interface FileRegistryOptions {
    * older ones are leftovers of a crash and get removed. Default 10 s.
    */
   readonly orphanGraceMs?: number;
+  /** @internal Called with each key, expiry file and directory listing read (tests count them). */
+  readonly onRead?: (path: string) => void;
 }
 
 /** One key as read from disk: a lease, a reason it cannot be used, or null when it vanished. */
 type Entry = { readonly publicIp: number; readonly expiresAt: number | null; readonly expiryText: string | null };
+
+/** What one name under subnets/ holds now; `unusable` marks a subnet key whose value cannot be used. */
+type KeyState =
+  | { readonly kind: "lease"; readonly lease: Lease }
+  | { readonly kind: "absent" }
+  | { readonly kind: "skipped"; readonly reason: string; readonly unusable: boolean };
+
+const ABSENT: KeyState = { kind: "absent" };
+const NOT_A_KEY: KeyState = {
+  kind: "skipped",
+  reason: "the name is not a subnet key like 10.244.68.0-24",
+  unusable: false,
+};
 
 interface Scan {
   readonly leases: Map<string, Lease>;
@@ -58,6 +81,11 @@ interface Scan {
 }
 
 const SCAN_CONCURRENCY = 64;
+const DEFAULT_RESCAN_MS = 30_000;
+/** How often a watch retries while the directory is missing or cannot be watched. */
+const RETRY_MS = 1000;
+/** setTimeout fires at once for delays above 2^31-1 ms. */
+const LONGEST_TIMER_MS = 2 ** 31 - 1;
 /** Listings a watch may start from; older revisions get a resync instead. */
 const KEPT_SNAPSHOTS = 16;
 
@@ -70,6 +98,7 @@ export class FileRegistry implements Registry {
   private readonly rescanIntervalMs: number;
   private readonly orphanGraceMs: number;
   private readonly now: () => number;
+  private readonly onRead: ((path: string) => void) | undefined;
   private revision = 0;
   private readonly snapshots = new Map<number, ReadonlyMap<string, Lease>>();
   private readonly watches = new Set<DirectoryWatch>();
@@ -84,9 +113,10 @@ export class FileRegistry implements Registry {
     this.subnetsDir = join(dir, "subnets");
     this.leasesDir = join(dir, "leases");
     this.tmpDir = join(dir, "tmp");
-    this.rescanIntervalMs = options.rescanIntervalMs ?? 1000;
+    this.rescanIntervalMs = options.rescanIntervalMs ?? DEFAULT_RESCAN_MS;
     this.orphanGraceMs = options.orphanGraceMs ?? 10_000;
     this.now = options.now ?? Date.now;
+    this.onRead = options.onRead;
   }
 
   /** Creates the layout when missing; throws one sentence when the directory cannot be written. */
@@ -185,6 +215,7 @@ export class FileRegistry implements Registry {
     const watch = new DirectoryWatch(
       this,
       this.subnetsDir,
+      this.leasesDir,
       this.rescanIntervalMs,
       this.snapshots.get(revision) ?? null,
       handlers,
@@ -220,6 +251,7 @@ export class FileRegistry implements Registry {
 
   /** @internal Reads every key; throws only when the subnets directory itself cannot be read. */
   async scan(): Promise<Scan> {
+    this.onRead?.(this.subnetsDir);
     const names = (await readdir(this.subnetsDir)).sort();
     const now = this.now();
     const leases = new Map<string, Lease>();
@@ -227,41 +259,54 @@ export class FileRegistry implements Registry {
     const unusable = new Set<string>();
     for (let i = 0; i < names.length; i += SCAN_CONCURRENCY) {
       const batch = names.slice(i, i + SCAN_CONCURRENCY);
-      const entries = await Promise.all(
-        batch.map((name) => (parseSubnetKey(name) === null ? undefined : this.readEntry(name))),
-      );
+      const states = await Promise.all(batch.map((name) => this.readKey(name, now)));
       for (let j = 0; j < batch.length; j++) {
         const name = batch[j] as string;
-        const entry = entries[j];
-        const subnet = parseSubnetKey(name);
-        if (subnet === null || entry === undefined) {
-          skipped.push({
-            key: join(this.subnetsDir, name),
-            reason: "the name is not a subnet key like 10.244.68.0-24",
-          });
-          continue;
+        const state = states[j] as KeyState;
+        if (state.kind === "lease") {
+          leases.set(name, state.lease);
+        } else if (state.kind === "skipped") {
+          skipped.push({ key: join(this.subnetsDir, name), reason: state.reason });
+          if (state.unusable) unusable.add(name);
         }
-        if (entry === null) continue;
-        if (typeof entry === "string") {
-          skipped.push({ key: join(this.subnetsDir, name), reason: entry });
-          unusable.add(name);
-          continue;
-        }
-        if (entry.expiresAt !== null && entry.expiresAt < now) {
-          await this.removeExpired(name, entry).catch(() => {});
-          continue;
-        }
-        leases.set(name, { subnet, publicIp: entry.publicIp, expiresAt: entry.expiresAt });
       }
     }
     await this.removeOrphanSidecars(new Set(names), now);
     return { leases, skipped, unusable };
   }
 
+  /** @internal What `name` under subnets/ holds now; an expired lease is removed and reads as absent. */
+  async readKey(name: string, now: number): Promise<KeyState> {
+    const subnet = parseSubnetKey(name);
+    if (subnet === null) {
+      return (await pathExists(join(this.subnetsDir, name)).catch(() => true)) ? NOT_A_KEY : ABSENT;
+    }
+    const entry = await this.readEntry(name);
+    if (entry === null) return ABSENT;
+    if (typeof entry === "string") return { kind: "skipped", reason: entry, unusable: true };
+    if (entry.expiresAt !== null && entry.expiresAt < now) {
+      await this.removeExpired(name, entry).catch(() => {});
+      return ABSENT;
+    }
+    return { kind: "lease", lease: { subnet, publicIp: entry.publicIp, expiresAt: entry.expiresAt } };
+  }
+
+  /** @internal The registry's clock, ms since the epoch. */
+  clock(): number {
+    return this.now();
+  }
+
+  /** @internal False when subnets/ is gone (moved away, unmounted): a missing key then proves nothing. */
+  async keysDirExists(): Promise<boolean> {
+    return pathExists(this.subnetsDir).catch(() => false);
+  }
+
   private async readEntry(name: string): Promise<Entry | string | null> {
     let value: string;
+    const keyPath = join(this.subnetsDir, name);
+    this.onRead?.(keyPath);
     try {
-      value = await readFile(join(this.subnetsDir, name), "utf8");
+      value = await readFile(keyPath, "utf8");
     } catch (err) {
       if (errorCode(err) === "ENOENT") return null;
       return `the key cannot be read: ${errorCode(err)}`;
@@ -269,8 +314,10 @@ export class FileRegistry implements Registry {
     const publicIp = decodeLeaseValue(value);
     if (typeof publicIp === "string") return publicIp;
     let expiryText: string | null;
+    const sidecar = join(this.leasesDir, name);
+    this.onRead?.(sidecar);
     try {
-      expiryText = await readOptional(join(this.leasesDir, name));
+      expiryText = await readOptional(sidecar);
     } catch (err) {
       return `the expiry in leases/${name} cannot be read: ${errorCode(err)}`;
     }
@@ -305,6 +352,7 @@ export class FileRegistry implements Registry {
 
   private async removeOrphanSidecars(keyNames: ReadonlySet<string>, now: number): Promise<void> {
     let sidecars: string[];
+    this.onRead?.(this.leasesDir);
     try {
       sidecars = await readdir(this.leasesDir);
     } catch {
@@ -336,9 +384,34 @@ export class FileRegistry implements Registry {
     return !(await pathExists(sidecar));
   }
 
+  /**
+   * Removes the sidecar of `name` if it still holds `expectedText`. Reading
+   * and then unlinking by name would race with a create that replaced the
+   * sidecar in between (the fresh one would go, leaving a key that looks like
+   * a reservation forever), so the sidecar is first taken away atomically by
+   * rename, checked, and put back by link() when it turns out to be new.
+   */
   private async removeSidecarIfUnchanged(name: string, expectedText: string | null): Promise<void> {
+    if (expectedText === null) return;
     const sidecar = join(this.leasesDir, name);
-    if ((await readOptional(sidecar)) === expectedText && expectedText !== null) await unlinkIfPresent(sidecar);
+    if ((await readOptional(sidecar)) !== expectedText) return;
+    this.tempCounter += 1;
+    const taken = join(this.tmpDir, `${process.pid}-${this.tempCounter}-taken-${randomBytes(4).toString("hex")}`);
+    try {
+      await rename(sidecar, taken);
+    } catch (err) {
+      if (errorCode(err) === "ENOENT") return;
+      throw err;
+    }
+    try {
+      if ((await readOptional(taken)) === expectedText) return;
+      // Someone's fresh sidecar: put it back, unless an even newer one appeared.
+      await link(taken, sidecar).catch((err: unknown) => {
+        if (errorCode(err) !== "EEXIST") throw err;
+      });
+    } finally {
+      await unlinkIfPresent(taken);
+    }
   }
 
   private async writeTemp(content: string): Promise<string> {
@@ -379,123 +452,279 @@ export class FileRegistry implements Registry {
   }
 }
 
-/** Rescans on inotify events and on a timer, and turns the differences into events. */
+/**
+ * Turns what changes on disk into events: inotify names a key (or its sidecar)
+ * and that key alone is re-read; the expiry timer re-reads leases whose expiry
+ * has passed; a full rescan (at start, on a slow timer, and whenever inotify
+ * cannot be trusted) diffs everything. One read runs at a time, full rescans first.
+ */
 class DirectoryWatch {
   private closed = false;
-  private scanning = false;
-  private scanAgain = false;
+  private running = false;
+  private fullScanPending = true;
+  /** Key names inotify reported since they were last read. */
+  private readonly dirty = new Set<string>();
   private connected: boolean | null = null;
-  private timer: NodeJS.Timeout | null = null;
-  private watcher: FSWatcher | null = null;
-  /** Skipped keys already reported, so one bad file is reported once, not every rescan. */
+  private rescanTimer: NodeJS.Timeout | null = null;
+  private expiryTimer: NodeJS.Timeout | null = null;
+  /** The expiry the armed expiry timer is for; Infinity when none is armed. */
+  private expiryTimerFor = Number.POSITIVE_INFINITY;
+  private watchers: FSWatcher[] = [];
+  private runSoon: NodeJS.Immediate | null = null;
+  /** Skipped keys already reported, so one bad file is reported once, not on every read. */
   private reported = new Map<string, string>();
+  /** What the handlers were last told; null means "unknown, resync first". */
+  private known: Map<string, Lease> | null;
 
   constructor(
     private readonly registry: FileRegistry,
     private readonly subnetsDir: string,
+    private readonly leasesDir: string,
     private readonly rescanIntervalMs: number,
     /** The state at the watch's start revision; null means "unknown, resync first". */
-    private known: ReadonlyMap<string, Lease> | null,
+    known: ReadonlyMap<string, Lease> | null,
     private readonly handlers: WatchHandlers,
-  ) {}
+  ) {
+    this.known = known === null ? null : new Map(known);
+  }
 
   start(): void {
-    this.timer = setInterval(() => this.requestScan(), this.rescanIntervalMs);
-    this.timer.unref();
-    this.ensureWatcher();
-    this.requestScan();
+    this.run();
   }
 
   close(): void {
     this.closed = true;
-    if (this.timer !== null) clearInterval(this.timer);
-    this.timer = null;
-    this.closeWatcher();
+    if (this.rescanTimer !== null) clearTimeout(this.rescanTimer);
+    this.rescanTimer = null;
+    if (this.expiryTimer !== null) clearTimeout(this.expiryTimer);
+    this.expiryTimer = null;
+    if (this.runSoon !== null) clearImmediate(this.runSoon);
+    this.runSoon = null;
+    this.closeWatchers();
   }
 
-  private ensureWatcher(): void {
-    if (this.watcher !== null || this.closed) return;
+  /** Attaches inotify before a full rescan reads, so no change falls between the two. */
+  private ensureWatchers(): void {
+    if (this.watchers.length > 0 || this.closed) return;
     try {
-      const watcher = watchDirectory(this.subnetsDir, { persistent: false }, () => this.requestScan());
-      watcher.on("error", () => this.closeWatcher());
-      this.watcher = watcher;
+      this.watchers.push(this.watchDirectory(this.subnetsDir, true));
+      this.watchers.push(this.watchDirectory(this.leasesDir, false));
     } catch {
-      // The directory is gone or unreadable; the timer keeps scanning and retries.
+      // Gone or unwatchable (e.g. out of inotify watches): rescans every RETRY_MS stand in.
+      this.closeWatchers();
     }
   }
 
-  private closeWatcher(): void {
-    this.watcher?.close();
-    this.watcher = null;
+  private watchDirectory(dir: string, holdsKeys: boolean): FSWatcher {
+    const self = basename(dir);
+    const watcher = watchDirectory(dir, { persistent: false }, (_type, filename) =>
+      this.onChange(filename, self, holdsKeys),
+    );
+    watcher.on("error", () => {
+      this.closeWatchers();
+      this.requestFullScan();
+    });
+    return watcher;
   }
 
-  private requestScan(): void {
+  private onChange(filename: string | null, self: string, holdsKeys: boolean): void {
     if (this.closed) return;
-    if (this.scanning) {
-      this.scanAgain = true;
+    if (filename === null || filename === self) {
+      // No name, or the directory itself was moved or deleted: inotify follows
+      // the old inode, so re-attach to whatever is at the path now.
+      this.closeWatchers();
+      this.requestFullScan();
       return;
     }
-    this.scanning = true;
-    void this.scanUntilQuiet().finally(() => {
-      this.scanning = false;
+    // Anything else under leases/ is no sidecar; orphans are the full rescan's business.
+    if (!holdsKeys && parseSubnetKey(filename) === null) return;
+    this.dirty.add(filename);
+    // inotify delivers a burst in one turn: read it as one batch, published as one snapshot.
+    if (this.runSoon === null) this.runSoon = setImmediate(this.runFromImmediate);
+  }
+
+  private readonly runFromImmediate = (): void => {
+    this.runSoon = null;
+    this.run();
+  };
+
+  private closeWatchers(): void {
+    for (const watcher of this.watchers) watcher.close();
+    this.watchers = [];
+  }
+
+  private requestFullScan(): void {
+    this.fullScanPending = true;
+    this.run();
+  }
+
+  private run(): void {
+    if (this.running || this.closed) return;
+    this.running = true;
+    void this.drain().finally(() => {
+      this.running = false;
     });
   }
 
-  private async scanUntilQuiet(): Promise<void> {
-    do {
-      this.scanAgain = false;
-      await this.scanOnce();
-    } while (this.scanAgain && !this.closed);
+  private async drain(): Promise<void> {
+    while (!this.closed && (this.fullScanPending || this.dirty.size > 0)) {
+      if (this.fullScanPending) {
+        this.fullScanPending = false;
+        // A full rescan reads every key; names reported from here on are read again after it.
+        this.dirty.clear();
+        await this.fullScan();
+      } else {
+        const names = [...this.dirty];
+        this.dirty.clear();
+        await this.rereadKeys(names);
+      }
+    }
   }
 
-  private async scanOnce(): Promise<void> {
+  private async fullScan(): Promise<void> {
+    this.ensureWatchers();
     let scan: Scan;
     try {
       scan = await this.registry.scan();
     } catch (err) {
       if (this.closed) return;
-      // inotify follows the old inode if the directory was moved away; re-attach once it is back.
-      this.closeWatcher();
+      this.closeWatchers();
       if (this.connected !== false) {
         this.connected = false;
         this.handlers.onConnection?.(false, err as Error);
       }
+      this.scheduleRescan();
       return;
     }
     if (this.closed) return;
-    this.ensureWatcher();
     if (this.connected !== true) {
       this.connected = true;
       this.handlers.onConnection?.(true);
     }
+    this.scheduleRescan();
     this.reportSkipped(scan.skipped);
     if (this.known === null) {
-      this.known = scan.leases;
+      this.known = new Map(scan.leases);
+      this.scheduleExpiry();
       this.handlers.onResync(this.registry.listing(scan));
       return;
     }
     // Like a watch event that cannot be parsed, an unusable value changes nothing:
     // the key keeps its last good lease (a half-written hand edit must not revoke it).
     const current = new Map(scan.leases);
+    const now = this.registry.clock();
     for (const name of scan.unusable) {
       const before = this.known.get(name);
-      if (before !== undefined) current.set(name, before);
+      if (before !== undefined && !hasExpired(before, now)) current.set(name, before);
     }
     const events: LeaseEvent[] = [];
     for (const [name, lease] of current) {
-      const before = this.known.get(name);
-      if (before === undefined || before.publicIp !== lease.publicIp || before.expiresAt !== lease.expiresAt) {
-        events.push({ type: "put", lease });
-      }
+      if (!sameLease(this.known.get(name), lease)) events.push({ type: "put", lease });
     }
     for (const [name, lease] of this.known) {
       if (!current.has(name)) events.push({ type: "delete", subnet: lease.subnet });
     }
     this.known = current;
+    this.scheduleExpiry();
+    this.emit(events);
+  }
+
+  private async rereadKeys(names: readonly string[]): Promise<void> {
+    const known = this.known;
+    // Until a full rescan succeeds there is nothing to diff against; it reads these keys too.
+    if (known === null || this.connected !== true) return;
+    const now = this.registry.clock();
+    const states: KeyState[] = [];
+    for (let i = 0; i < names.length; i += SCAN_CONCURRENCY) {
+      const batch = names.slice(i, i + SCAN_CONCURRENCY);
+      states.push(...(await Promise.all(batch.map((name) => this.registry.readKey(name, now)))));
+    }
+    if (this.closed) return;
+    const lostKnownKey = names.some((name, i) => states[i]?.kind === "absent" && known.has(name));
+    if (lostKnownKey && !(await this.registry.keysDirExists())) {
+      // The directory went away, not the key: the full rescan reports the lost connection.
+      this.requestFullScan();
+      return;
+    }
+    if (this.closed) return;
+    const events: LeaseEvent[] = [];
+    for (let i = 0; i < names.length; i++) {
+      const name = names[i] as string;
+      const state = states[i] as KeyState;
+      const key = join(this.subnetsDir, name);
+      const before = known.get(name);
+      if (state.kind === "skipped") {
+        if (this.reported.get(key) !== state.reason) {
+          this.reported.set(key, state.reason);
+          this.handlers.onSkipped?.(key, state.reason);
+        }
+        // An unusable value keeps the key's last good lease, as in a full rescan, until that lease expires.
+        if (before !== undefined && hasExpired(before, now)) {
+          known.delete(name);
+          events.push({ type: "delete", subnet: before.subnet });
+        }
+        continue;
+      }
+      this.reported.delete(key);
+      if (state.kind === "lease") {
+        if (sameLease(before, state.lease)) continue;
+        known.set(name, state.lease);
+        events.push({ type: "put", lease: state.lease });
+      } else if (before !== undefined) {
+        known.delete(name);
+        events.push({ type: "delete", subnet: before.subnet });
+      }
+    }
+    this.scheduleExpiry();
+    this.emit(events);
+  }
+
+  private emit(events: readonly LeaseEvent[]): void {
     for (const event of events) {
       if (this.closed) return;
       this.handlers.onEvent(event);
     }
+  }
+
+  private scheduleRescan(): void {
+    if (this.rescanTimer !== null) clearTimeout(this.rescanTimer);
+    const trusted = this.connected === true && this.watchers.length > 0;
+    const delay = trusted ? this.rescanIntervalMs : Math.min(this.rescanIntervalMs, RETRY_MS);
+    this.rescanTimer = setTimeout(() => {
+      this.rescanTimer = null;
+      this.requestFullScan();
+    }, delay);
+    this.rescanTimer.unref();
+  }
+
+  /** Arms one timer for the earliest known expiry; a lease is expired once that moment has passed. */
+  private scheduleExpiry(): void {
+    let earliest = Number.POSITIVE_INFINITY;
+    for (const lease of (this.known as Map<string, Lease>).values()) {
+      if (lease.expiresAt !== null && lease.expiresAt < earliest) earliest = lease.expiresAt;
+    }
+    if (earliest === this.expiryTimerFor || this.closed) return;
+    if (this.expiryTimer !== null) clearTimeout(this.expiryTimer);
+    this.expiryTimer = null;
+    this.expiryTimerFor = earliest;
+    if (earliest === Number.POSITIVE_INFINITY) return;
+    const delay = Math.min(LONGEST_TIMER_MS, Math.max(0, earliest + 1 - this.registry.clock()));
+    this.expiryTimer = setTimeout(() => this.onExpiryTimer(), delay);
+    this.expiryTimer.unref();
+  }
+
+  private onExpiryTimer(): void {
+    this.expiryTimer = null;
+    this.expiryTimerFor = Number.POSITIVE_INFINITY;
+    const known = this.known;
+    if (this.closed || known === null) return;
+    const now = this.registry.clock();
+    for (const [name, lease] of known) {
+      if (lease.expiresAt !== null && lease.expiresAt < now) this.dirty.add(name);
+    }
+    // Nothing due yet (a capped delay, or the wall clock went back): wait again.
+    if (this.dirty.size === 0) this.scheduleExpiry();
+    else this.run();
   }
 
   private reportSkipped(skipped: readonly { key: string; reason: string }[]): void {
@@ -506,6 +735,15 @@ class DirectoryWatch {
     }
     this.reported = current;
   }
+}
+
+/** Expired leases count as absent; the last good lease of an unusable key too, once it has expired. */
+function hasExpired(lease: Lease, now: number): boolean {
+  return lease.expiresAt !== null && lease.expiresAt < now;
+}
+
+function sameLease(a: Lease | undefined, b: Lease): boolean {
+  return a !== undefined && a.publicIp === b.publicIp && a.expiresAt === b.expiresAt;
 }
 
 async function readOptional(path: string): Promise<string | null> {

@@ -26,6 +26,7 @@
 
 #include <napi.h>
 #include <poll.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -129,6 +130,9 @@ class Spinner {
         continue;
       }
       if (Now() >= deadline) break;
+      // The peer we are waiting for may have been woken on this CPU
+      // (wake-affine): let it run instead of spinning in its way.
+      sched_yield();
     }
     spinning_ = false;
   }
