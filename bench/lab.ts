@@ -176,7 +176,7 @@ function podEnv(hostIndex: number, mtu: number): SubnetEnvFields {
   return { network: NETWORK, subnet: `10.244.${hostIndex}.1/24`, mtu };
 }
 
-async function bringUp(mode: Mode, dir: string): Promise<Env> {
+async function bringUp(mode: Mode, dir: string, weftdArgs: readonly string[] = []): Promise<Env> {
   const lab = await Lab.create({ prefix: PREFIX, hosts: 2, dir });
   live.lab = lab;
   const [h1, h2] = lab.hosts as [LabHost, LabHost];
@@ -196,7 +196,8 @@ async function bringUp(mode: Mode, dir: string): Promise<Env> {
     p2 = await lab.addPod(h2, podEnv(2, mtu));
   } else {
     lab.writeRegistryConfig();
-    for (const h of [h1, h2]) lab.startWeft(h, ["--healthz-port", String(METRICS_PORT), "--healthz-ip", "127.0.0.1"]);
+    for (const h of [h1, h2])
+      lab.startWeft(h, ["--healthz-port", String(METRICS_PORT), "--healthz-ip", "127.0.0.1", ...weftdArgs]);
     const e1 = await lab.waitForSubnetEnv(h1);
     const e2 = await lab.waitForSubnetEnv(h2);
     mtu = e1.mtu;
@@ -717,6 +718,8 @@ interface LabOptions {
   udpSeconds: number;
   pings: number;
   modes: Mode[];
+  /** Extra weftd flags (weft mode). */
+  weftdArgs: string[];
 }
 
 async function runWorkloads(env: Env, o: LabOptions, progress: Progress, tag: string): Promise<RepFigures> {
@@ -1006,6 +1009,7 @@ const USAGE = `usage: npm run bench -- lab [options]   (root: builds network nam
   --udp-duration S   seconds per UDP run (default 5)
   --pings N          pings at 10 ms for RTT (default 500)
   --quick            1 repetition, TCP 2 s, UDP 1 s, 50 pings
+  --weftd-args ARGS  extra weftd flags for the weft mode, space-separated (e.g. "--busy-poll-us=50 --no-offload")
   --replay FILE      instead of the workloads: inject FILE's IPv4 packets from p1 (rewritten to p1→p2), count arrivals at p2
   --replay-loops N   send the capture N times (default 1)
   --cleanup          remove ${PREFIX}-* namespaces (and their processes) left by a killed run, then exit
@@ -1021,6 +1025,7 @@ export async function runLab(argv: string[]): Promise<number> {
       "udp-duration": { type: "string" },
       pings: { type: "string" },
       quick: { type: "boolean", default: false },
+      "weftd-args": { type: "string" },
       replay: { type: "string" },
       "replay-loops": { type: "string" },
       cleanup: { type: "boolean", default: false },
@@ -1056,7 +1061,11 @@ export async function runLab(argv: string[]): Promise<number> {
     udpSeconds: positiveInt(values["udp-duration"], "--udp-duration", quick ? 1 : 5),
     pings: positiveInt(values.pings, "--pings", quick ? 50 : 500),
     modes,
+    weftdArgs: (values["weftd-args"] ?? "").split(" ").filter((a) => a !== ""),
   };
+  for (const a of o.weftdArgs) {
+    if (!a.startsWith("-")) throw new Error(`--weftd-args: ${JSON.stringify(a)} is not a flag`);
+  }
   const machine = machineInfo();
   takeLock();
   const stale = await existingNamespaces();
@@ -1094,9 +1103,9 @@ export async function runLab(argv: string[]): Promise<number> {
   }
 }
 
-async function withMode<T>(mode: Mode, body: (env: Env) => Promise<T>): Promise<T> {
+async function withMode<T>(mode: Mode, body: (env: Env) => Promise<T>, weftdArgs: readonly string[] = []): Promise<T> {
   const dir = mkdtempSync(join(tmpdir(), `weft-bench-${mode}-`));
-  const env = await bringUp(mode, dir);
+  const env = await bringUp(mode, dir, weftdArgs);
   try {
     return await body(env);
   } finally {
@@ -1111,7 +1120,7 @@ async function workloadRun(o: LabOptions, machine: MachineInfo, outDir: string |
     for (const mode of o.modes) {
       const tag = `rep ${rep}/${o.reps} ${mode}`;
       progress.step(`${tag}: bring-up`);
-      const fig = await withMode(mode, (env) => runWorkloads(env, o, progress, tag));
+      const fig = await withMode(mode, (env) => runWorkloads(env, o, progress, tag), o.weftdArgs);
       reps.get(mode)?.push(fig);
     }
   }
@@ -1122,6 +1131,7 @@ async function workloadRun(o: LabOptions, machine: MachineInfo, outDir: string |
     udp_seconds: o.udpSeconds,
     pings: o.pings,
     modes: o.modes,
+    weftd_args: o.weftdArgs,
     topology: "BENCH.md: p1 ─ h1 ═ underlay veth 198.18.0.0/24 ═ h2 ─ p2, each mode from scratch per repetition",
     pod_mtu: { direct: 1500, vxlan: VXLAN_MTU, weft: "from subnet.env (1472)" },
   };
@@ -1164,7 +1174,7 @@ async function replayRun(
   for (let rep = 1; rep <= o.reps; rep++) {
     for (const mode of o.modes) {
       progress.step(`rep ${rep}/${o.reps} ${mode}: replay ${ipv4.length} packets × ${loops}`);
-      const r = await withMode(mode, (env) => liveReplay(env, ipv4, loops));
+      const r = await withMode(mode, (env) => liveReplay(env, ipv4, loops), o.weftdArgs);
       results.get(mode)?.push(r);
     }
   }

@@ -64,6 +64,49 @@ async function udpBurst(from: LabPod, to: LabPod): Promise<void> {
   await nsRun(from.ns, process.execPath, ["-e", code]);
 }
 
+/**
+ * Sends `count` equal-size datagrams back to back from one pod to another
+ * (so weft reads them in batches and sends them as UDP GSO runs) and
+ * resolves to the sequence numbers that arrived, in arrival order.
+ */
+async function udpSameSize(from: LabPod, to: LabPod, port: number, count: number, size: number): Promise<number[]> {
+  const recvCode = `
+    const s = require("node:dgram").createSocket("udp4");
+    const got = [];
+    const done = () => { console.log(JSON.stringify(got)); process.exit(0); };
+    s.on("message", (m) => { if (m.length === ${size}) got.push(m.readUInt32BE(0)); if (got.length === ${count}) done(); });
+    s.bind(${port}, "${to.ip}", () => console.log("ready"));
+    setTimeout(done, 10000);`;
+  const recv = spawn("ip", ["netns", "exec", to.ns, process.execPath, "-e", recvCode]);
+  let out = "";
+  recv.stdout?.on("data", (d) => {
+    out += String(d);
+  });
+  await new Promise<void>((resolve, reject) => {
+    recv.stdout?.once("data", () => resolve());
+    recv.once("exit", (code) => reject(new Error(`UDP receiver exited ${code}`)));
+  });
+  // Bursts of 50 (one weft batch, runs inside it), 20 ms apart so that the
+  // receiving pod's default socket buffer never overflows.
+  const sendCode = `
+    const s = require("node:dgram").createSocket("udp4");
+    let i = 0;
+    const burst = () => {
+      let left = Math.min(50, ${count} - i);
+      if (left === 0) return s.close();
+      for (let k = 0, n = left; k < n; k++, i++) {
+        const b = Buffer.alloc(${size}, i & 255);
+        b.writeUInt32BE(i, 0);
+        s.send(b, ${port}, "${to.ip}", () => { if (--left === 0) setTimeout(burst, 20); });
+      }
+    };
+    burst();`;
+  await nsRun(from.ns, process.execPath, ["-e", sendCode]);
+  await new Promise<void>((resolve) => (recv.exitCode !== null ? resolve() : recv.once("exit", () => resolve())));
+  const line = out.split("\n").find((l) => l.startsWith("[")) ?? "[]";
+  return JSON.parse(line) as number[];
+}
+
 const u16 = (b: Uint8Array, o: number) => (b[o] << 8) | b[o + 1];
 
 interface LinkStats {
@@ -164,6 +207,13 @@ describe("offloads on: the underlay carries only single, valid IPv4 packets (net
       assert.ok(read < 5000, `flannel0 handed weft ${read} packets for 20 MiB: no super-packets?`);
       assert.ok(written < 5000, `weft wrote ${written} packets into flannel0 for 20 MiB: no coalescing?`);
       await udpBurst(p1, p2);
+      // Equal sizes back to back: weft sends these as UDP GSO runs.
+      const arrived = await udpSameSize(p1, p2, 7001, 300, 120);
+      assert.deepEqual(
+        [...arrived].sort((a, b) => a - b),
+        Array.from({ length: 300 }, (_, i) => i),
+        "every same-size datagram arrived once",
+      );
       await nsRun(p1.ns, "ping", ["-c", "5", "-i", "0.05", "-W", "2", p2.ip]);
       await nsRun(p2.ns, "ping", ["-c", "3", "-i", "0.05", "-s", "4000", "-W", "2", p1.ip]);
       // Let the last replies reach the tap before tcpdump stops.
@@ -239,6 +289,12 @@ describe("a node with offloads and a node without interoperate (netns)", { timeo
   it("pods ping each other both ways", async () => {
     assert.match(await nsRun(p1.ns, "ping", ["-c", "3", "-i", "0.2", "-W", "3", p2.ip]), /3 received/);
     assert.match(await nsRun(p2.ns, "ping", ["-c", "3", "-i", "0.2", "-W", "3", p1.ip]), /3 received/);
+  });
+
+  it("carries same-size UDP bursts (UDP GSO runs from the offload node) both ways, every datagram once and in order", async () => {
+    const all = Array.from({ length: 300 }, (_, i) => i);
+    assert.deepEqual(await udpSameSize(p1, p2, 7002, 300, 200), all, "offload node -> plain node");
+    assert.deepEqual(await udpSameSize(p2, p1, 7003, 300, 200), all, "plain node -> offload node");
   });
 
   it("carries TCP from the offload node to the plain one and back with every byte intact", async () => {

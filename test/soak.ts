@@ -430,7 +430,7 @@ export async function runSoak(seconds: number, log: (line: string) => void = con
     clearInterval(rssTimer);
     const finalText = await Promise.all(scrapers.map((s) => s.scrape()));
 
-    // Idle: nothing but the registry's 1 s rescan should run now.
+    // Idle: nothing but the registry's timers (next expiry, 30 s safety rescan) should run now.
     await sleep(2000);
     const idle0 = pids.map(cpuTicks);
     await sleep(5000);
