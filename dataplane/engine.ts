@@ -23,10 +23,12 @@
 // decided here. Counters count the ordinary packets the wire carries: a
 // super-packet counts as its segments, bytes as their inner IP bytes.
 //
-// Packets are never copied between arenas: staging records where each one already lies in the
-// receive arena (a run toward a peer gathers its packets into its first slot). A short write (EAGAIN) pauses the opposite source until the
-// blocked fd is writable again, so an arena is never overwritten while packets
-// in it wait. Nothing here awaits, allocates per packet or logs.
+// Packets are never copied between arenas: staging records where each one
+// already lies in the receive arena (a run toward a peer gathers its packets
+// into its first slot). A short write (EAGAIN, or ENOBUFS: retried after a
+// pause) pauses the opposite source until the blocked fd takes more, so an
+// arena is never overwritten while packets in it wait. Nothing here awaits,
+// allocates per packet or logs.
 
 import { Counters, Drop, Icmp } from "./counters.js";
 import { Coalescer } from "./gro.js";
