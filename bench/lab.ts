@@ -1009,7 +1009,7 @@ const USAGE = `usage: npm run bench -- lab [options]   (root: builds network nam
   --udp-duration S   seconds per UDP run (default 5)
   --pings N          pings at 10 ms for RTT (default 500)
   --quick            1 repetition, TCP 2 s, UDP 1 s, 50 pings
-  --weftd-args ARGS  extra weftd flags for the weft mode, space-separated (e.g. "--busy-poll-us=50 --no-offload")
+  --weftd-args=ARGS  extra weftd flags for the weft mode, space-separated (e.g. --weftd-args="--busy-poll-us=50 --no-offload")
   --replay FILE      instead of the workloads: inject FILE's IPv4 packets from p1 (rewritten to p1→p2), count arrivals at p2
   --replay-loops N   send the capture N times (default 1)
   --cleanup          remove ${PREFIX}-* namespaces (and their processes) left by a killed run, then exit
