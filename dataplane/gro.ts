@@ -68,7 +68,7 @@ export class Coalescer {
     while (i < count) {
       const head = offsets[i];
       const room = Math.min(IP_MAX_TOTAL, slotSize - (head % slotSize));
-      let size = runPayload(bytes, head, lengths[i]);
+      let size = tcpRunPayload(bytes, head, lengths[i]);
       let end = i + 1;
       if (size > 0) {
         end = tcpRunEnd(bytes, offsets, lengths, i, count, size, room);
@@ -157,9 +157,7 @@ function udpRunEnd(
     const payload = udpRunPayload(bytes, q, lengths[end]);
     if (payload === 0 || payload > size || total + payload > room) break;
     if (!sameIpv4Header(bytes, head, q)) break;
-    let k = 20;
-    while (k < 24 && bytes[q + k] === bytes[head + k]) k++;
-    if (k < 24) break;
+    if (readU32(bytes, q + 20) !== readU32(bytes, head + 20)) break; // ports
     const id = (bytes[q + 4] << 8) | bytes[q + 5];
     if (!df && id !== ((lastId + 1) & 0xffff)) break;
     total += payload;
@@ -188,7 +186,7 @@ function udpRunPayload(bytes: Uint8Array, p: number, len: number): number {
  * run (IPv4 TCP without IP options, not a fragment, data, none of the flags
  * that end a run, no PSH); otherwise 0. `len` is its IP total length.
  */
-function runPayload(bytes: Uint8Array, p: number, len: number): number {
+function tcpRunPayload(bytes: Uint8Array, p: number, len: number): number {
   if (bytes[p] !== 0x45 || bytes[p + 9] !== PROTO_TCP) return 0;
   if ((bytes[p + 6] & 0x3f) !== 0 || bytes[p + 7] !== 0) return 0;
   if (len < 40) return 0;

@@ -159,6 +159,23 @@ describe("lease manager over the file registry", () => {
     return registry;
   }
 
+  /**
+   * The registry with a watch that delivers nothing by itself: events come
+   * only from the test, through handlers() (null until the manager watches).
+   */
+  function silentWatch(registry: Registry): { spy: Registry; handlers: () => WatchHandlers | null } {
+    let handlers: WatchHandlers | null = null;
+    const spy: Registry = Object.create(registry, {
+      watchLeases: {
+        value: (_revision: number, given: WatchHandlers) => {
+          handlers = given;
+          return { close() {} };
+        },
+      },
+    });
+    return { spy, handlers: () => handlers };
+  }
+
   function manager(options: LeaseManagerOptions): LeaseManager {
     const created = new LeaseManager({ now, ...options });
     managers.push(created);
@@ -694,17 +711,8 @@ process.stdin.once("data", async () => {
 
       test("a lease that expired and was taken by another host meanwhile is revoked", async () => {
         await config();
-        const registry = await openRegistry();
-        let handlers: WatchHandlers | null = null;
         // Events come only from the test, so the other host's create lands before our delete is seen.
-        const spy: Registry = Object.create(registry, {
-          watchLeases: {
-            value: (_revision: number, given: WatchHandlers) => {
-              handlers = given;
-              return { close() {} };
-            },
-          },
-        });
+        const { spy, handlers } = silentWatch(await openRegistry());
         const log = new RecordingLogger();
         const recorder = new ManagerRecorder();
         const m = manager({ registry: spy, publicIp: HOST_A, random: () => 0, log, ...recorder.handlers() });
@@ -713,7 +721,7 @@ process.stdin.once("data", async () => {
         const other = await openRegistry();
         await other.getLeases();
         assert.ok(await other.createLease(lease.subnet, HOST_B, 100));
-        (handlers as WatchHandlers | null)?.onEvent({ type: "delete", subnet: lease.subnet });
+        handlers()?.onEvent({ type: "delete", subnet: lease.subnet });
         await recorder.until("revocation", () => recorder.revoked > 0);
         const revoked = log.lines.find((line) => line.msg === "lease has been revoked");
         assert.deepEqual(revoked?.obj, { why: "lease 10.244.1.0/24 was taken by 198.18.0.2 after it expired" });
@@ -762,24 +770,15 @@ process.stdin.once("data", async () => {
       await config();
       const registry = await openRegistry();
       await registry.createLease(prefix("10.244.60.0/24"), HOST_B, 100);
-      let handlers: WatchHandlers | null = null;
-      const spy: Registry = Object.create(registry, {
-        watchLeases: {
-          value: (revision: number, given: WatchHandlers) => {
-            // Events come only from the test's own onResync calls: a store
-            // that lost its data says nothing, it just lists less.
-            void revision;
-            handlers = given;
-            return { close() {} };
-          },
-        },
-      });
+      // Events come only from the test's own onResync calls: a store that
+      // lost its data says nothing, it just lists less.
+      const { spy, handlers } = silentWatch(registry);
       const recorder = new ManagerRecorder();
       const m = manager({ registry: spy, publicIp: HOST_A, random: () => 0, ...recorder.handlers() });
       const lease = await m.start();
       await recorder.until("the first snapshot", () => recorder.snapshots.length > 0);
       assert.deepEqual(recorder.latest(), ["10.244.60.0/24 198.18.0.2"]);
-      const resync = handlers as WatchHandlers | null;
+      const resync = handlers();
       assert.ok(resync !== null);
 
       const peer = { subnet: prefix("10.244.61.0/24"), publicIp: HOST_C, expiresAt: null };
@@ -807,24 +806,15 @@ process.stdin.once("data", async () => {
     test("a resync without our lease whose subnet another host took meanwhile revokes it", async () => {
       await config();
       const registry = await openRegistry();
-      let handlers: WatchHandlers | null = null;
-      const spy: Registry = Object.create(registry, {
-        watchLeases: {
-          value: (revision: number, given: WatchHandlers) => {
-            // Events come only from the test's own onResync calls: a store
-            // that lost its data says nothing, it just lists less.
-            void revision;
-            handlers = given;
-            return { close() {} };
-          },
-        },
-      });
+      // Events come only from the test's own onResync calls: a store that
+      // lost its data says nothing, it just lists less.
+      const { spy, handlers } = silentWatch(registry);
       const recorder = new ManagerRecorder();
       const m = manager({ registry: spy, publicIp: HOST_A, random: () => 0, ...recorder.handlers() });
       const lease = await m.start();
       await registry.deleteLease(lease.subnet);
       await registry.createLease(lease.subnet, HOST_B, 100);
-      (handlers as WatchHandlers | null)?.onResync({ leases: [], revision: 2000, skipped: [] });
+      handlers()?.onResync({ leases: [], revision: 2000, skipped: [] });
       await recorder.until("revocation", () => recorder.revoked > 0);
       assert.equal(recorder.revoked, 1);
     });

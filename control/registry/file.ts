@@ -395,8 +395,7 @@ export class FileRegistry implements Registry {
     if (expectedText === null) return;
     const sidecar = join(this.leasesDir, name);
     if ((await readOptional(sidecar)) !== expectedText) return;
-    this.tempCounter += 1;
-    const taken = join(this.tmpDir, `${process.pid}-${this.tempCounter}-taken-${randomBytes(4).toString("hex")}`);
+    const taken = this.tempName();
     try {
       await rename(sidecar, taken);
     } catch (err) {
@@ -414,9 +413,14 @@ export class FileRegistry implements Registry {
     }
   }
 
-  private async writeTemp(content: string): Promise<string> {
+  /** A fresh name under tmp/, unique across processes sharing the directory. */
+  private tempName(): string {
     this.tempCounter += 1;
-    const path = join(this.tmpDir, `${process.pid}-${this.tempCounter}-${randomBytes(4).toString("hex")}`);
+    return join(this.tmpDir, `${process.pid}-${this.tempCounter}-${randomBytes(4).toString("hex")}`);
+  }
+
+  private async writeTemp(content: string): Promise<string> {
+    const path = this.tempName();
     const file = await open(path, "wx", 0o644);
     try {
       await file.writeFile(content);
