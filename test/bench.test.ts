@@ -215,6 +215,8 @@ describe("bench report math", () => {
       udp64_loss: 2,
       rtt_p50_us: rtt,
       rtt_p99_us: rtt * 2,
+      rtt_sparse_p50_us: rtt * 5,
+      rtt_sparse_p99_us: rtt * 10,
       tcp_retransmits: 0,
       udp1400_drops: {},
       udp64_drops: {},
@@ -249,6 +251,8 @@ describe("bench report math", () => {
         "udp64_loss",
         "rtt_p50_us",
         "rtt_p99_us",
+        "rtt_sparse_p50_us",
+        "rtt_sparse_p99_us",
       ]) {
         assert.equal(typeof round.modes[mode][f], "number", `${mode}.${f}`);
         assert.equal(round.modes[mode][`${f}_range`].length, 2);
@@ -259,19 +263,27 @@ describe("bench report math", () => {
     assert.equal(round.modes.weft.cpu_s_per_gb, 4);
     assert.equal(round.modes.weft.rss_mb, 55);
     assert.equal("cpu_s_per_gb" in round.modes.vxlan, false);
-    assert.deepEqual(Object.keys(round.ratios), ["tcp_gbps", "udp1400_pps", "udp64_pps", "rtt_p50"]);
+    assert.deepEqual(Object.keys(round.ratios), ["tcp_gbps", "udp1400_pps", "udp64_pps", "rtt_p50", "rtt_sparse_p50"]);
     // Ratios of the medians, kept to 4 significant digits.
     assert.equal(round.ratios.tcp_gbps, 0.1818);
     assert.equal(round.ratios.udp1400_pps, 0.8);
     assert.equal(round.ratios.udp64_pps, 0.8);
     assert.equal(round.ratios.rtt_p50, 2.667);
+    assert.equal(round.modes.weft.rtt_sparse_p50_us, 200);
+    assert.equal(round.ratios.rtt_sparse_p50, 2.667);
     // Per-repetition ratios: 1/10, 2/12, 3/11.
     assert.deepEqual(round.ratio_ranges.tcp_gbps, [0.1, 0.2727]);
   });
 
   it("ratios are null without a vxlan run", () => {
     const { json } = labJson(machineInfo(), {}, new Map());
-    assert.deepEqual(json.ratios, { tcp_gbps: null, udp1400_pps: null, udp64_pps: null, rtt_p50: null });
+    assert.deepEqual(json.ratios, {
+      tcp_gbps: null,
+      udp1400_pps: null,
+      udp64_pps: null,
+      rtt_p50: null,
+      rtt_sparse_p50: null,
+    });
   });
 
   it("the SVG chart is one well-formed document with a bar per mode", () => {
