@@ -1045,6 +1045,7 @@ const USAGE = `usage: npm run bench -- lab [options]   (root: builds network nam
   --weftd-args=ARGS  extra weftd flags for the weft mode, space-separated (e.g. --weftd-args="--busy-poll-us=50 --no-offload")
   --replay FILE      instead of the workloads: inject FILE's IPv4 packets from p1 (rewritten to p1→p2), count arrivals at p2
   --replay-loops N   send the capture N times (default 1)
+  --hold MODE        bring MODE up alone and keep it until Ctrl-C (for your own measurements), then clean up
   --cleanup          remove ${PREFIX}-* namespaces (and their processes) left by a killed run, then exit
   --out-dir DIR      where JSON and SVG go (default ${RESULTS_DIR})`;
 
@@ -1062,6 +1063,7 @@ export async function runLab(argv: string[]): Promise<number> {
       "weftd-args": { type: "string" },
       replay: { type: "string" },
       "replay-loops": { type: "string" },
+      hold: { type: "string" },
       cleanup: { type: "boolean", default: false },
       "out-dir": { type: "string" },
       help: { type: "boolean", default: false },
@@ -1124,6 +1126,7 @@ export async function runLab(argv: string[]): Promise<number> {
   });
 
   try {
+    if (values.hold !== undefined) return await holdRun(parseHoldMode(values.hold), o);
     if (values.replay !== undefined)
       return await replayRun(
         values.replay,
@@ -1136,6 +1139,33 @@ export async function runLab(argv: string[]): Promise<number> {
   } finally {
     await cleanup();
   }
+}
+
+function parseHoldMode(text: string): Mode {
+  if (!(MODES as readonly string[]).includes(text))
+    throw new Error(`--hold: ${JSON.stringify(text)} is not a mode (${MODES.join(", ")})`);
+  return text as Mode;
+}
+
+/** Brings one mode up and keeps it until a signal (whose handler cleans up). */
+async function holdRun(mode: Mode, o: LabOptions): Promise<number> {
+  await withMode(
+    mode,
+    async (env) => {
+      const lines = [
+        `bench lab: ${mode} is up; Ctrl-C removes it`,
+        `  pod p1 ${env.p1.ip} in ${env.p1.ns}   pod p2 ${env.p2.ip} in ${env.p2.ns}   mtu ${env.mtu}`,
+        `  hosts ${env.h1.ns} (${env.h1.underlayIp}) and ${env.h2.ns} (${env.h2.underlayIp})`,
+        `  e.g. ip netns exec ${env.p1.ns} ping -A -c 10000 ${env.p2.ip}`,
+      ];
+      if (mode === "weft") lines.push(`  weftd pids ${weftPids(env).join(" ")}`);
+      process.stdout.write(`${lines.join("\n")}\n`);
+      // Until the signal handler cleans up and exits.
+      await new Promise(() => setInterval(() => {}, 60_000));
+    },
+    o.weftdArgs,
+  );
+  return 0;
 }
 
 async function withMode<T>(mode: Mode, body: (env: Env) => Promise<T>, weftdArgs: readonly string[] = []): Promise<T> {
