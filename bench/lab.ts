@@ -495,8 +495,12 @@ export function parsePingTimes(text: string): number[] {
   return out;
 }
 
-/** Echoes sent before a request-response measurement, not counted: the path warms up (caches, JIT). */
-const RTT_WARMUP = 200;
+/**
+ * Seconds of request-response echoes before the measured ones, not counted:
+ * after the bulk runs weft's handlers need about half a second of this
+ * traffic to settle (JIT, caches); vxlan gets the same.
+ */
+const RTT_WARMUP_S = 1;
 
 /**
  * Ping RTTs, two ways. "rr" (request-response, BENCH.md's reference figures):
@@ -507,7 +511,7 @@ const RTT_WARMUP = 200;
 async function rtt(env: Env, count: number, kind: "rr" | "sparse"): Promise<RttResult> {
   const pace = kind === "rr" ? ["-A"] : ["-i", "0.01"];
   if (kind === "rr") {
-    await nsSpawn(env.p1.ns, "ping", ["-n", "-q", "-A", "-c", String(RTT_WARMUP), "-W", "1", env.p2.ip], 30_000);
+    await nsSpawn(env.p1.ns, "ping", ["-n", "-q", "-A", "-w", String(RTT_WARMUP_S), env.p2.ip], 30_000);
   }
   const r = await nsSpawn(
     env.p1.ns,
@@ -1039,7 +1043,7 @@ const USAGE = `usage: npm run bench -- lab [options]   (root: builds network nam
   --reps N           repetitions, modes interleaved (default 3)
   --duration S       TCP seconds (default 10)
   --udp-duration S   seconds per UDP run (default 5)
-  --pings N          request-response pings (ping -A, after 200 unmeasured) for RTT (default 5000)
+  --pings N          request-response pings (ping -A, after 1 s unmeasured) for RTT (default 10000)
   --sparse-pings N   pings 10 ms apart for the idle-path RTT (default 500)
   --quick            1 repetition, TCP 2 s, UDP 1 s, 1000 + 50 pings
   --weftd-args=ARGS  extra weftd flags for the weft mode, space-separated (e.g. --weftd-args="--busy-poll-us=50 --no-offload")
@@ -1095,7 +1099,7 @@ export async function runLab(argv: string[]): Promise<number> {
     reps: positiveInt(values.reps, "--reps", quick ? 1 : 3),
     tcpSeconds: positiveInt(values.duration, "--duration", quick ? 2 : 10),
     udpSeconds: positiveInt(values["udp-duration"], "--udp-duration", quick ? 1 : 5),
-    pings: positiveInt(values.pings, "--pings", quick ? 1000 : 5000),
+    pings: positiveInt(values.pings, "--pings", quick ? 1000 : 10000),
     sparsePings: positiveInt(values["sparse-pings"], "--sparse-pings", quick ? 50 : 500),
     modes,
     weftdArgs: (values["weftd-args"] ?? "").split(" ").filter((a) => a !== ""),
@@ -1141,7 +1145,7 @@ export async function runLab(argv: string[]): Promise<number> {
   }
 }
 
-function parseHoldMode(text: string): Mode {
+export function parseHoldMode(text: string): Mode {
   if (!(MODES as readonly string[]).includes(text))
     throw new Error(`--hold: ${JSON.stringify(text)} is not a mode (${MODES.join(", ")})`);
   return text as Mode;
@@ -1209,7 +1213,7 @@ async function workloadRun(o: LabOptions, machine: MachineInfo, outDir: string |
   const out = [
     `bench lab — ${machineLine(machine)}`,
     `${o.reps} repetition(s) per mode, modes interleaved, each brought up from scratch; median [min–max]`,
-    `TCP: iperf3 single stream ${o.tcpSeconds} s, receiver goodput. UDP: batching generator (sendmmsg) at max rate ${o.udpSeconds} s, payload 1400 B (1428 B IP) and 64 B (92 B IP), delivered datagrams/s at the sink. RTT: ${o.pings} request-response pings (ping -A, after ${RTT_WARMUP} unmeasured), then ${o.sparsePings} pings 10 ms apart.`,
+    `TCP: iperf3 single stream ${o.tcpSeconds} s, receiver goodput. UDP: batching generator (sendmmsg) at max rate ${o.udpSeconds} s, payload 1400 B (1428 B IP) and 64 B (92 B IP), delivered datagrams/s at the sink. RTT: ${o.pings} request-response pings (ping -A, after ${RTT_WARMUP_S} s unmeasured), then ${o.sparsePings} pings 10 ms apart.`,
     "weft CPU s/GB: user+sys of both weftd during the TCP run ÷ GB received; RSS: VmHWM of the larger weftd",
     "",
     labTable(summaries, json.ratios),

@@ -9,7 +9,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { labJson, parsePingTimes, parseSnmp, type RepFigures, rewriteForLab } from "../bench/lab.js";
+import { labJson, parseHoldMode, parsePingTimes, parseSnmp, type RepFigures, rewriteForLab } from "../bench/lab.js";
 import {
   cutBatches,
   dropsOf,
@@ -306,6 +306,12 @@ describe("bench report math", () => {
 });
 
 describe("bench lab helpers", () => {
+  it("--hold takes a mode by name and names a bad one", () => {
+    assert.equal(parseHoldMode("weft"), "weft");
+    assert.equal(parseHoldMode("vxlan"), "vxlan");
+    assert.throws(() => parseHoldMode("vxlna"), /^Error: --hold: "vxlna" is not a mode \(direct, vxlan, weft\)$/);
+  });
+
   it("parses /proc/net/snmp and ping's per-packet times", () => {
     const snmp = parseSnmp("Ip: Forwarding InReceives\nIp: 1 42\nUdp: InDatagrams RcvbufErrors\nUdp: 7 3\n");
     assert.equal(snmp.get("Ip.InReceives"), 42);
