@@ -1107,6 +1107,7 @@ export async function runLab(argv: string[]): Promise<number> {
   for (const a of o.weftdArgs) {
     if (!a.startsWith("-")) throw new Error(`--weftd-args: ${JSON.stringify(a)} is not a flag`);
   }
+  const holdMode = values.hold === undefined ? undefined : parseHoldMode(values.hold);
   const machine = machineInfo();
   takeLock();
   const stale = await existingNamespaces();
@@ -1130,7 +1131,7 @@ export async function runLab(argv: string[]): Promise<number> {
   });
 
   try {
-    if (values.hold !== undefined) return await holdRun(parseHoldMode(values.hold), o);
+    if (holdMode !== undefined) return await holdRun(holdMode, o);
     if (values.replay !== undefined)
       return await replayRun(
         values.replay,
