@@ -28,6 +28,7 @@ import {
   chartSvg,
   fmt,
   fmtRatio,
+  fmtRatioRange,
   fmtSummary,
   formatTable,
   jsonNumber,
@@ -857,7 +858,12 @@ export function labJson(machine: MachineInfo, options: Record<string, unknown>, 
   };
 }
 
-function labTable(summaries: Map<Mode, Map<Figure, Summary>>, ratios: Record<string, number | null>): string {
+function labTable(
+  summaries: Map<Mode, Map<Figure, Summary>>,
+  ratios: Record<string, number | null>,
+  ranges: Record<string, (number | null)[]>,
+): string {
+  const r = (key: string) => fmtRatioRange(ratios[key] ?? null, ranges[key]);
   const get = (m: Mode, f: Figure) =>
     summaries.get(m)?.get(f) ?? { median: Number.NaN, min: Number.NaN, max: Number.NaN, n: 0 };
   const k = (s: Summary) => ({ ...s, median: s.median / 1000, min: s.min / 1000, max: s.max / 1000 });
@@ -880,14 +886,14 @@ function labTable(summaries: Map<Mode, Map<Figure, Summary>>, ratios: Record<str
   }
   rows.push([
     "weft ÷ vxlan",
-    fmtRatio(ratios.tcp_gbps ?? null),
-    fmtRatio(ratios.udp1400_pps ?? null),
+    r("tcp_gbps"),
+    r("udp1400_pps"),
     "",
-    fmtRatio(ratios.udp64_pps ?? null),
+    r("udp64_pps"),
     "",
-    fmtRatio(ratios.rtt_p50 ?? null),
+    r("rtt_p50"),
     "",
-    fmtRatio(ratios.rtt_sparse_p50 ?? null),
+    r("rtt_sparse_p50"),
     "",
     "",
   ]);
@@ -1213,11 +1219,11 @@ async function workloadRun(o: LabOptions, machine: MachineInfo, outDir: string |
   const weftRss = summaries.get("weft")?.get("rss_mb")?.median;
   const out = [
     `bench lab — ${machineLine(machine)}`,
-    `${o.reps} repetition(s) per mode, modes interleaved, each brought up from scratch; median [min–max]`,
+    `${o.reps} repetition(s) per mode, modes interleaved, each brought up from scratch; median [min–max]; weft ÷ vxlan: ratio of the medians [per-repetition ratios, min–max]`,
     `TCP: iperf3 single stream ${o.tcpSeconds} s, receiver goodput. UDP: batching generator (sendmmsg) at max rate ${o.udpSeconds} s, payload 1400 B (1428 B IP) and 64 B (92 B IP), delivered datagrams/s at the sink. RTT: ${o.pings} request-response pings (ping -A, after ${RTT_WARMUP_S} s unmeasured), then ${o.sparsePings} pings 10 ms apart.`,
     "weft CPU s/GB: user+sys of both weftd during the TCP run ÷ GB received; RSS: VmHWM of the larger weftd",
     "",
-    labTable(summaries, json.ratios),
+    labTable(summaries, json.ratios, json.ratio_ranges),
     "",
     ...targetLines(json.ratios, weftRss),
     "",

@@ -93,6 +93,14 @@ export function fmtRatio(r: number | null, decimals = 2): string {
   return r === null ? "-" : `${r.toFixed(decimals)}×`;
 }
 
+/** "3.21× [2.90–3.50]": the ratio of the medians and the per-repetition range, when there is one. */
+export function fmtRatioRange(r: number | null, range: readonly (number | null)[] | undefined, decimals = 2): string {
+  const [lo, hi] = range ?? [];
+  if (r === null || lo === null || hi === null || lo === undefined || hi === undefined || lo === hi)
+    return fmtRatio(r, decimals);
+  return `${fmtRatio(r, decimals)} [${lo.toFixed(decimals)}–${hi.toFixed(decimals)}]`;
+}
+
 /**
  * A plain-text table: header, a rule, rows. Columns after the first are
  * right-aligned (they hold numbers).

@@ -23,6 +23,7 @@ import {
 } from "../bench/replay.js";
 import {
   chartSvg,
+  fmtRatioRange,
   formatTable,
   machineInfo,
   median,
@@ -273,6 +274,14 @@ describe("bench report math", () => {
     assert.equal(round.ratios.rtt_sparse_p50, 2.667);
     // Per-repetition ratios: 1/10, 2/12, 3/11.
     assert.deepEqual(round.ratio_ranges.tcp_gbps, [0.1, 0.2727]);
+  });
+
+  it("a ratio cell carries the per-repetition range when there is one", () => {
+    assert.equal(fmtRatioRange(3.2109, [2.9, 3.5]), "3.21× [2.90–3.50]");
+    assert.equal(fmtRatioRange(3.2109, [3.2109, 3.2109]), "3.21×");
+    assert.equal(fmtRatioRange(3.2109, undefined), "3.21×");
+    assert.equal(fmtRatioRange(null, [1, 2]), "-");
+    assert.equal(fmtRatioRange(0.5, [null, null]), "0.50×");
   });
 
   it("ratios are null without a vxlan run", () => {
