@@ -1095,12 +1095,7 @@ export async function runLab(argv: string[]): Promise<number> {
     return 0;
   }
   const quick = values.quick === true;
-  const modes = (values.modes ?? MODES.join(",")).split(",").map((m) => {
-    const t = m.trim();
-    if (!(MODES as readonly string[]).includes(t))
-      throw new Error(`--modes: ${JSON.stringify(t)} is not one of ${MODES.join(", ")}`);
-    return t as Mode;
-  });
+  const modes = (values.modes ?? MODES.join(",")).split(",").map((m) => parseMode(m.trim(), "--modes"));
   const o: LabOptions = {
     reps: positiveInt(values.reps, "--reps", quick ? 1 : 3),
     tcpSeconds: positiveInt(values.duration, "--duration", quick ? 2 : 10),
@@ -1113,7 +1108,7 @@ export async function runLab(argv: string[]): Promise<number> {
   for (const a of o.weftdArgs) {
     if (!a.startsWith("-")) throw new Error(`--weftd-args: ${JSON.stringify(a)} is not a flag`);
   }
-  const holdMode = values.hold === undefined ? undefined : parseHoldMode(values.hold);
+  const holdMode = values.hold === undefined ? undefined : parseMode(values.hold, "--hold");
   const machine = machineInfo();
   takeLock();
   const stale = await existingNamespaces();
@@ -1152,9 +1147,10 @@ export async function runLab(argv: string[]): Promise<number> {
   }
 }
 
-export function parseHoldMode(text: string): Mode {
+/** A mode named on the command line (`flag` names the option in the error). */
+export function parseMode(text: string, flag: string): Mode {
   if (!(MODES as readonly string[]).includes(text))
-    throw new Error(`--hold: ${JSON.stringify(text)} is not a mode (${MODES.join(", ")})`);
+    throw new Error(`${flag}: ${JSON.stringify(text)} is not one of ${MODES.join(", ")}`);
   return text as Mode;
 }
 

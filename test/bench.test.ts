@@ -9,7 +9,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { labJson, parseHoldMode, parsePingTimes, parseSnmp, type RepFigures, rewriteForLab } from "../bench/lab.js";
+import { labJson, parseMode, parsePingTimes, parseSnmp, type RepFigures, rewriteForLab } from "../bench/lab.js";
 import {
   cutBatches,
   dropsOf,
@@ -315,10 +315,10 @@ describe("bench report math", () => {
 });
 
 describe("bench lab helpers", () => {
-  it("--hold takes a mode by name and names a bad one", () => {
-    assert.equal(parseHoldMode("weft"), "weft");
-    assert.equal(parseHoldMode("vxlan"), "vxlan");
-    assert.throws(() => parseHoldMode("vxlna"), /^Error: --hold: "vxlna" is not a mode \(direct, vxlan, weft\)$/);
+  it("--hold and --modes take modes by name and name a bad one", () => {
+    assert.equal(parseMode("weft", "--hold"), "weft");
+    assert.equal(parseMode("vxlan", "--modes"), "vxlan");
+    assert.throws(() => parseMode("vxlna", "--hold"), /^Error: --hold: "vxlna" is not one of direct, vxlan, weft$/);
   });
 
   it("parses /proc/net/snmp and ping's per-packet times", () => {
