@@ -127,6 +127,21 @@ function udp(t: TestContext, opts: { capacity?: number; slotSize?: number; buffe
   return u;
 }
 
+/** Two loopback sockets and three packets staged for sending from one to the other. */
+function threeToReceiver(t: TestContext) {
+  const sender = udp(t);
+  const receiver = udp(t);
+  const sent = [packet(0, 10), packet(1, 11), packet(2, 12)];
+  return {
+    sender,
+    receiver,
+    got: collectDatagrams(receiver),
+    sent,
+    s: stage(sent),
+    dstAddr: new Uint32Array(3).fill(LOOPBACK),
+  };
+}
+
 /** Runs an ES module snippet in a fresh node; resolves to its parsed JSON stdout. */
 async function runModule(prefix: string[], code: string): Promise<unknown> {
   const [cmd, ...args] = [...prefix, process.execPath, "--input-type=module", "-e", code];
@@ -444,12 +459,7 @@ describe("UDP transport on 127.0.0.1", () => {
   });
 
   it("counts a refused datagram as a send error and sends the rest of the batch", TIMEOUT, async (t) => {
-    const sender = udp(t);
-    const receiver = udp(t);
-    const got = collectDatagrams(receiver);
-    const sent = [packet(0, 10), packet(1, 11), packet(2, 12)];
-    const s = stage(sent);
-    const dstAddr = new Uint32Array(3).fill(LOOPBACK);
+    const { sender, receiver, got, sent, s, dstAddr } = threeToReceiver(t);
     const dstPort = Uint16Array.of(receiver.localPort, 0, receiver.localPort); // port 0: EINVAL
     assert.equal(sender.send(s.bytes, s.offsets, s.lengths, dstAddr, dstPort, 0, 3), 3);
     assert.equal(sender.sendErrors, 1);
@@ -461,12 +471,7 @@ describe("UDP transport on 127.0.0.1", () => {
   });
 
   it("stops short on ENOBUFS and, through the engine, retries after a pause until all is sent", TIMEOUT, async (t) => {
-    const sender = udp(t);
-    const receiver = udp(t);
-    const got = collectDatagrams(receiver);
-    const sent = [packet(0, 10), packet(1, 11), packet(2, 12)];
-    const s = stage(sent);
-    const dstAddr = new Uint32Array(3).fill(LOOPBACK);
+    const { sender, receiver, got, s, dstAddr } = threeToReceiver(t);
     const dstPort = new Uint16Array(3).fill(receiver.localPort);
     sender.injectSendErrors(ENOBUFS, 1);
     assert.equal(sender.send(s.bytes, s.offsets, s.lengths, dstAddr, dstPort, 0, 3), 0, "nothing consumed");
