@@ -13,6 +13,7 @@ import { after, before, describe, it } from "node:test";
 import { internetChecksum, onesSum } from "../dataplane/wire/checksum.js";
 import { LinkType, readCapture } from "../fixtures/pcap.js";
 import { Lab, type LabPod, nsRun } from "../lab/topology.js";
+import { watchOutput } from "./helpers/children.js";
 
 const HERE = new URL(".", import.meta.url).pathname;
 const TRANSFER = join(HERE, "helpers", "tcp-transfer.js");
@@ -30,21 +31,20 @@ async function transfer(server: LabPod, client: LabPod, port: number, mb: number
     String(port),
   ]);
   try {
-    let out = "";
-    proc.stdout?.on("data", (d) => {
-      out += String(d);
-    });
-    await new Promise<void>((resolve, reject) => {
-      proc.stdout?.once("data", () => resolve());
-      proc.once("exit", (code) => reject(new Error(`transfer server exited ${code}`)));
-    });
+    const serverOut = watchOutput(proc, "transfer server");
+    await serverOut.ready;
     const sent = JSON.parse(
       await nsRun(client.ns, process.execPath, [TRANSFER, "client", server.ip, String(port), String(mb)], {
         timeoutMs: 120_000,
       }),
     );
-    await new Promise<void>((resolve) => (proc.exitCode !== null ? resolve() : proc.once("exit", () => resolve())));
-    const got = JSON.parse(out.split("\n").find((l) => l.startsWith("{")) ?? "{}");
+    await serverOut.exited();
+    const got = JSON.parse(
+      serverOut
+        .output()
+        .split("\n")
+        .find((l) => l.startsWith("{")) ?? "{}",
+    );
     assert.equal(sent.bytes, mb * 1024 * 1024);
     assert.equal(got.bytes, sent.bytes, `${client.ip} -> ${server.ip}: byte count`);
     assert.equal(got.sha256, sent.sha256, `${client.ip} -> ${server.ip}: content`);
@@ -78,14 +78,8 @@ async function udpSameSize(from: LabPod, to: LabPod, port: number, count: number
     s.bind(${port}, "${to.ip}", () => console.log("ready"));
     setTimeout(done, 10000);`;
   const recv = spawn("ip", ["netns", "exec", to.ns, process.execPath, "-e", recvCode]);
-  let out = "";
-  recv.stdout?.on("data", (d) => {
-    out += String(d);
-  });
-  await new Promise<void>((resolve, reject) => {
-    recv.stdout?.once("data", () => resolve());
-    recv.once("exit", (code) => reject(new Error(`UDP receiver exited ${code}`)));
-  });
+  const receiver = watchOutput(recv, "UDP receiver");
+  await receiver.ready;
   // Bursts of 50 (one weft batch, runs inside it), 20 ms apart so that the
   // receiving pod's default socket buffer never overflows.
   const sendCode = `
@@ -102,8 +96,12 @@ async function udpSameSize(from: LabPod, to: LabPod, port: number, count: number
     };
     burst();`;
   await nsRun(from.ns, process.execPath, ["-e", sendCode]);
-  await new Promise<void>((resolve) => (recv.exitCode !== null ? resolve() : recv.once("exit", () => resolve())));
-  const line = out.split("\n").find((l) => l.startsWith("[")) ?? "[]";
+  await receiver.exited();
+  const line =
+    receiver
+      .output()
+      .split("\n")
+      .find((l) => l.startsWith("[")) ?? "[]";
   return JSON.parse(line) as number[];
 }
 

@@ -2,7 +2,7 @@
 // must hold when separate processes race (atomic creates in one registry).
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 
 /**
  * Starts one node process per argument list, waits until each prints "ready",
@@ -60,4 +60,22 @@ export async function raceChildren(argLists: string[][], timeoutMs = 60_000): Pr
   } finally {
     for (const { child } of children) if (child.exitCode === null && child.signalCode === null) child.kill();
   }
+}
+
+/**
+ * Collects a child's stdout. `ready` resolves at its first output and rejects
+ * if it exits before printing; `exited()` resolves once it has ended.
+ */
+export function watchOutput(proc: ChildProcess, what: string) {
+  let out = "";
+  proc.stdout?.on("data", (d) => {
+    out += String(d);
+  });
+  const ready = new Promise<void>((resolve, reject) => {
+    proc.stdout?.once("data", () => resolve());
+    proc.once("exit", (code) => reject(new Error(`${what} exited ${code}`)));
+  });
+  const exited = () =>
+    new Promise<void>((resolve) => (proc.exitCode !== null ? resolve() : proc.once("exit", () => resolve())));
+  return { ready, exited, output: () => out };
 }
