@@ -112,6 +112,21 @@ describe("FileRegistry", () => {
     return registry;
   }
 
+  /** Watches `registry` from `revision` while `body` runs. */
+  async function watching(
+    registry: FileRegistry,
+    revision: number,
+    body: (recorder: WatchRecorder) => Promise<void>,
+  ): Promise<void> {
+    const recorder = new WatchRecorder();
+    const watch = registry.watchLeases(revision, recorder);
+    try {
+      await body(recorder);
+    } finally {
+      watch.close();
+    }
+  }
+
   beforeEach(async () => {
     dir = await mkdtemp(join(tmpdir(), "weft-file-registry-"));
     clock = T0;
@@ -365,9 +380,7 @@ process.stdin.once("data", async () => {
       await other.createLease(prefix("10.244.1.0/24"), HOST_B, 100);
       const listing = await registry.getLeases();
       await other.createLease(prefix("10.244.2.0/24"), HOST_B, 100);
-      const recorder = new WatchRecorder();
-      const watch = registry.watchLeases(listing.revision, recorder);
-      try {
+      await watching(registry, listing.revision, async (recorder) => {
         await recorder.waitFor("put of 10.244.2.0/24", () =>
           recorder.events().some((e) => isPut(e, "10.244.2.0/24", HOST_B)),
         );
@@ -389,9 +402,7 @@ process.stdin.once("data", async () => {
         await recorder.waitFor("put with the renewed expiry", () =>
           recorder.events().some((e) => isPut(e, "10.244.2.0/24", HOST_B, T0 + 101_000)),
         );
-      } finally {
-        watch.close();
-      }
+      });
     });
 
     test("an expiry the registry clock jumped past is noticed by the safety rescan and reported as a delete", async () => {
@@ -399,35 +410,27 @@ process.stdin.once("data", async () => {
       await registry.createLease(prefix("10.244.1.0/24"), HOST_B, 10);
       await registry.createLease(prefix("10.244.2.0/24"), HOST_B, 1000);
       const listing = await registry.getLeases();
-      const recorder = new WatchRecorder();
-      const watch = registry.watchLeases(listing.revision, recorder);
-      try {
+      await watching(registry, listing.revision, async (recorder) => {
         clock = T0 + 60_000;
         await recorder.waitFor("delete of the expired lease", () =>
           recorder.events().some((e) => isDelete(e, "10.244.1.0/24")),
         );
         assert.deepEqual(await readdir(join(dir, "subnets")), ["10.244.2.0-24"]);
         assert.ok(!recorder.events().some((e) => isDelete(e, "10.244.2.0/24")));
-      } finally {
-        watch.close();
-      }
+      });
     });
 
     test("an unknown revision starts with a resync", async () => {
       const registry = await openRegistry();
       await registry.createLease(prefix("10.244.1.0/24"), HOST_B, 100);
-      const recorder = new WatchRecorder();
-      const watch = registry.watchLeases(0, recorder);
-      try {
+      await watching(registry, 0, async (recorder) => {
         await recorder.waitFor("a resync", () => recorder.reports.some((r) => r.kind === "resync"));
         const resync = recorder.reports.find((r) => r.kind === "resync");
         assert.ok(resync?.kind === "resync");
         assert.deepEqual(resync.listing.leases, [
           { subnet: prefix("10.244.1.0/24"), publicIp: HOST_B, expiresAt: T0 + 100_000 },
         ]);
-      } finally {
-        watch.close();
-      }
+      });
     });
 
     for (const [how, rescanIntervalMs] of [
@@ -437,9 +440,7 @@ process.stdin.once("data", async () => {
       test(`a garbage value is reported once through onSkipped, and the watch goes on (${how})`, async () => {
         const registry = await openRegistry({ rescanIntervalMs });
         const listing = await registry.getLeases();
-        const recorder = new WatchRecorder();
-        const watch = registry.watchLeases(listing.revision, recorder);
-        try {
+        await watching(registry, listing.revision, async (recorder) => {
           const garbage = join(dir, "subnets", "10.244.8.0-24");
           await writeFile(garbage, "garbage");
           await recorder.waitFor("the skipped key", () => recorder.reports.some((r) => r.kind === "skipped"));
@@ -456,9 +457,7 @@ process.stdin.once("data", async () => {
             recorder.reports.filter((r) => r.kind === "skipped"),
             [{ kind: "skipped", key: garbage, reason: "value is not JSON" }],
           );
-        } finally {
-          watch.close();
-        }
+        });
       });
     }
 
@@ -466,9 +465,7 @@ process.stdin.once("data", async () => {
       const registry = await openRegistry({ rescanIntervalMs: HOUR });
       await registry.createLease(prefix("10.244.8.0/24"), HOST_B, 100);
       const listing = await registry.getLeases();
-      const recorder = new WatchRecorder();
-      const watch = registry.watchLeases(listing.revision, recorder);
-      try {
+      await watching(registry, listing.revision, async (recorder) => {
         const key = join(dir, "subnets", "10.244.8.0-24");
         // Atomic replacements, so each state is seen whole.
         await writeFile(`${key}.new`, "{half-written");
@@ -482,18 +479,14 @@ process.stdin.once("data", async () => {
           recorder.events().some((e) => isPut(e, "10.244.8.0/24", HOST_A)),
         );
         assert.ok(!recorder.events().some((e) => isDelete(e, "10.244.8.0/24")), "garbage is not a delete");
-      } finally {
-        watch.close();
-      }
+      });
     });
 
     test("an unreadable directory is reported as a lost connection, and changes are caught after it recovers", async () => {
       // The default 30 s safety rescan: noticing the loss and the return must not wait for it.
       const registry = await openRegistry();
       const listing = await registry.getLeases();
-      const recorder = new WatchRecorder();
-      const watch = registry.watchLeases(listing.revision, recorder);
-      try {
+      await watching(registry, listing.revision, async (recorder) => {
         await recorder.waitFor("connected", () => recorder.reports.some((r) => r.kind === "connection" && r.connected));
         await rename(join(dir, "subnets"), join(dir, "subnets.away"));
         await recorder.waitFor("disconnected", () =>
@@ -511,9 +504,7 @@ process.stdin.once("data", async () => {
         // inotify is re-attached to the restored directory: a change is seen again.
         await registry.deleteLease(prefix("10.244.4.0/24"));
         await recorder.waitFor("the delete", () => recorder.events().some((e) => isDelete(e, "10.244.4.0/24")));
-      } finally {
-        watch.close();
-      }
+      });
     });
 
     test("close stops all reports", async () => {
@@ -544,9 +535,7 @@ process.stdin.once("data", async () => {
       const other = await openRegistry();
       for (let i = 1; i <= 40; i++) await other.createLease(prefix(`10.244.${i}.0/24`), HOST_B, 100);
       const listing = await registry.getLeases();
-      const recorder = new WatchRecorder();
-      const watch = registry.watchLeases(listing.revision, recorder);
-      try {
+      await watching(registry, listing.revision, async (recorder) => {
         await recorder.waitFor("connected", () => recorder.reports.some((r) => r.kind === "connection"));
         assert.ok(reads.length >= 80, `the first scan read every key and expiry file (${reads.length} reads)`);
         reads.length = 0;
@@ -563,9 +552,7 @@ process.stdin.once("data", async () => {
           "only the new key and its expiry file are read",
         );
         assert.equal(recorder.events().length, 1);
-      } finally {
-        watch.close();
-      }
+      });
     });
 
     test("an expiry is noticed by the expiry timer with the safety rescan an hour away", async () => {
@@ -578,9 +565,7 @@ process.stdin.once("data", async () => {
       await registry.createLease(prefix("10.244.1.0/24"), HOST_B, 0.3);
       await registry.createLease(prefix("10.244.2.0/24"), HOST_B, 1000);
       const listing = await registry.getLeases();
-      const recorder = new WatchRecorder();
-      const watch = registry.watchLeases(listing.revision, recorder);
-      try {
+      await watching(registry, listing.revision, async (recorder) => {
         await recorder.waitFor("the delete of the expired lease", () =>
           recorder.events().some((e) => isDelete(e, "10.244.1.0/24")),
         );
@@ -589,9 +574,7 @@ process.stdin.once("data", async () => {
         assert.equal(recorder.events().length, 1, "the lease that did not expire is not reported");
         const listings = reads.filter((path) => path === join(dir, "subnets")).length;
         assert.equal(listings, 2, "one listing by getLeases, one by the watch's first scan, none since");
-      } finally {
-        watch.close();
-      }
+      });
     });
 
     test("a renewal (expiry file, then key) is a put with the new expiry, and so is a rewritten expiry file alone", async () => {
@@ -600,9 +583,7 @@ process.stdin.once("data", async () => {
       const lease = await other.createLease(prefix("10.244.3.0/24"), HOST_B, 100);
       assert.ok(lease);
       const listing = await registry.getLeases();
-      const recorder = new WatchRecorder();
-      const watch = registry.watchLeases(listing.revision, recorder);
-      try {
+      await watching(registry, listing.revision, async (recorder) => {
         await recorder.waitFor("connected", () => recorder.reports.some((r) => r.kind === "connection"));
         clock = T0 + 50_000;
         await other.updateLease(lease, HOST_B, 100);
@@ -617,18 +598,14 @@ process.stdin.once("data", async () => {
         );
         assert.ok(!recorder.events().some((e) => e.type === "delete"), "a renewal is never a delete");
         assert.ok(!recorder.reports.some((r) => r.kind === "resync"));
-      } finally {
-        watch.close();
-      }
+      });
     });
 
     test("the last good lease of a key turned to garbage ends at its expiry", async () => {
       const registry = await openRegistry({ rescanIntervalMs: HOUR });
       await registry.createLease(prefix("10.244.8.0/24"), HOST_B, 10);
       const listing = await registry.getLeases();
-      const recorder = new WatchRecorder();
-      const watch = registry.watchLeases(listing.revision, recorder);
-      try {
+      await watching(registry, listing.revision, async (recorder) => {
         const key = join(dir, "subnets", "10.244.8.0-24");
         const scratch = join(dir, "tmp", "garbage");
         await writeFile(scratch, "{half-written");
@@ -641,18 +618,14 @@ process.stdin.once("data", async () => {
         await writeFile(scratch, "{still half-written");
         await rename(scratch, key);
         await recorder.waitFor("the delete", () => recorder.events().some((e) => isDelete(e, "10.244.8.0/24")));
-      } finally {
-        watch.close();
-      }
+      });
     });
 
     test("a subnets directory deleted and re-created is watched again", async () => {
       const registry = await openRegistry({ rescanIntervalMs: HOUR });
       await registry.createLease(prefix("10.244.1.0/24"), HOST_B, 100);
       const listing = await registry.getLeases();
-      const recorder = new WatchRecorder();
-      const watch = registry.watchLeases(listing.revision, recorder);
-      try {
+      await watching(registry, listing.revision, async (recorder) => {
         await recorder.waitFor("connected", () => recorder.reports.some((r) => r.kind === "connection"));
         // In one turn, so the watch finds a directory at the path whenever it looks.
         rmSync(join(dir, "subnets"), { recursive: true });
@@ -664,9 +637,7 @@ process.stdin.once("data", async () => {
         await recorder.waitFor("the put in the new directory", () =>
           recorder.events().some((e) => isPut(e, "10.244.2.0/24", HOST_A)),
         );
-      } finally {
-        watch.close();
-      }
+      });
     });
   });
 });
