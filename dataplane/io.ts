@@ -22,6 +22,7 @@ import {
   type NativeUdpSocket,
   TUN_F,
   type TunFlags,
+  UDP_STATE,
 } from "./native/index.js";
 
 /** Device slot with offloads: a 64 KiB super-packet plus the headers its split adds (64 segments). */
@@ -289,6 +290,13 @@ export class TunDevice extends NativeEndpoint<NativePacketFd> implements Device 
     return new TunDevice(name, rx, native, vnetHdr, 0);
   }
 
+  // The arrays bound in the addon: a write with the same ones (the engine's
+  // staging, batch after batch) passes only start and count.
+  private boundBytes: Uint8Array | null = null;
+  private boundOffsets: Uint32Array | null = null;
+  private boundLengths: Uint32Array | null = null;
+  private boundGso: Uint16Array | undefined;
+
   write(
     bytes: Uint8Array,
     offsets: Uint32Array,
@@ -297,7 +305,19 @@ export class TunDevice extends NativeEndpoint<NativePacketFd> implements Device 
     count: number,
     gsoSize?: Uint16Array,
   ): number {
-    return this.native.write(bytes, offsets, lengths, start, count, gsoSize);
+    if (
+      bytes !== this.boundBytes ||
+      offsets !== this.boundOffsets ||
+      lengths !== this.boundLengths ||
+      gsoSize !== this.boundGso
+    ) {
+      this.native.bindWrite(bytes, offsets, lengths, gsoSize);
+      this.boundBytes = bytes;
+      this.boundOffsets = offsets;
+      this.boundLengths = lengths;
+      this.boundGso = gsoSize;
+    }
+    return this.native.write(start, count);
   }
 
   get writeErrors(): number {
@@ -315,6 +335,8 @@ export class UdpTransport extends NativeEndpoint<NativeUdpSocket> implements Tra
   private constructor(
     readonly rx: DatagramArena,
     native: NativeUdpSocket,
+    /** The socket's UDP_STATE words, kept current by the addon. */
+    private readonly state: Uint32Array,
   ) {
     super(native);
   }
@@ -335,9 +357,21 @@ export class UdpTransport extends NativeEndpoint<NativeUdpSocket> implements Tra
       truncated: new Uint8Array(base.capacity),
       segSize: new Uint16Array(base.capacity),
     };
-    const native = new addon.UdpSocket(addr >>> 0, port, rx, opts.bufferBytes ?? DEFAULT_BUFFER_BYTES, { offload });
-    return new UdpTransport(rx, native);
+    const state = new Uint32Array(UDP_STATE.WORDS);
+    const native = new addon.UdpSocket(addr >>> 0, port, { ...rx, state }, opts.bufferBytes ?? DEFAULT_BUFFER_BYTES, {
+      offload,
+    });
+    return new UdpTransport(rx, native, state);
   }
+
+  // The arrays bound in the addon: a send with the same ones (the engine's
+  // staging, batch after batch) passes only start and count.
+  private boundBytes: Uint8Array | null = null;
+  private boundOffsets: Uint32Array | null = null;
+  private boundLengths: Uint32Array | null = null;
+  private boundAddrs: Uint32Array | null = null;
+  private boundPorts: Uint16Array | null = null;
+  private boundSeg: Uint16Array | undefined;
 
   send(
     bytes: Uint8Array,
@@ -349,7 +383,23 @@ export class UdpTransport extends NativeEndpoint<NativeUdpSocket> implements Tra
     count: number,
     segSize?: Uint16Array,
   ): number {
-    return this.native.send(bytes, offsets, lengths, dstAddr, dstPort, start, count, segSize);
+    if (
+      bytes !== this.boundBytes ||
+      offsets !== this.boundOffsets ||
+      lengths !== this.boundLengths ||
+      dstAddr !== this.boundAddrs ||
+      dstPort !== this.boundPorts ||
+      segSize !== this.boundSeg
+    ) {
+      this.native.bindSend(bytes, offsets, lengths, dstAddr, dstPort, segSize);
+      this.boundBytes = bytes;
+      this.boundOffsets = offsets;
+      this.boundLengths = lengths;
+      this.boundAddrs = dstAddr;
+      this.boundPorts = dstPort;
+      this.boundSeg = segSize;
+    }
+    return this.native.send(start, count);
   }
 
   get localPort(): number {
@@ -370,7 +420,7 @@ export class UdpTransport extends NativeEndpoint<NativeUdpSocket> implements Tra
    * waiting for writability would spin: try again after a pause instead.
    */
   override onWritable(cb: () => void): void {
-    if (!this.native.retryLater) {
+    if (this.state[UDP_STATE.RETRY_LATER] === 0) {
       this.native.onWritable(cb);
       return;
     }
@@ -385,7 +435,7 @@ export class UdpTransport extends NativeEndpoint<NativeUdpSocket> implements Tra
   }
 
   get gsoMaxSegments(): number {
-    return this.native.gsoMaxSegments;
+    return this.state[UDP_STATE.GSO_SEGMENTS];
   }
 
   /** Whether UDP GRO is on (rx.segSize may be set). */

@@ -14,7 +14,7 @@ import { Engine } from "../dataplane/engine.js";
 import { FakeDevice } from "../dataplane/fake-io.js";
 import { setBusyPoll, TunDevice, UdpTransport } from "../dataplane/io.js";
 import { LeaseTable } from "../dataplane/leases.js";
-import { loadAddon, type NativeError } from "../dataplane/native/index.js";
+import { loadAddon, type NativeError, UDP_STATE } from "../dataplane/native/index.js";
 import { createNetns, deleteNetns, nsExec } from "./helpers/netns.js";
 import { udpPacket } from "./helpers/packets.js";
 
@@ -244,6 +244,52 @@ describe("packet fd over a SOCK_SEQPACKET socketpair", () => {
     const s = stage([packet(0, 8)]);
     assert.throws(() => writer.write(s.bytes, s.offsets, s.lengths, 0, 2), RangeError);
     assert.throws(() => writer.write(s.bytes, s.offsets, Uint32Array.of(9), 0, 1), RangeError);
+  });
+
+  it("writes from whichever arrays each call names, reading their contents at the call", TIMEOUT, async (t) => {
+    // The addon binds the arrays of a write and reuses them while the next
+    // write names the same ones: alternating sets must each be rebound, and
+    // a bound set rewritten in place must be read afresh.
+    const { reader, writer } = socketpairDevices(t, { capacity: 16, slotSize: 64 });
+    const got = collect(reader);
+    const a = stage([packet(0, 10), packet(1, 11), packet(2, 12)]);
+    const b = stage([packet(3, 13), packet(4, 14)]);
+    assert.equal(writer.write(a.bytes, a.offsets, a.lengths, 0, 2), 2);
+    assert.equal(writer.write(b.bytes, b.offsets, b.lengths, 0, 2), 2);
+    assert.equal(writer.write(a.bytes, a.offsets, a.lengths, 2, 1), 1);
+    a.bytes.set(packet(5, 10), 0);
+    a.lengths[0] = 7;
+    assert.equal(writer.write(a.bytes, a.offsets, a.lengths, 0, 1), 1);
+    await got.received(6);
+    assert.deepEqual(got.packets, [
+      packet(0, 10),
+      packet(1, 11),
+      packet(3, 13),
+      packet(4, 14),
+      packet(2, 12),
+      packet(5, 10).subarray(0, 7),
+    ]);
+  });
+
+  it("the addon refuses a write before any arrays were bound, naming the call", TIMEOUT, (t) => {
+    const [a, b] = loadAddon().socketpair();
+    const arena = { bytes: new Uint8Array(64), lengths: new Uint32Array(1) };
+    const fd = new (loadAddon().PacketFd)(a, arena.bytes, arena.lengths, 64, 1);
+    const peer = TunDevice.fromFd(b, "pair-b", { capacity: 1, slotSize: 64 });
+    t.after(() => {
+      fd.close();
+      peer.close();
+    });
+    assert.throws(() => fd.write(0, 0), { message: "write before its arrays were bound" });
+    assert.throws(() => fd.bindWrite(arena.bytes, new Uint16Array(1) as never, arena.lengths), {
+      name: "TypeError",
+      message: "offsets must be a Uint32Array",
+    });
+    assert.throws(
+      () => fd.write(0, 0),
+      { message: "write before its arrays were bound" },
+      "a refused bind binds nothing",
+    );
   });
 
   it("reports the peer's close as an EOF error and stops reading", TIMEOUT, async (t) => {
@@ -517,6 +563,49 @@ describe("UDP transport on 127.0.0.1", () => {
     );
     assert.equal(device.paused, false, "flannel0 resumed once everything was out");
     assert.equal(sender.sendErrors, 0);
+  });
+
+  it("sends from whichever arrays each call names, reading their contents at the call", TIMEOUT, async (t) => {
+    const { sender, receiver, got, sent, s, dstAddr } = threeToReceiver(t);
+    const dstPort = new Uint16Array(3).fill(receiver.localPort);
+    const other = stage([packet(7, 20)]);
+    const otherPort = Uint16Array.of(receiver.localPort);
+    assert.equal(sender.send(s.bytes, s.offsets, s.lengths, dstAddr, dstPort, 0, 1), 1);
+    assert.equal(sender.send(other.bytes, other.offsets, other.lengths, dstAddr, otherPort, 0, 1), 1);
+    assert.equal(sender.send(s.bytes, s.offsets, s.lengths, dstAddr, dstPort, 1, 2), 2);
+    // Same arrays, new contents and a new destination: sent as they are now.
+    const second = udp(t);
+    const got2 = collectDatagrams(second);
+    dstPort[0] = second.localPort;
+    s.bytes.set(packet(8, 10), 0);
+    assert.equal(sender.send(s.bytes, s.offsets, s.lengths, dstAddr, dstPort, 0, 1), 1);
+    await got.received(4);
+    await got2.received(1);
+    assert.deepEqual(
+      got.datagrams.map((d) => d.payload),
+      [sent[0], packet(7, 20), sent[1], sent[2]],
+    );
+    assert.deepEqual(got2.datagrams[0]?.payload, packet(8, 10));
+  });
+
+  it("the addon refuses a send before any arrays were bound, and a state array too short", TIMEOUT, (t) => {
+    const arena = {
+      bytes: new Uint8Array(64),
+      lengths: new Uint32Array(1),
+      srcAddr: new Uint32Array(1),
+      srcPort: new Uint16Array(1),
+      truncated: new Uint8Array(1),
+      state: new Uint32Array(UDP_STATE.WORDS),
+      slotSize: 64,
+      capacity: 1,
+    };
+    const native = new (loadAddon().UdpSocket)(LOOPBACK, 0, arena, 0);
+    t.after(() => native.close());
+    assert.throws(() => native.send(0, 0), { message: "send before its arrays were bound" });
+    assert.throws(() => new (loadAddon().UdpSocket)(LOOPBACK, 0, { ...arena, state: new Uint32Array(1) }, 0), {
+      name: "RangeError",
+      message: "arena.state needs 2 entries",
+    });
   });
 
   it("refuses to bind a port in use with EADDRINUSE naming the address", TIMEOUT, (t) => {

@@ -6,7 +6,9 @@
 #include <napi.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <vector>
 
 #include "errors.h"
 
@@ -101,5 +103,50 @@ inline bool CheckPackets(Napi::Env env, const ArrayView<uint32_t>& offsets,
   }
   return true;
 }
+
+// The arrays an outgoing batch call reads, bound once by bindWrite/bindSend
+// and reused until rebound, so that each write/send passes only (start,
+// count): checking six typed arrays cost more than the rest of the call. The
+// references keep the arrays alive; like the receive arenas, bound arrays
+// must stay untransferred.
+struct BoundArrays {
+  bool bound = false;
+  ArrayView<uint8_t> bytes;
+  ArrayView<uint32_t> offsets;
+  ArrayView<uint32_t> lengths;
+  ArrayView<uint32_t> addrs;
+  ArrayView<uint16_t> ports;
+  // Absent (data null) when not bound.
+  ArrayView<uint16_t> gso;
+  // The shortest per-packet array: every batch must lie below it.
+  size_t shortest = 0;
+  std::vector<Napi::Reference<Napi::Value>> refs;
+
+  // Holds the bound arrays (an absent optional one is undefined: skipped).
+  void Keep(std::initializer_list<napi_value> values, Napi::Env env) {
+    refs.clear();
+    for (napi_value v : values) {
+      Napi::Value value(env, v);
+      if (!value.IsUndefined()) refs.push_back(Napi::Persistent(value));
+    }
+    bound = true;
+  }
+
+  // Reads (start, count) from info[0], info[1] and checks them against the
+  // bound arrays; `call` names the method for "before bind" errors.
+  bool Batch(const Napi::CallbackInfo& info, const char* call, uint32_t* start,
+             uint32_t* count) const {
+    Napi::Env env = info.Env();
+    if (!bound) {
+      Napi::Error::New(env, std::string(call) + " before its arrays were bound")
+          .ThrowAsJavaScriptException();
+      return false;
+    }
+    return GetUint(env, info[0], "start", UINT32_MAX, start) &&
+           GetUint(env, info[1], "count", UINT32_MAX, count) &&
+           CheckBatchRange(env, *start, *count, shortest) &&
+           CheckPackets(env, offsets, lengths, *start, *count, bytes.length);
+  }
+};
 
 }  // namespace weft

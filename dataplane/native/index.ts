@@ -43,18 +43,14 @@ export interface NativeSource {
 /** A TUN queue or a SOCK_SEQPACKET socket: one read()/write() is one packet. */
 export interface NativePacketFd extends NativeSource {
   /**
-   * One write() per packet; returns packets consumed (< count only on EAGAIN).
-   * gsoSize (vnet fds only): gsoSize[i] > 0 marks a TCP/UDP super-packet whose
-   * L4 checksum holds the pseudo-header sum; the kernel segments it.
+   * The arrays the following writes read, kept until the next bindWrite (they
+   * must stay untransferred). gsoSize (vnet fds only): gsoSize[i] > 0 marks a
+   * TCP/UDP super-packet whose L4 checksum holds the pseudo-header sum; the
+   * kernel segments it.
    */
-  write(
-    bytes: Uint8Array,
-    offsets: Uint32Array,
-    lengths: Uint32Array,
-    start: number,
-    count: number,
-    gsoSize?: Uint16Array,
-  ): number;
+  bindWrite(bytes: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, gsoSize?: Uint16Array): void;
+  /** One write() per bound packet in [start, start + count); returns packets consumed (< count only on EAGAIN). */
+  write(start: number, count: number): number;
   /** Packets the kernel refused (errno other than EAGAIN/EINTR); they count as consumed. */
   readonly writeErrors: number;
   /** Received packets longer than slotSize, dropped before delivery. */
@@ -69,36 +65,47 @@ export interface NativeDatagramArena {
   truncated: Uint8Array;
   /** GRO segment size per slot (0: one datagram); needed for offload. */
   segSize?: Uint16Array;
+  /** Kept current by the socket, read without a call: see UDP_STATE. */
+  state: Uint32Array;
   slotSize: number;
   capacity: number;
 }
 
+/** Where the UDP socket keeps its state in arena.state. */
+export const UDP_STATE = {
+  /** Segments one send entry may carry (UDP GSO); 0 when the kernel lacks or refused it. */
+  GSO_SEGMENTS: 0,
+  /** 1: the last send stopped short for want of kernel memory; writability will not tell when to retry. */
+  RETRY_LATER: 1,
+  WORDS: 2,
+} as const;
+
 /** AF_INET UDP socket with recvmmsg/sendmmsg batches. */
 export interface NativeUdpSocket extends NativeSource {
   /**
-   * sendmmsg with one destination (host order) per datagram; returns datagrams
-   * consumed (< count only on EAGAIN, or ENOBUFS/ENOMEM: then retryLater).
+   * The arrays the following sends read, kept until the next bindSend (they
+   * must stay untransferred); dstAddr/dstPort in host order.
    */
-  send(
+  bindSend(
     bytes: Uint8Array,
     offsets: Uint32Array,
     lengths: Uint32Array,
     dstAddr: Uint32Array,
     dstPort: Uint16Array,
-    start: number,
-    count: number,
     segSize?: Uint16Array,
-  ): number;
-  /** Segments one send entry may carry (UDP GSO); 0 when the kernel lacks or refused it. */
-  readonly gsoMaxSegments: number;
+  ): void;
+  /**
+   * sendmmsg of the bound datagrams in [start, start + count); returns
+   * datagrams consumed (< count only on EAGAIN, or ENOBUFS/ENOMEM: then
+   * arena.state says retry later).
+   */
+  send(start: number, count: number): number;
   /** Whether UDP_GRO is on: a slot may hold a run of datagrams (arena.segSize). */
   readonly gro: boolean;
   /** Datagrams the kernel refused (errno other than EAGAIN/EINTR/ENOBUFS/ENOMEM); they count as consumed. */
   readonly sendErrors: number;
   /** Sends stopped short by ENOBUFS/ENOMEM, to be retried after a pause. */
   readonly sendRetries: number;
-  /** The last send stopped short for want of kernel memory: writability will not tell when to retry. */
-  readonly retryLater: boolean;
   /** Tests: the next `count` sendmmsg calls fail with `errno` without reaching the kernel. */
   injectSendErrors(errno: number, count: number): void;
   readonly localPort: number;

@@ -16,6 +16,7 @@ namespace weft {
 
 Napi::Function PacketFd::Init(Napi::Env env) {
   auto members = SourceMembers();
+  members.push_back(InstanceMethod("bindWrite", &PacketFd::BindWrite));
   members.push_back(InstanceMethod("write", &PacketFd::Write));
   members.push_back(
       InstanceAccessor("writeErrors", &PacketFd::WriteErrors, nullptr));
@@ -168,36 +169,39 @@ ssize_t PacketFd::WriteOne(const uint8_t* packet, uint32_t len,
   return sendmsg(fd(), &h, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
-Napi::Value PacketFd::Write(const Napi::CallbackInfo& info) {
+Napi::Value PacketFd::BindWrite(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!CheckOpen(env, "write")) return Napi::Value();
-  ArrayView<uint8_t> bytes;
-  ArrayView<uint32_t> offsets;
-  ArrayView<uint32_t> lengths;
-  ArrayView<uint16_t> gso;
-  uint32_t start = 0;
-  uint32_t count = 0;
-  if (!GetArray(env, info[0], "bytes", &bytes) ||
-      !GetArray(env, info[1], "offsets", &offsets) ||
-      !GetArray(env, info[2], "lengths", &lengths) ||
-      !GetUint(env, info[3], "start", UINT32_MAX, &start) ||
-      !GetUint(env, info[4], "count", UINT32_MAX, &count) ||
-      !CheckBatchRange(env, start, count,
-                       std::min(offsets.length, lengths.length)) ||
-      !CheckPackets(env, offsets, lengths, start, count, bytes.length)) {
+  BoundArrays a;
+  if (!GetArray(env, info[0], "bytes", &a.bytes) ||
+      !GetArray(env, info[1], "offsets", &a.offsets) ||
+      !GetArray(env, info[2], "lengths", &a.lengths)) {
     return Napi::Value();
   }
-  const bool has_gso = !info[5].IsUndefined();
-  if (has_gso) {
-    if (!GetArray(env, info[5], "gsoSize", &gso) ||
-        !CheckBatchRange(env, start, count, gso.length)) {
-      return Napi::Value();
-    }
+  a.shortest = std::min(a.offsets.length, a.lengths.length);
+  if (!info[3].IsUndefined()) {
+    if (!GetArray(env, info[3], "gsoSize", &a.gso)) return Napi::Value();
     if (!vnet_) {
       ThrowRangeError(env, "gsoSize needs a device with virtio-net headers");
       return Napi::Value();
     }
+    a.shortest = std::min(a.shortest, a.gso.length);
   }
+  a.Keep({info[0], info[1], info[2], info[3]}, env);
+  bound_ = std::move(a);
+  return env.Undefined();
+}
+
+Napi::Value PacketFd::Write(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!CheckOpen(env, "write")) return Napi::Value();
+  uint32_t start = 0;
+  uint32_t count = 0;
+  if (!bound_.Batch(info, "write", &start, &count)) return Napi::Value();
+  const auto& bytes = bound_.bytes;
+  const auto& offsets = bound_.offsets;
+  const auto& lengths = bound_.lengths;
+  const auto& gso = bound_.gso;
+  const bool has_gso = gso.data != nullptr;
   // One write() per packet: a TUN fd takes a writev as ONE packet.
   uint32_t done = 0;
   while (done < count) {
@@ -213,6 +217,7 @@ Napi::Value PacketFd::Write(const Napi::CallbackInfo& info) {
   }
   return Napi::Number::New(env, done);
 }
+
 Napi::Value PacketFd::WriteErrors(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), write_errors_);
 }

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "args.h"
 #include "poll_source.h"
 
 namespace weft {
@@ -32,9 +33,12 @@ class PacketFd : public PollSource<PacketFd> {
   Drained Drain();
 
  private:
-  // write(bytes, offsets, lengths, start, count, gsoSize?) -> packets
-  // consumed. With vnet, gsoSize[i] > 0 marks a TCP/UDP super-packet (its L4
-  // checksum seeded with the pseudo-header sum) that the kernel segments.
+  // bindWrite(bytes, offsets, lengths, gsoSize?): the arrays the following
+  // writes read, until the next bindWrite. With vnet, gsoSize[i] > 0 marks a
+  // TCP/UDP super-packet (its L4 checksum seeded with the pseudo-header sum)
+  // that the kernel segments.
+  Napi::Value BindWrite(const Napi::CallbackInfo& info);
+  // write(start, count) -> packets consumed.
   Napi::Value Write(const Napi::CallbackInfo& info);
   Napi::Value WriteErrors(const Napi::CallbackInfo& info);
   Napi::Value TruncatedDrops(const Napi::CallbackInfo& info);
@@ -50,6 +54,7 @@ class PacketFd : public PollSource<PacketFd> {
   uint32_t* lengths_ = nullptr;
   uint16_t* gso_size_ = nullptr;
   uint8_t* gso_type_ = nullptr;
+  BoundArrays bound_;
   uint32_t slot_size_ = 0;
   uint32_t capacity_ = 0;
   bool is_socket_ = false;

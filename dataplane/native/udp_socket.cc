@@ -50,13 +50,12 @@ int GetBuffer(int fd, int opt) {
 
 Napi::Function UdpSocket::Init(Napi::Env env) {
   auto members = SourceMembers();
+  members.push_back(InstanceMethod("bindSend", &UdpSocket::BindSend));
   members.push_back(InstanceMethod("send", &UdpSocket::Send));
   members.push_back(
       InstanceAccessor("sendErrors", &UdpSocket::SendErrors, nullptr));
   members.push_back(
       InstanceAccessor("sendRetries", &UdpSocket::SendRetries, nullptr));
-  members.push_back(
-      InstanceAccessor("retryLater", &UdpSocket::RetryLater, nullptr));
   members.push_back(
       InstanceMethod("injectSendErrors", &UdpSocket::InjectSendErrors));
   members.push_back(
@@ -65,8 +64,6 @@ Napi::Function UdpSocket::Init(Napi::Env env) {
       InstanceAccessor("recvBufferSize", &UdpSocket::RecvBufferSize, nullptr));
   members.push_back(
       InstanceAccessor("sendBufferSize", &UdpSocket::SendBufferSize, nullptr));
-  members.push_back(
-      InstanceAccessor("gsoMaxSegments", &UdpSocket::GsoMaxSegments, nullptr));
   members.push_back(InstanceAccessor("gro", &UdpSocket::Gro, nullptr));
   return DefineClass(env, "UdpSocket", members);
 }
@@ -150,16 +147,19 @@ bool UdpSocket::ReadArena(Napi::Env env, Napi::Value value) {
   Napi::Value src_port_v = arena.Get("srcPort");
   Napi::Value truncated_v = arena.Get("truncated");
   Napi::Value seg_size_v = arena.Get("segSize");
+  Napi::Value state_v = arena.Get("state");
   ArrayView<uint8_t> bytes;
   ArrayView<uint32_t> lengths;
   ArrayView<uint32_t> src_addr;
   ArrayView<uint16_t> src_port;
   ArrayView<uint8_t> truncated;
+  ArrayView<uint32_t> state;
   if (!GetArray(env, bytes_v, "arena.bytes", &bytes) ||
       !GetArray(env, lengths_v, "arena.lengths", &lengths) ||
       !GetArray(env, src_addr_v, "arena.srcAddr", &src_addr) ||
       !GetArray(env, src_port_v, "arena.srcPort", &src_port) ||
       !GetArray(env, truncated_v, "arena.truncated", &truncated) ||
+      !GetArray(env, state_v, "arena.state", &state) ||
       !GetUint(env, arena.Get("slotSize"), "arena.slotSize", 1 << 20,
                &slot_size_) ||
       !GetUint(env, arena.Get("capacity"), "arena.capacity", 1 << 16,
@@ -176,6 +176,11 @@ bool UdpSocket::ReadArena(Napi::Env env, Napi::Value value) {
     ThrowRangeError(env, "arena too small for capacity x slotSize");
     return false;
   }
+  if (state.length < kStateWords) {
+    ThrowRangeError(env, "arena.state needs " + std::to_string(kStateWords) +
+                             " entries");
+    return false;
+  }
   if (!seg_size_v.IsUndefined()) {
     ArrayView<uint16_t> seg_size;
     if (!GetArray(env, seg_size_v, "arena.segSize", &seg_size)) return false;
@@ -187,7 +192,7 @@ bool UdpSocket::ReadArena(Napi::Env env, Napi::Value value) {
     arena_refs_.push_back(Napi::Persistent(seg_size_v));
   }
   for (Napi::Value v : {bytes_v, lengths_v, src_addr_v, src_port_v,
-                        truncated_v}) {
+                        truncated_v, state_v}) {
     arena_refs_.push_back(Napi::Persistent(v));
   }
   bytes_ = bytes.data;
@@ -195,6 +200,9 @@ bool UdpSocket::ReadArena(Napi::Env env, Napi::Value value) {
   src_addr_ = src_addr.data;
   src_port_ = src_port.data;
   truncated_ = truncated.data;
+  state_ = state.data;
+  state_[kStateGsoSegments] = 0;
+  state_[kStateRetryLater] = 0;
   return true;
 }
 
@@ -223,7 +231,7 @@ bool UdpSocket::SetupSocket(Napi::Env env, uint32_t addr, uint32_t port,
     int zero = 0;
     gro_ = slot_size_ >= 65535 &&
            setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof one) == 0;
-    gso_ = setsockopt(fd, SOL_UDP, UDP_SEGMENT, &zero, sizeof zero) == 0;
+    SetGso(setsockopt(fd, SOL_UDP, UDP_SEGMENT, &zero, sizeof zero) == 0);
   }
   if (failed != nullptr) {
     ::close(fd);
@@ -303,35 +311,41 @@ Drained UdpSocket::Drain() {
   return {count, 0, "recvmmsg"};
 }
 
+Napi::Value UdpSocket::BindSend(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  BoundArrays a;
+  if (!GetArray(env, info[0], "bytes", &a.bytes) ||
+      !GetArray(env, info[1], "offsets", &a.offsets) ||
+      !GetArray(env, info[2], "lengths", &a.lengths) ||
+      !GetArray(env, info[3], "dstAddr", &a.addrs) ||
+      !GetArray(env, info[4], "dstPort", &a.ports)) {
+    return Napi::Value();
+  }
+  a.shortest = std::min({a.offsets.length, a.lengths.length, a.addrs.length,
+                         a.ports.length});
+  if (!info[5].IsUndefined()) {
+    if (!GetArray(env, info[5], "segSize", &a.gso)) return Napi::Value();
+    a.shortest = std::min(a.shortest, a.gso.length);
+  }
+  a.Keep({info[0], info[1], info[2], info[3], info[4], info[5]}, env);
+  tx_bound_ = std::move(a);
+  return env.Undefined();
+}
+
 Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!CheckOpen(env, "sendmmsg")) return Napi::Value();
-  ArrayView<uint8_t> bytes;
-  ArrayView<uint32_t> offsets;
-  ArrayView<uint32_t> lengths;
-  ArrayView<uint32_t> dst_addr;
-  ArrayView<uint16_t> dst_port;
-  ArrayView<uint16_t> seg_size;
   uint32_t start = 0;
   uint32_t count = 0;
-  if (!GetArray(env, info[0], "bytes", &bytes) ||
-      !GetArray(env, info[1], "offsets", &offsets) ||
-      !GetArray(env, info[2], "lengths", &lengths) ||
-      !GetArray(env, info[3], "dstAddr", &dst_addr) ||
-      !GetArray(env, info[4], "dstPort", &dst_port) ||
-      !GetUint(env, info[5], "start", UINT32_MAX, &start) ||
-      !GetUint(env, info[6], "count", UINT32_MAX, &count) ||
-      !CheckBatchRange(env, start, count,
-                       std::min({offsets.length, lengths.length,
-                                 dst_addr.length, dst_port.length})) ||
-      !CheckPackets(env, offsets, lengths, start, count, bytes.length)) {
-    return Napi::Value();
-  }
-  const bool has_seg = !info[7].IsUndefined();
-  if (has_seg && (!GetArray(env, info[7], "segSize", &seg_size) ||
-                  !CheckBatchRange(env, start, count, seg_size.length))) {
-    return Napi::Value();
-  }
+  if (!tx_bound_.Batch(info, "send", &start, &count)) return Napi::Value();
+  const BoundArrays& a = tx_bound_;
+  const auto& bytes = a.bytes;
+  const auto& offsets = a.offsets;
+  const auto& lengths = a.lengths;
+  const auto& dst_addr = a.addrs;
+  const auto& dst_port = a.ports;
+  const auto& seg_size = a.gso;
+  const bool has_seg = seg_size.data != nullptr;
   // Entry i is a run of datagrams when segSize[i] > 0 and it is longer than
   // one segment: one message with a UDP_SEGMENT control message.
   auto run_segment = [&](uint32_t i) -> uint32_t {
@@ -340,7 +354,7 @@ Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
   };
   const uint32_t chunk = static_cast<uint32_t>(tx_msgs_.size());
   uint32_t done = 0;
-  retry_later_ = false;
+  SetRetryLater(false);
   while (done < count) {
     // Fill up to `chunk` messages; a run entry stops the chunk once GSO was
     // refused, and goes out datagram by datagram below.
@@ -390,7 +404,7 @@ Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
         // No memory for the datagram right now: stop short like EAGAIN; the
         // caller retries the rest after a pause (see retryLater).
         if (errno == ENOBUFS || errno == ENOMEM) {
-          retry_later_ = true;
+          SetRetryLater(true);
           send_retries_++;
           return Napi::Number::New(env, done + sent);
         }
@@ -400,7 +414,7 @@ Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
         // datagram by datagram; any other failure drops that message.
         if (tx_msgs_[sent].msg_hdr.msg_controllen != 0 &&
             (errno == EIO || errno == EINVAL)) {
-          gso_ = false;
+          SetGso(false);
           uint32_t i = start + done + sent;
           if (!SendSegments(bytes.data + offsets.data[i], lengths.data[i],
                             run_segment(i), tx_to_[sent])) {
@@ -469,10 +483,6 @@ Napi::Value UdpSocket::SendRetries(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), send_retries_);
 }
 
-Napi::Value UdpSocket::RetryLater(const Napi::CallbackInfo& info) {
-  return Napi::Boolean::New(info.Env(), retry_later_);
-}
-
 Napi::Value UdpSocket::InjectSendErrors(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t err = 0;
@@ -485,6 +495,13 @@ Napi::Value UdpSocket::InjectSendErrors(const Napi::CallbackInfo& info) {
   inject_count_ = count;
   return env.Undefined();
 }
+
+void UdpSocket::SetGso(bool on) {
+  gso_ = on;
+  state_[kStateGsoSegments] = on ? kMaxGsoSegments : 0;
+}
+
+void UdpSocket::SetRetryLater(bool on) { state_[kStateRetryLater] = on ? 1 : 0; }
 
 int UdpSocket::SendMmsg(mmsghdr* msgs, uint32_t n) {
   if (inject_count_ > 0) {
@@ -505,10 +522,6 @@ Napi::Value UdpSocket::RecvBufferSize(const Napi::CallbackInfo& info) {
 
 Napi::Value UdpSocket::SendBufferSize(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), send_buffer_);
-}
-
-Napi::Value UdpSocket::GsoMaxSegments(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), gso_ ? kMaxGsoSegments : 0);
 }
 
 Napi::Value UdpSocket::Gro(const Napi::CallbackInfo& info) {

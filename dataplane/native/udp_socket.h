@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "args.h"
 #include "poll_source.h"
 
 namespace weft {
@@ -20,13 +21,20 @@ class UdpSocket : public PollSource<UdpSocket> {
  public:
   // Segments per UDP_SEGMENT send (UDP_MAX_SEGMENTS on older kernels).
   static constexpr uint32_t kMaxGsoSegments = 64;
+  static constexpr uint32_t kStateGsoSegments = 0;
+  static constexpr uint32_t kStateRetryLater = 1;
+  static constexpr uint32_t kStateWords = 2;
 
   static Napi::Function Init(Napi::Env env);
 
   // new UdpSocket(bindAddr (host order), port, arena {bytes, lengths,
-  // srcAddr, srcPort, truncated, segSize?, slotSize, capacity}, bufferBytes,
-  // {offload}?). Offload asks for UDP_GRO (needs arena.segSize) and probes
-  // UDP_SEGMENT; either may be refused by an old kernel.
+  // srcAddr, srcPort, truncated, segSize?, state, slotSize, capacity},
+  // bufferBytes, {offload}?). Offload asks for UDP_GRO (needs arena.segSize)
+  // and probes UDP_SEGMENT; either may be refused by an old kernel.
+  // arena.state (Uint32Array, kStateWords) is kept current for JavaScript
+  // to read without a call: [kStateGsoSegments] segments one send entry may
+  // carry (0: no UDP GSO), [kStateRetryLater] 1 when ENOBUFS/ENOMEM stopped
+  // the last send short.
   explicit UdpSocket(const Napi::CallbackInfo& info);
 
   // recvmmsg until capacity datagrams or EAGAIN. Datagram i: bytes in slot i,
@@ -36,21 +44,23 @@ class UdpSocket : public PollSource<UdpSocket> {
   Drained Drain();
 
  private:
-  // send(bytes, offsets, lengths, dstAddr, dstPort, start, count, segSize?)
-  // -> consumed.
+  // bindSend(bytes, offsets, lengths, dstAddr, dstPort, segSize?): the
+  // arrays the following sends read, until the next bindSend.
+  Napi::Value BindSend(const Napi::CallbackInfo& info);
+  // send(start, count) -> consumed.
   Napi::Value Send(const Napi::CallbackInfo& info);
   Napi::Value SendErrors(const Napi::CallbackInfo& info);
   Napi::Value SendRetries(const Napi::CallbackInfo& info);
-  Napi::Value RetryLater(const Napi::CallbackInfo& info);
   // injectSendErrors(errno, count): the next `count` sendmmsg calls fail
   // with errno without reaching the kernel (tests of the error paths).
   Napi::Value InjectSendErrors(const Napi::CallbackInfo& info);
+  void SetGso(bool on);
+  void SetRetryLater(bool on);
   // sendmmsg, or the injected failure.
   int SendMmsg(mmsghdr* msgs, uint32_t n);
   Napi::Value LocalPort(const Napi::CallbackInfo& info);
   Napi::Value RecvBufferSize(const Napi::CallbackInfo& info);
   Napi::Value SendBufferSize(const Napi::CallbackInfo& info);
-  Napi::Value GsoMaxSegments(const Napi::CallbackInfo& info);
   Napi::Value Gro(const Napi::CallbackInfo& info);
 
   bool ReadArena(Napi::Env env, Napi::Value arena);
@@ -82,9 +92,11 @@ class UdpSocket : public PollSource<UdpSocket> {
   std::vector<mmsghdr> seg_msgs_;
   std::vector<iovec> seg_iov_;
 
-  // ENOBUFS/ENOMEM stopped the last send short: the kernel had no memory
-  // for the datagram, and writability will not say when it has again.
-  bool retry_later_ = false;
+  // arena.state: whether UDP GSO is on, and whether ENOBUFS/ENOMEM stopped
+  // the last send short (the kernel had no memory for the datagram, and
+  // writability will not say when it has again).
+  uint32_t* state_ = nullptr;
+  BoundArrays tx_bound_;
   double send_retries_ = 0;
   int inject_errno_ = 0;
   uint32_t inject_count_ = 0;
