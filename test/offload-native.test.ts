@@ -4,6 +4,7 @@
 // loopback.
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
+import { constants as os } from "node:os";
 import { after, before, describe, it, type TestContext } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
@@ -233,6 +234,30 @@ describe("UDP GSO and GRO on 127.0.0.1", () => {
       assert.equal(tx.gsoMaxSegments, 0, "the fallback is remembered");
       await until(() => slots.length >= 300);
       assert.deepEqual(datagrams(slots), expect);
+      assert.equal(tx.sendErrors, 0);
+
+      // A later run goes out datagram by datagram from the start. When the
+      // kernel is out of memory before its first datagram, the run is not
+      // consumed (and not a drop): it is retried whole.
+      const again = run(3, 10, 10);
+      const sendAgain = () =>
+        tx.send(
+          again.bytes,
+          Uint32Array.of(0),
+          Uint32Array.of(again.total),
+          Uint32Array.of(LOOPBACK),
+          Uint16Array.of(rx.localPort),
+          0,
+          1,
+          Uint16Array.of(10),
+        );
+      tx.injectSendErrors(os.errno.ENOBUFS, 1);
+      assert.equal(sendAgain(), 0, "nothing consumed");
+      assert.equal(tx.sendRetries, 1);
+      assert.equal(tx.sendErrors, 0, "not a drop");
+      assert.equal(sendAgain(), 1, "the retry sends the run");
+      await until(() => slots.length >= 303);
+      assert.deepEqual(datagrams(slots).slice(300), again.expect);
       assert.equal(tx.sendErrors, 0);
     },
   );

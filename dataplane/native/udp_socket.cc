@@ -454,8 +454,17 @@ bool UdpSocket::SendSegments(const uint8_t* data, uint32_t len, uint32_t seg,
       int r = SendMmsg(&seg_msgs_[sent], n - sent);
       if (r < 0) {
         if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-          if (!any) return false;
+        const bool no_memory = errno == ENOBUFS || errno == ENOMEM;
+        if (errno == EAGAIN || errno == EWOULDBLOCK || no_memory) {
+          if (!any) {
+            // Nothing out yet: the whole entry is retried, after a pause
+            // when the kernel was out of memory (as Send does).
+            if (no_memory) {
+              SetRetryLater(true);
+              send_retries_++;
+            }
+            return false;
+          }
           // Part of the run is out: the rest is lost, like a full queue
           // would lose it; TCP repairs it.
           uint32_t left = (len - (at + sent * seg) + seg - 1) / seg;

@@ -67,7 +67,8 @@ class UdpSocket : public PollSource<UdpSocket> {
   bool SetupSocket(Napi::Env env, uint32_t addr, uint32_t port,
                    uint32_t buffer_bytes, bool offload, int* out_fd);
   // Sends one run entry as separate datagrams (after UDP GSO was refused).
-  // Returns false when the socket was full before the first one went out.
+  // Returns false when the socket was full (or the kernel out of memory:
+  // then retry later) before the first one went out.
   bool SendSegments(const uint8_t* data, uint32_t len, uint32_t seg,
                     const sockaddr_in& to);
 
