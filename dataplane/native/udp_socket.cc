@@ -402,7 +402,7 @@ Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
           return Napi::Number::New(env, done + sent);
         }
         // No memory for the datagram right now: stop short like EAGAIN; the
-        // caller retries the rest after a pause (see retryLater).
+        // caller retries the rest after a pause (see kStateRetryLater).
         if (errno == ENOBUFS || errno == ENOMEM) {
           SetRetryLater(true);
           send_retries_++;
