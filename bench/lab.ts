@@ -17,6 +17,7 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { parseIpv4 } from "../dataplane/addr.js";
 import { internetChecksum, updateChecksum16 } from "../dataplane/wire/checksum.js";
@@ -46,8 +47,13 @@ import {
 import { type RecvResult, type SendResult, spawnUdpgen, type UdpgenChild } from "./udpgen.js";
 
 export const PREFIX = "wbench";
-const MODES = ["direct", "vxlan", "weft"] as const;
+const MODES = ["direct", "vxlan", "weft", "flannel"] as const;
 export type Mode = (typeof MODES)[number];
+/** What runs without --modes; `flannel` (a C proxy built here) is asked for by name. */
+const DEFAULT_MODES: readonly Mode[] = ["direct", "vxlan", "weft"];
+/** The overlay MTU of the udp backend: 1500 minus the outer IP and UDP headers. */
+const UDP_MTU = 1472;
+const FLANNEL_PORT = 8285;
 const IPERF_PORT = 5201;
 const UDP_PORT = 5202;
 const METRICS_PORT = 9100;
@@ -171,6 +177,8 @@ interface Env {
   p1: LabPod;
   p2: LabPod;
   mtu: number;
+  /** flannel mode: the C proxy on h1 and on h2. */
+  proxies: ChildProcess[];
 }
 
 function podEnv(hostIndex: number, mtu: number): SubnetEnvFields {
@@ -184,6 +192,7 @@ async function bringUp(mode: Mode, dir: string, weftdArgs: readonly string[] = [
   let p1: LabPod;
   let p2: LabPod;
   let mtu: number;
+  let proxies: ChildProcess[] = [];
   if (mode === "direct") {
     mtu = 1500;
     p1 = await lab.addPod(h1, podEnv(1, mtu));
@@ -193,6 +202,11 @@ async function bringUp(mode: Mode, dir: string, weftdArgs: readonly string[] = [
   } else if (mode === "vxlan") {
     mtu = VXLAN_MTU;
     await vxlanWiring(h1, h2);
+    p1 = await lab.addPod(h1, podEnv(1, mtu));
+    p2 = await lab.addPod(h2, podEnv(2, mtu));
+  } else if (mode === "flannel") {
+    mtu = UDP_MTU;
+    proxies = await flannelWiring(h1, h2, dir);
     p1 = await lab.addPod(h1, podEnv(1, mtu));
     p2 = await lab.addPod(h2, podEnv(2, mtu));
   } else {
@@ -205,7 +219,7 @@ async function bringUp(mode: Mode, dir: string, weftdArgs: readonly string[] = [
     p1 = await lab.addPod(h1, e1);
     p2 = await lab.addPod(h2, e2);
   }
-  const env = { mode, lab, h1, h2, p1, p2, mtu };
+  const env = { mode, lab, h1, h2, p1, p2, mtu, proxies };
   await waitReachable(env);
   return env;
 }
@@ -234,6 +248,65 @@ async function vxlanWiring(h1: LabHost, h2: LabHost): Promise<void> {
     await inNs("ip", h, `neigh replace ${gw} lladdr ${vtepMac(other)} dev flannel.1 nud permanent`);
     await inNs("bridge", h, `fdb append ${vtepMac(other)} dev flannel.1 dst ${other.underlayIp} self permanent`);
   }
+}
+
+/**
+ * flannel's udp backend as its own C proxy runs it (bench/flannel-proxy.c,
+ * built here with cc): on each host flannel0 and UDP 8285 with a route to the
+ * other host's subnet, flannel0 configured as weft configures it (the
+ * subnet's network address /32, MTU 1472, one route for the Network).
+ */
+async function flannelWiring(h1: LabHost, h2: LabHost, dir: string): Promise<ChildProcess[]> {
+  const source = fileURLToPath(new URL("../../bench/flannel-proxy.c", import.meta.url));
+  const binary = join(dir, "flannel-proxy");
+  try {
+    execFileSync("cc", ["-O2", "-o", binary, source], { stdio: ["ignore", "ignore", "pipe"] });
+  } catch (err) {
+    const stderr = String((err as { stderr?: Buffer }).stderr ?? "").trim();
+    throw new Error(`flannel mode: cc could not build ${source}: ${stderr || (err as Error).message}`);
+  }
+  const proxies: ChildProcess[] = [];
+  for (const [h, other] of [
+    [h1, h2],
+    [h2, h1],
+  ] as const) {
+    const route = `10.244.${other.index}.0/24=${other.underlayIp}`;
+    const child = track(
+      spawn("ip", ["netns", "exec", h.ns, binary, "flannel0", String(FLANNEL_PORT), route], {
+        stdio: ["ignore", "pipe", "pipe"],
+      }),
+    );
+    proxies.push(child);
+    await proxyUp(child, h);
+    await inNs("ip", h, `addr add 10.244.${h.index}.0/32 dev flannel0`);
+    await inNs("ip", h, `link set flannel0 mtu ${UDP_MTU} txqueuelen 1000 up`);
+    await inNs("ip", h, `route add ${NETWORK} dev flannel0`);
+  }
+  return proxies;
+}
+
+/** Resolves once the proxy printed "up", rejects with its stderr when it exits first. */
+function proxyUp(child: ChildProcess, h: LabHost): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let stdout = "";
+    let stderr = "";
+    const timer = setTimeout(() => fail("printed nothing in 10 s"), 10_000);
+    const fail = (why: string) => {
+      clearTimeout(timer);
+      reject(new Error(`flannel proxy on ${h.ns} ${why}: ${stderr.trim()}`));
+    };
+    child.stderr?.setEncoding("utf8").on("data", (d: string) => {
+      stderr += d;
+    });
+    child.stdout?.setEncoding("utf8").on("data", (d: string) => {
+      stdout += d;
+      if (/^up /m.test(stdout)) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    child.once("exit", (code) => fail(`exited with ${code}`));
+  });
 }
 
 /** `ip -n <host ns> <words>` (or bridge): configuration inside the host's namespace only. */
@@ -275,6 +348,15 @@ export function peakRssMb(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, "utf8");
   const kb = /^VmHWM:\s+(\d+)\s+kB/m.exec(status)?.[1];
   return kb === undefined ? Number.NaN : Number(kb) / 1024;
+}
+
+/** The dataplane processes of a mode (none for the kernel's own). */
+function daemonPids(env: Env): number[] {
+  if (env.mode === "weft") return weftPids(env);
+  return env.proxies.map((p) => {
+    if (p.pid === undefined || p.exitCode !== null) throw new Error(`${env.mode}: a proxy is not running`);
+    return p.pid;
+  });
 }
 
 function weftPids(env: Env): number[] {
@@ -383,7 +465,7 @@ async function tcp(env: Env, seconds: number): Promise<TcpResult> {
       if (i >= 50 || server.exitCode !== null) throw new Error(`${env.mode}: iperf3 server did not start`);
       await sleep(100);
     }
-    const pids = env.mode === "weft" ? weftPids(env) : [];
+    const pids = daemonPids(env);
     const cpu0 = pids.map(cpuSeconds);
     const r = await nsSpawn(
       env.p1.ns,
@@ -731,8 +813,10 @@ const FIGURES = [
   "rtt_sparse_p50_us",
   "rtt_sparse_p99_us",
 ] as const;
-const WEFT_FIGURES = ["cpu_s_per_gb", "rss_mb"] as const;
-type Figure = (typeof FIGURES)[number] | (typeof WEFT_FIGURES)[number];
+/** Figures of the modes whose dataplane is a process (weft, flannel). */
+const DAEMON_FIGURES = ["cpu_s_per_gb", "rss_mb"] as const;
+type Figure = (typeof FIGURES)[number] | (typeof DAEMON_FIGURES)[number];
+const hasDaemon = (mode: Mode) => mode === "weft" || mode === "flannel";
 
 interface LabOptions {
   reps: number;
@@ -775,8 +859,8 @@ async function runWorkloads(env: Env, o: LabOptions, progress: Progress, tag: st
     udp64_sender_pps: u64.senderPps,
     ping_lost: r.lost + sparse.lost,
   };
-  if (env.mode === "weft") {
-    const rss = weftPids(env).map(peakRssMb);
+  if (env.mode === "weft" || env.mode === "flannel") {
+    const rss = daemonPids(env).map(peakRssMb);
     fig.cpu_s_per_gb = t.cpuSPerGb ?? Number.NaN;
     fig.rss_mb = Math.max(...rss);
     fig.rss_mb_each = rss;
@@ -795,7 +879,7 @@ export function labJson(machine: MachineInfo, options: Record<string, unknown>, 
   for (const [mode, list] of reps) {
     const m: LabModeJson = {};
     const sums = new Map<Figure, Summary>();
-    const figures: readonly Figure[] = mode === "weft" ? [...FIGURES, ...WEFT_FIGURES] : FIGURES;
+    const figures: readonly Figure[] = hasDaemon(mode) ? [...FIGURES, ...DAEMON_FIGURES] : FIGURES;
     for (const f of figures) {
       const s = summarize(list.map((r) => r[f] ?? Number.NaN));
       sums.set(f, s);
@@ -808,30 +892,32 @@ export function labJson(machine: MachineInfo, options: Record<string, unknown>, 
     summaries.set(mode, sums);
   }
   const med = (mode: Mode, f: Figure) => summaries.get(mode)?.get(f)?.median;
-  // Per-repetition ratios: the modes of one repetition ran back to back.
-  const perRep = (f: Figure) => {
-    const w = reps.get("weft") ?? [];
-    const v = reps.get("vxlan") ?? [];
-    return w.map((x, i) => ratio(x[f], v[i]?.[f]) ?? Number.NaN);
+  /** weft ÷ `base`: ratios of the medians, and [min, max] of the per-repetition ratios. */
+  const against = (base: Mode) => {
+    // Per-repetition ratios: the modes of one repetition ran back to back.
+    const pair = (f: Figure) => {
+      const w = reps.get("weft") ?? [];
+      const b = reps.get(base) ?? [];
+      const s = summarize(w.map((x, i) => ratio(x[f], b[i]?.[f]) ?? Number.NaN));
+      return [jsonNumber(s.min, 4), jsonNumber(s.max, 4)];
+    };
+    const keys = [
+      ["tcp_gbps", "tcp_gbps"],
+      ["udp1400_pps", "udp1400_pps"],
+      ["udp64_pps", "udp64_pps"],
+      ["rtt_p50", "rtt_p50_us"],
+      ["rtt_sparse_p50", "rtt_sparse_p50_us"],
+    ] as const;
+    const ratios: Record<string, number | null> = {};
+    const ranges: Record<string, (number | null)[]> = {};
+    for (const [key, f] of keys) {
+      ratios[key] = jsonNumber(ratio(med("weft", f), med(base, f)), 4);
+      ranges[key] = pair(f);
+    }
+    return { ratios, ranges };
   };
-  const pair = (f: Figure) => {
-    const s = summarize(perRep(f));
-    return [jsonNumber(s.min, 4), jsonNumber(s.max, 4)];
-  };
-  const ratios = {
-    tcp_gbps: jsonNumber(ratio(med("weft", "tcp_gbps"), med("vxlan", "tcp_gbps")), 4),
-    udp1400_pps: jsonNumber(ratio(med("weft", "udp1400_pps"), med("vxlan", "udp1400_pps")), 4),
-    udp64_pps: jsonNumber(ratio(med("weft", "udp64_pps"), med("vxlan", "udp64_pps")), 4),
-    rtt_p50: jsonNumber(ratio(med("weft", "rtt_p50_us"), med("vxlan", "rtt_p50_us")), 4),
-    rtt_sparse_p50: jsonNumber(ratio(med("weft", "rtt_sparse_p50_us"), med("vxlan", "rtt_sparse_p50_us")), 4),
-  };
-  const ratio_ranges = {
-    tcp_gbps: pair("tcp_gbps"),
-    udp1400_pps: pair("udp1400_pps"),
-    udp64_pps: pair("udp64_pps"),
-    rtt_p50: pair("rtt_p50_us"),
-    rtt_sparse_p50: pair("rtt_sparse_p50_us"),
-  };
+  const vsVxlan = against("vxlan");
+  const vsFlannel = against("flannel");
   return {
     json: {
       kind: "lab",
@@ -847,23 +933,27 @@ export function labJson(machine: MachineInfo, options: Record<string, unknown>, 
         rtt_p99_us: "µs",
         rtt_sparse_p50_us: "µs, ping -i 0.01 (each echo finds the path idle)",
         rtt_sparse_p99_us: "µs",
-        cpu_s_per_gb: "CPU seconds (user+sys) of both weftd per 1e9 bytes of TCP received",
-        rss_mb: "MiB, VmHWM of the larger weftd",
+        cpu_s_per_gb: "CPU seconds (user+sys) of both weftd (flannel: both proxies) per 1e9 bytes of TCP received",
+        rss_mb: "MiB, VmHWM of the larger weftd (flannel: proxy)",
       },
       modes,
-      ratios,
-      ratio_ranges,
+      ratios: vsVxlan.ratios,
+      ratio_ranges: vsVxlan.ranges,
+      /** weft ÷ the flannel-design C proxy (null without a flannel run). */
+      ratios_vs_flannel: vsFlannel.ratios,
+      ratio_ranges_vs_flannel: vsFlannel.ranges,
     },
     summaries,
   };
 }
 
-function labTable(
-  summaries: Map<Mode, Map<Figure, Summary>>,
-  ratios: Record<string, number | null>,
-  ranges: Record<string, (number | null)[]>,
-): string {
-  const r = (key: string) => fmtRatioRange(ratios[key] ?? null, ranges[key]);
+interface RatioRow {
+  label: string;
+  ratios: Record<string, number | null>;
+  ranges: Record<string, (number | null)[]>;
+}
+
+function labTable(summaries: Map<Mode, Map<Figure, Summary>>, ratioRows: readonly RatioRow[]): string {
   const get = (m: Mode, f: Figure) =>
     summaries.get(m)?.get(f) ?? { median: Number.NaN, min: Number.NaN, max: Number.NaN, n: 0 };
   const k = (s: Summary) => ({ ...s, median: s.median / 1000, min: s.min / 1000, max: s.max / 1000 });
@@ -880,23 +970,26 @@ function labTable(
       fmtSummary(get(mode, "rtt_p50_us"), 0),
       fmtSummary(get(mode, "rtt_p99_us"), 0),
       fmtSummary(get(mode, "rtt_sparse_p50_us"), 0),
-      mode === "weft" ? fmtSummary(get(mode, "cpu_s_per_gb"), 2) : "",
-      mode === "weft" ? fmtSummary(get(mode, "rss_mb"), 1) : "",
+      hasDaemon(mode) ? fmtSummary(get(mode, "cpu_s_per_gb"), 2) : "",
+      hasDaemon(mode) ? fmtSummary(get(mode, "rss_mb"), 1) : "",
     ]);
   }
-  rows.push([
-    "weft ÷ vxlan",
-    r("tcp_gbps"),
-    r("udp1400_pps"),
-    "",
-    r("udp64_pps"),
-    "",
-    r("rtt_p50"),
-    "",
-    r("rtt_sparse_p50"),
-    "",
-    "",
-  ]);
+  for (const { label, ratios, ranges } of ratioRows) {
+    const r = (key: string) => fmtRatioRange(ratios[key] ?? null, ranges[key]);
+    rows.push([
+      label,
+      r("tcp_gbps"),
+      r("udp1400_pps"),
+      "",
+      r("udp64_pps"),
+      "",
+      r("rtt_p50"),
+      "",
+      r("rtt_sparse_p50"),
+      "",
+      "",
+    ]);
+  }
   return formatTable(
     [
       "mode",
@@ -1045,7 +1138,8 @@ async function cleanupStale(): Promise<string[]> {
 }
 
 const USAGE = `usage: npm run bench -- lab [options]   (root: builds network namespaces ${PREFIX}-*)
-  --modes LIST       from direct,vxlan,weft (default all three)
+  --modes LIST       from direct,vxlan,weft,flannel (default direct,vxlan,weft); flannel is a C proxy built the way
+                     flannel's udp backend is (bench/flannel-proxy.c: one packet per system call), compiled with cc
   --reps N           repetitions, modes interleaved (default 3)
   --duration S       TCP seconds (default 10)
   --udp-duration S   seconds per UDP run (default 5)
@@ -1095,7 +1189,7 @@ export async function runLab(argv: string[]): Promise<number> {
     return 0;
   }
   const quick = values.quick === true;
-  const modes = (values.modes ?? MODES.join(",")).split(",").map((m) => parseMode(m.trim(), "--modes"));
+  const modes = (values.modes ?? DEFAULT_MODES.join(",")).split(",").map((m) => parseMode(m.trim(), "--modes"));
   const o: LabOptions = {
     reps: positiveInt(values.reps, "--reps", quick ? 1 : 3),
     tcpSeconds: positiveInt(values.duration, "--duration", quick ? 2 : 10),
@@ -1166,6 +1260,7 @@ async function holdRun(mode: Mode, o: LabOptions): Promise<number> {
         `  e.g. ip netns exec ${env.p1.ns} ping -A -c 10000 ${env.p2.ip}`,
       ];
       if (mode === "weft") lines.push(`  weftd pids ${weftPids(env).join(" ")}`);
+      if (mode === "flannel") lines.push(`  proxy pids ${daemonPids(env).join(" ")}`);
       process.stdout.write(`${lines.join("\n")}\n`);
       // Until the signal handler cleans up and exits.
       await new Promise(() => setInterval(() => {}, 60_000));
@@ -1206,7 +1301,7 @@ async function workloadRun(o: LabOptions, machine: MachineInfo, outDir: string |
     modes: o.modes,
     weftd_args: o.weftdArgs,
     topology: "BENCH.md: p1 ─ h1 ═ underlay veth 198.18.0.0/24 ═ h2 ─ p2, each mode from scratch per repetition",
-    pod_mtu: { direct: 1500, vxlan: VXLAN_MTU, weft: "from subnet.env (1472)" },
+    pod_mtu: { direct: 1500, vxlan: VXLAN_MTU, weft: "from subnet.env (1472)", flannel: UDP_MTU },
   };
   const { json, summaries } = labJson(machine, options, reps);
   const path = writeResult("lab", json, { dir: outDir });
@@ -1217,9 +1312,14 @@ async function workloadRun(o: LabOptions, machine: MachineInfo, outDir: string |
     `bench lab — ${machineLine(machine)}`,
     `${o.reps} repetition(s) per mode, modes interleaved, each brought up from scratch; median [min–max]; weft ÷ vxlan: ratio of the medians [per-repetition ratios, min–max]`,
     `TCP: iperf3 single stream ${o.tcpSeconds} s, receiver goodput. UDP: batching generator (sendmmsg) at max rate ${o.udpSeconds} s, payload 1400 B (1428 B IP) and 64 B (92 B IP), delivered datagrams/s at the sink. RTT: ${o.pings} request-response pings (ping -A, after ${RTT_WARMUP_S} s unmeasured), then ${o.sparsePings} pings 10 ms apart.`,
-    "weft CPU s/GB: user+sys of both weftd during the TCP run ÷ GB received; RSS: VmHWM of the larger weftd",
+    "CPU s/GB: user+sys of both weftd (flannel: both proxies) during the TCP run ÷ GB received; RSS: VmHWM of the larger one",
     "",
-    labTable(summaries, json.ratios, json.ratio_ranges),
+    labTable(summaries, [
+      { label: "weft ÷ vxlan", ratios: json.ratios, ranges: json.ratio_ranges },
+      ...(summaries.has("flannel") && summaries.has("weft")
+        ? [{ label: "weft ÷ flannel", ratios: json.ratios_vs_flannel, ranges: json.ratio_ranges_vs_flannel }]
+        : []),
+    ]),
     "",
     ...targetLines(json.ratios, weftRss),
     "",

@@ -1,14 +1,17 @@
 // The bench harness, not speed: the replay forwards and drops exactly what it
 // should, flannel's lookup agrees with the lease table, the report math and
-// JSON shapes hold, the lab's packet rewriting keeps checksums valid, and the
-// UDP generator/sink pair counts a burst exactly on loopback. No timings are
-// asserted anywhere.
+// JSON shapes hold, the lab's packet rewriting keeps checksums valid, the
+// UDP generator/sink pair counts a burst exactly on loopback, and the lab's
+// flannel mode (a C proxy built the way flannel's udp backend is) carries
+// every workload and cleans up. No timings are asserted anywhere.
 
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { promisify } from "node:util";
 import { labJson, parseMode, parsePingTimes, parseSnmp, type RepFigures, rewriteForLab } from "../bench/lab.js";
 import {
   cutBatches,
@@ -37,6 +40,8 @@ import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../dataplane/addr.js";
 import { LeaseTable, type PeerLease } from "../dataplane/leases.js";
 import { internetChecksum, onesSum } from "../dataplane/wire/checksum.js";
 import { generateTrace, Prng } from "../fixtures/tracegen.js";
+
+const execFileAsync = promisify(execFile);
 
 function setTtl(p: Uint8Array, ttl: number): void {
   p[8] = ttl;
@@ -274,6 +279,24 @@ describe("bench report math", () => {
     assert.equal(round.ratios.rtt_sparse_p50, 2.667);
     // Per-repetition ratios: 1/10, 2/12, 3/11.
     assert.deepEqual(round.ratio_ranges.tcp_gbps, [0.1, 0.2727]);
+    // No flannel run: those ratios are there, and null.
+    assert.deepEqual(Object.values(round.ratios_vs_flannel), [null, null, null, null, null]);
+
+    // With a flannel run: its CPU and RSS like weft's, and weft ÷ flannel.
+    reps.set("flannel" as "weft", [
+      rep(0.5, 40_000, 60, { cpu_s_per_gb: 20, rss_mb: 1 }),
+      rep(1, 35_000, 90, { cpu_s_per_gb: 16, rss_mb: 2 }),
+      rep(0.75, 30_000, 75, { cpu_s_per_gb: 18, rss_mb: 1.5 }),
+    ]);
+    const withFlannel = JSON.parse(JSON.stringify(labJson(machineInfo(), { reps: 3 }, reps).json));
+    assert.equal(withFlannel.modes.flannel.cpu_s_per_gb, 18);
+    assert.equal(withFlannel.modes.flannel.rss_mb, 1.5);
+    assert.equal(withFlannel.ratios_vs_flannel.tcp_gbps, 2.667);
+    assert.equal(withFlannel.ratios_vs_flannel.udp1400_pps, 2.286);
+    assert.equal(withFlannel.ratios_vs_flannel.rtt_p50, 0.5333);
+    // Per repetition: 1/0.5, 2/1, 3/0.75.
+    assert.deepEqual(withFlannel.ratio_ranges_vs_flannel.tcp_gbps, [2, 4]);
+    assert.deepEqual(withFlannel.ratios, round.ratios, "weft ÷ vxlan unchanged");
   });
 
   it("a ratio cell carries the per-repetition range when there is one", () => {
@@ -318,7 +341,11 @@ describe("bench lab helpers", () => {
   it("--hold and --modes take modes by name and name a bad one", () => {
     assert.equal(parseMode("weft", "--hold"), "weft");
     assert.equal(parseMode("vxlan", "--modes"), "vxlan");
-    assert.throws(() => parseMode("vxlna", "--hold"), /^Error: --hold: "vxlna" is not one of direct, vxlan, weft$/);
+    assert.equal(parseMode("flannel", "--modes"), "flannel");
+    assert.throws(
+      () => parseMode("vxlna", "--hold"),
+      /^Error: --hold: "vxlna" is not one of direct, vxlan, weft, flannel$/,
+    );
   });
 
   it("parses /proc/net/snmp and ping's per-packet times", () => {
@@ -437,5 +464,45 @@ describe("udpgen on loopback", { timeout: 60_000 }, () => {
     assert.equal(s.sent, 500);
     assert.equal(r.received, 500);
     assert.equal(r.other, 37);
+  });
+});
+
+describe("bench lab, flannel mode (network namespaces)", { timeout: 300_000 }, () => {
+  it("the flannel-design C proxy carries TCP, UDP and pings both ways, and leaves nothing behind", async () => {
+    const out = mkdtempSync(join(tmpdir(), "weft-bench-flannel-"));
+    try {
+      const main = new URL("../bench/main.js", import.meta.url).pathname;
+      const r = await execFileAsync(
+        process.execPath,
+        [main, "lab", "--quick", "--modes", "flannel", "--out-dir", out],
+        { timeout: 240_000, killSignal: "SIGKILL" },
+      ).catch((err: { stdout?: string; stderr?: string; code?: number }) => {
+        assert.fail(`lab --modes flannel failed (${err.code}): ${err.stderr ?? ""}${err.stdout ?? ""}`);
+      });
+      assert.match(r.stdout, /^flannel\s/m, "the table has a flannel row");
+      const [file] = readdirSync(out).filter((f) => f.endsWith(".json"));
+      const json = JSON.parse(readFileSync(join(out, file as string), "utf8"));
+      const f = json.modes.flannel;
+      // Traffic went through the proxies in each workload: figures, not speeds.
+      for (const key of ["tcp_gbps", "udp1400_pps", "udp64_pps", "rtt_p50_us", "rtt_sparse_p50_us"]) {
+        assert.ok(f[key] > 0, `${key} = ${f[key]}`);
+      }
+      assert.ok(f.cpu_s_per_gb > 0 && f.rss_mb > 0, "the proxies' CPU and RSS were read");
+      assert.deepEqual(Object.values(json.ratios_vs_flannel), [null, null, null, null, null], "no weft run");
+      const { stdout: netns } = await execFileAsync("ip", ["netns", "list"]);
+      assert.doesNotMatch(netns, /wbench-/);
+      const proxies = readdirSync("/proc")
+        .filter((d) => /^\d+$/.test(d))
+        .filter((d) => {
+          try {
+            return readFileSync(`/proc/${d}/cmdline`, "utf8").includes("flannel-proxy");
+          } catch {
+            return false;
+          }
+        });
+      assert.deepEqual(proxies, [], "no proxy process left");
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
   });
 });
