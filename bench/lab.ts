@@ -859,7 +859,7 @@ async function runWorkloads(env: Env, o: LabOptions, progress: Progress, tag: st
     udp64_sender_pps: u64.senderPps,
     ping_lost: r.lost + sparse.lost,
   };
-  if (env.mode === "weft" || env.mode === "flannel") {
+  if (hasDaemon(env.mode)) {
     const rss = daemonPids(env).map(peakRssMb);
     fig.cpu_s_per_gb = t.cpuSPerGb ?? Number.NaN;
     fig.rss_mb = Math.max(...rss);
