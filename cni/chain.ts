@@ -70,6 +70,18 @@ export type CniResult = Record<string, unknown>;
  * A name with a slash is refused so a config cannot point outside CNI_PATH.
  */
 export function findPlugin(type: string, cniPath: readonly string[]): string {
+  const found = locatePlugin(type, cniPath);
+  if (found === null) {
+    throw new CniError(
+      ErrCode.Internal,
+      `failed to find plugin ${JSON.stringify(type)} in path [${cniPath.join(" ")}]`,
+    );
+  }
+  return found;
+}
+
+/** findPlugin, but null when no directory has it (a bad type name still throws). */
+export function locatePlugin(type: string, cniPath: readonly string[]): string | null {
   if (type === "") throw new CniError(ErrCode.InvalidNetworkConfig, "plugin type is empty");
   if (type.includes("/")) {
     throw new CniError(ErrCode.InvalidNetworkConfig, `plugin type ${JSON.stringify(type)} must not contain "/"`);
@@ -83,7 +95,7 @@ export function findPlugin(type: string, cniPath: readonly string[]): string {
       // Not in this directory; keep looking.
     }
   }
-  throw new CniError(ErrCode.Internal, `failed to find plugin ${JSON.stringify(type)} in path [${cniPath.join(" ")}]`);
+  return null;
 }
 
 /** How to execute one plugin. */

@@ -13,7 +13,16 @@
 import { constants } from "node:fs";
 import { mkdir, open, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { CniError, ErrCode, execPlugin, findPlugin, isObject, parseResult, versionAtLeast } from "./chain.js";
+import {
+  CniError,
+  ErrCode,
+  execPlugin,
+  findPlugin,
+  isObject,
+  locatePlugin,
+  parseResult,
+  versionAtLeast,
+} from "./chain.js";
 
 export const SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"] as const;
 export const DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env";
@@ -430,12 +439,13 @@ async function cmdAdd(conf: FlannelConf, env: Env): Promise<string> {
   const delegate = renderDelegate(conf, subnetEnv);
   const bytes = goJson(delegate);
   const id = env.CNI_CONTAINERID as string;
+  const type = delegate.type as string;
+  // Found first: a delegate that cannot be found must not leave a file behind.
+  const path = findPlugin(type, cniPathOf(env));
   // Saved before the delegate runs, so a failed ADD can still be cleaned up by DEL.
   await saveScratch(join(conf.dataDir, id), conf.dataDir, bytes);
-  const type = delegate.type as string;
-  const cniPath = cniPathOf(env);
   const stdout = await execPlugin({
-    path: findPlugin(type, cniPath),
+    path,
     type,
     stdin: bytes,
     env: { ...env, CNI_COMMAND: "ADD" },
@@ -456,8 +466,16 @@ async function cmdDel(conf: FlannelConf, env: Env): Promise<void> {
     await rm(path, { force: true });
     return;
   }
+  const plugin = locatePlugin(parsed.type, cniPathOf(env));
+  if (plugin === null) {
+    // The delegate is gone (uninstalled, another CNI_PATH): whatever it made
+    // cannot be undone by us, and a DEL that fails forever helps nobody (the
+    // spec asks DEL to succeed when things are already gone).
+    await rm(path, { force: true });
+    return;
+  }
   await execPlugin({
-    path: findPlugin(parsed.type, cniPathOf(env)),
+    path: plugin,
     type: parsed.type,
     stdin: saved,
     env: { ...env, CNI_COMMAND: "DEL" },

@@ -199,26 +199,33 @@ export function parseOptions(argv: readonly string[], env: NodeJS.ProcessEnv = p
   return opts;
 }
 
+/** Each numeric flag's sane range: [min, max, unit]. */
+const RANGES: Record<string, readonly [number, number, string]> = {
+  // Below 1 s (or above ~24.8 days, where Node clamps timers to 1 ms) iptables would run back to back.
+  "iptables-resync": [1, 86_400, "seconds"],
+  // The lease lives 24 h; a margin as long would renew in a tight loop.
+  "subnet-lease-renew-margin": [1, 24 * 60 - 1, "minutes, below the 24 h lease"],
+  "healthz-port": [0, 65_535, "(0 turns the server off)"],
+  port: [0, 65_535, "(0 takes Backend.Port from the network config)"],
+  // The spin gives the event loop back after 2 ms whatever the window.
+  "busy-poll-us": [0, 2_000, "microseconds"],
+  v: [0, 10, ""],
+};
+
 function validate(o: Options): void {
-  const nonNegative: [string, number][] = [
-    ["subnet-lease-renew-margin", o.subnetLeaseRenewMargin],
-    ["iptables-resync", o.iptablesResync],
-    ["healthz-port", o.healthzPort],
-    ["port", o.port],
-    ["busy-poll-us", o.busyPollUs],
-  ];
-  for (const [name, value] of nonNegative) {
-    if (value < 0) throw new UsageError(`flag --${name}: ${value} must not be negative`);
-  }
-  if (o.healthzPort > 65535) throw new UsageError(`flag --healthz-port: ${o.healthzPort} is not a port`);
-  if (o.port > 65535) throw new UsageError(`flag --port: ${o.port} is not a port`);
-  if (o.busyPollUs > 1_000_000) {
-    throw new UsageError(`flag --busy-poll-us: ${o.busyPollUs} is more than a second (1000000)`);
-  }
-  if (o.subnetLeaseRenewMargin >= 24 * 60) {
-    throw new UsageError(
-      `flag --subnet-lease-renew-margin: ${o.subnetLeaseRenewMargin} minutes is not below the 24 h lease`,
-    );
+  const values: Record<string, number> = {
+    "iptables-resync": o.iptablesResync,
+    "subnet-lease-renew-margin": o.subnetLeaseRenewMargin,
+    "healthz-port": o.healthzPort,
+    port: o.port,
+    "busy-poll-us": o.busyPollUs,
+    v: o.verbosity,
+  };
+  for (const [name, [min, max, unit]] of Object.entries(RANGES)) {
+    const value = values[name] as number;
+    if (value < min || value > max) {
+      throw new UsageError(`flag --${name}: ${value} is out of range; give ${min} to ${max}${unit ? ` ${unit}` : ""}`);
+    }
   }
   for (const re of o.ifaceRegex) {
     try {

@@ -10,8 +10,10 @@ import {
   parseIpv4,
   parsePrefix,
   prefixContains,
+  prefixesOverlap,
   prefixMask,
   prefixSize,
+  RESERVED_RANGES,
 } from "../dataplane/addr.js";
 
 export interface NetworkConfig {
@@ -104,6 +106,14 @@ function parseNetwork(value: unknown): Ipv4Prefix {
   if (network.len > LONGEST_NETWORK_PREFIX) {
     throw new ConfigError(
       `network config: Network ${formatPrefix(network)} is too small; the smallest usable Network is a /${LONGEST_NETWORK_PREFIX}`,
+    );
+  }
+  // Routing such a Network into flannel0 (and accepting it in FORWARD) would
+  // capture loopback, multicast or, for 0.0.0.0/0, everything.
+  const reserved = RESERVED_RANGES.find((r) => prefixesOverlap(network, r.prefix));
+  if (reserved !== undefined) {
+    throw new ConfigError(
+      `network config: Network ${formatPrefix(network)} overlaps ${reserved.what}; use a private range such as 10.244.0.0/16`,
     );
   }
   return network;

@@ -3,7 +3,7 @@
 // (flannel0 <-> engine <-> UDP socket). Startup order follows flanneld:
 // interface, registry, lease, flannel0, socket, subnet.env, rules, READY=1.
 
-import { createServer, type Server } from "node:http";
+import type { Server } from "node:http";
 import { pino } from "pino";
 import { formatIpv4, formatPrefix, parseIpv4 } from "../dataplane/addr.js";
 import { Counters } from "../dataplane/counters.js";
@@ -14,7 +14,16 @@ import { LeaseTable } from "../dataplane/leases.js";
 import { loadAddon, TUN_F } from "../dataplane/native/index.js";
 import type { Options } from "./cli.js";
 import type { NetworkConfig } from "./config.js";
-import { checkPrivileges, configureTun, type ExternalInterface, findExternalInterface, linkIsUp } from "./host.js";
+import { startHealthServer } from "./health.js";
+import {
+  checkPrivileges,
+  configureTun,
+  type ExternalInterface,
+  findExternalInterface,
+  linkIsUp,
+  localAddresses,
+  localAddressesAtStart,
+} from "./host.js";
 import { ensureChain, forwardChain, masqChain } from "./iptables.js";
 import { LeaseManager } from "./lease-manager.js";
 import { createMetrics } from "./metrics.js";
@@ -26,6 +35,8 @@ export const VERSION = "0.1.0";
 
 /** Bytes of outer IPv4 + UDP header: flannel0's MTU is the underlay's minus this. */
 const UDP_OVERHEAD = 28;
+/** How often this host's own addresses are re-read for the local-source check. */
+const LOCAL_ADDRESS_REFRESH_MS = 10_000;
 
 export type Log = pino.Logger;
 
@@ -67,6 +78,7 @@ export class Daemon {
   private transport: UdpTransport | null = null;
   private health: Server | null = null;
   private resyncTimer: NodeJS.Timeout | null = null;
+  private addressTimer: NodeJS.Timeout | null = null;
   private readonly counters = new Counters();
   private readonly ready: Readiness = { lease: false, tun: false, rules: false, subnetEnv: false };
   private exitCode: number | null = null;
@@ -134,14 +146,7 @@ export class Daemon {
     // anyone waiting on it) that this node can take pods.
     await this.syncRules(config, lease);
     this.ready.rules = true;
-    if (opts.ipMasq || opts.iptablesForwardRules) {
-      this.resyncTimer = setInterval(() => {
-        this.syncRules(config, lease).catch((err) =>
-          log.error({ err: (err as Error).message }, "iptables resync failed"),
-        );
-      }, opts.iptablesResync * 1000);
-      this.resyncTimer.unref();
-    }
+    if (opts.ipMasq || opts.iptablesForwardRules) this.scheduleResync(config, lease);
 
     const mtu = iface.mtu - UDP_OVERHEAD;
     await writeSubnetEnv(opts.subnetFile, { network: config.network, subnet: lease.subnet, mtu, ipMasq: opts.ipMasq });
@@ -175,6 +180,7 @@ export class Daemon {
       transport: this.transport,
       localAddr: lease.subnet.base,
       mtu,
+      ownSubnet: lease.subnet,
       peerCheck: this.opts.peerCheck,
       strictInnerSource: this.opts.strictInnerSource,
       counters: this.counters,
@@ -183,6 +189,12 @@ export class Daemon {
         void this.stop(1);
       },
     });
+    // Tunnelled packets may not claim this host's addresses as their source;
+    // addresses come and go (DHCP, a new bridge), so the set is refreshed.
+    const engine = this.engine;
+    engine.setLocalAddresses(localAddressesAtStart());
+    this.addressTimer = setInterval(() => engine.setLocalAddresses(localAddresses()), LOCAL_ADDRESS_REFRESH_MS);
+    this.addressTimer.unref();
     setBusyPoll(this.opts.busyPollUs);
     this.engine.start();
     this.log.info({ tun: this.device.name, mtu, bind: `${formatIpv4(iface.addr)}:${port}` }, "dataplane up");
@@ -191,7 +203,15 @@ export class Daemon {
   private installLeases(leases: readonly Lease[]): void {
     const config = this.manager?.config;
     if (this.engine === null || config == null) return;
-    const table = LeaseTable.build(config.network, config.subnetLen, leases, this.opts.port || config.backend.port);
+    let table: LeaseTable;
+    try {
+      table = LeaseTable.build(config.network, config.subnetLen, leases, this.opts.port || config.backend.port);
+    } catch (err) {
+      // The manager hands over checked leases only; should one slip through,
+      // forwarding goes on with the last good table rather than stopping.
+      this.log.error({ err: (err as Error).message }, "lease table not updated, keeping the previous one");
+      return;
+    }
     const before = this.engine.leaseTable;
     this.engine.setTable(table);
     const had = new Set(before.leases.map((l) => `${formatPrefix(l.subnet)} ${l.publicIp}`));
@@ -204,6 +224,18 @@ export class Daemon {
       if (!has.has(`${formatPrefix(l.subnet)} ${l.publicIp}`))
         this.log.info({ lease: describeLease({ ...l, expiresAt: null }) }, "peer removed");
     }
+  }
+
+  /** The next resync starts a full period after the previous one ended: two runs never overlap. */
+  private scheduleResync(config: NetworkConfig, lease: Lease): void {
+    this.resyncTimer = setTimeout(() => {
+      this.syncRules(config, lease)
+        .catch((err) => this.log.error({ err: (err as Error).message }, "iptables resync failed"))
+        .finally(() => {
+          if (this.exitCode === null) this.scheduleResync(config, lease);
+        });
+    }, this.opts.iptablesResync * 1000);
+    this.resyncTimer.unref();
   }
 
   private async syncRules(config: NetworkConfig, lease: Lease): Promise<void> {
@@ -233,38 +265,32 @@ export class Daemon {
       leaseCount: () => this.engine?.leaseTable.size ?? 0,
       leaseExpiresAt: () => this.manager?.expiresAt ?? null,
       registryConnected: () => this.manager?.connected ?? false,
+      ignoredLeases: () => this.manager?.ignoredCount ?? 0,
       deviceWriteErrors: () => this.device?.writeErrors ?? 0,
       transportSendErrors: () => this.transport?.sendErrors ?? 0,
       transportSendRetries: () => this.transport?.sendRetries ?? 0,
     });
-    this.health = createServer((req, res) => {
-      const path = (req.url ?? "/").split("?")[0];
-      if (path === "/healthz") {
-        res.writeHead(200, { "content-type": "text/plain" }).end("flanneld is running");
-      } else if (path === "/readyz") {
-        const ready = this.isReady && this.device !== null && linkIsUp(this.device.name);
-        res.writeHead(ready ? 200 : 503, { "content-type": "application/json" }).end(JSON.stringify(this.ready));
-      } else if (path === "/metrics") {
-        metrics.metrics().then(
-          (text) => res.writeHead(200, { "content-type": metrics.contentType }).end(text),
-          (err) => res.writeHead(500).end(String(err)),
-        );
-      } else {
-        res.writeHead(404).end("not found");
-      }
+    this.health = startHealthServer({
+      ip: this.opts.healthzIp,
+      port: this.opts.healthzPort,
+      metrics,
+      readiness: {
+        conditions: () => ({ ...this.ready }),
+        ready: () => this.isReady && this.device !== null && linkIsUp(this.device.name),
+      },
+      onError: (err) => {
+        this.log.error({ err: err.message }, `healthz ${this.opts.healthzIp}:${this.opts.healthzPort} failed`);
+        void this.stop(1);
+      },
     });
-    this.health.on("error", (err) => {
-      this.log.error({ err: err.message }, `healthz ${this.opts.healthzIp}:${this.opts.healthzPort} failed`);
-      void this.stop(1);
-    });
-    this.health.listen(this.opts.healthzPort, this.opts.healthzIp);
   }
 
   /** Stops everything; flannel0 disappears with its fd, the lease stays for reuse. */
   async stop(code: number): Promise<void> {
     if (this.exitCode !== null) return;
     this.exitCode = code;
-    if (this.resyncTimer) clearInterval(this.resyncTimer);
+    if (this.resyncTimer) clearTimeout(this.resyncTimer);
+    if (this.addressTimer) clearInterval(this.addressTimer);
     this.engine?.stop();
     this.device?.close();
     this.transport?.close();

@@ -5,6 +5,7 @@
 
 import { execFile, execFileSync } from "node:child_process";
 import { accessSync, constants, readFileSync, writeFileSync } from "node:fs";
+import { networkInterfaces } from "node:os";
 import { promisify } from "node:util";
 import { formatIpv4, formatPrefix, type Ipv4Prefix, parseIpv4 } from "../dataplane/addr.js";
 
@@ -73,6 +74,25 @@ function listLinks(): LinkAddrs[] {
     loopback: (l.flags ?? []).includes("LOOPBACK"),
     addrs: (l.addr_info ?? []).flatMap((a) => (a.local !== undefined ? [a.local] : [])),
   }));
+}
+
+/**
+ * This host's IPv4 addresses, every link. Cheap (getifaddrs, no child
+ * process), so the daemon can refresh it on a timer; links that are down may
+ * be missing, which `ip` would list (see localAddressesAtStart).
+ */
+export function localAddresses(): number[] {
+  const out: number[] = [];
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === "IPv4") out.push(parseIpv4(a.address));
+  }
+  return out.filter((n) => n >= 0);
+}
+
+/** localAddresses plus the addresses of links that are down, from `ip` (once, at start). */
+export function localAddressesAtStart(): number[] {
+  const fromIp = listLinks().flatMap((l) => l.addrs.map(parseIpv4));
+  return [...new Set([...fromIp, ...localAddresses()])].filter((n) => n >= 0);
 }
 
 function linkExists(name: string): boolean {

@@ -7,7 +7,7 @@
 // a suspend would leave the renewal timer aiming at the wrong moment: a
 // periodic check compares the two clocks and reschedules from the expiry.
 
-import { formatIpv4, formatPrefix, type Ipv4Prefix, prefixSize } from "../dataplane/addr.js";
+import { formatIpv4, formatPrefix, type Ipv4Prefix, isMartian, prefixContains, prefixSize } from "../dataplane/addr.js";
 import { type NetworkConfig, parseNetworkConfig } from "./config.js";
 import {
   describeLease,
@@ -56,8 +56,8 @@ export async function acquireLease(registry: Registry, config: NetworkConfig, op
   const random = options.random ?? Math.random;
   const { publicIp } = options;
   for (let attempt = 1; attempt <= ACQUIRE_ATTEMPTS; attempt++) {
+    // Unreadable keys are the manager's to report (once each), not every attempt's.
     const listing = await registry.getLeases();
-    for (const { key, reason } of listing.skipped) log.warn({ key, reason }, "skipping unreadable lease");
     let taken = listing.leases;
 
     const ours = taken.filter((lease) => lease.publicIp === publicIp);
@@ -121,13 +121,38 @@ export function fitsConfig(config: NetworkConfig, subnet: Ipv4Prefix): boolean {
 }
 
 /**
+ * Why a peer's lease must not be routed, or null when it may be. flannel's
+ * leases are all SubnetLen long inside Network and name another host's
+ * unicast address; anything else (a lease left from an earlier Network, a
+ * hand-made key) would make the table throw, capture others' traffic or send
+ * it back to ourselves.
+ */
+export function peerLeaseProblem(config: NetworkConfig, lease: Lease, ownPublicIp: number): string | null {
+  const { subnet, publicIp } = lease;
+  if (!prefixContains(config.network, subnet.base) || subnet.len < config.network.len) {
+    return `${formatPrefix(subnet)} is outside Network ${formatPrefix(config.network)}`;
+  }
+  if (subnet.len !== config.subnetLen) {
+    return `${formatPrefix(subnet)} is not a /${config.subnetLen} like every lease of Network ${formatPrefix(config.network)}`;
+  }
+  if (isMartian(publicIp)) return `PublicIP ${formatIpv4(publicIp)} is not a unicast host address`;
+  if (publicIp === ownPublicIp) return `PublicIP ${formatIpv4(publicIp)} is this host's own address`;
+  return null;
+}
+
+/**
  * Network addresses of up to `limit` SubnetLen subnets, scanning up from
- * SubnetMin, that overlap no lease (leases of another length count too).
- * Sweeps merged lease ranges instead of testing every lease per candidate,
- * so a /8 with 65,536 leases costs one sort.
+ * SubnetMin, that overlap no lease. Keys that cover several subnets or lie
+ * outside SubnetMin..SubnetMax are never this network's leases (an old
+ * Network's, a hand-made "10.244.0.0-16") and do not block allocation; a
+ * narrower key inside the range blocks the subnet it sits in. Sweeps merged
+ * lease ranges instead of testing every lease per candidate, so a /8 with
+ * 65,536 leases costs one sort.
  */
 export function freeSubnets(config: NetworkConfig, leases: readonly Lease[], limit: number): number[] {
+  const rangeEnd = config.subnetMax + prefixSize(config.subnetLen);
   const ranges = leases
+    .filter(({ subnet }) => subnet.len >= config.subnetLen && subnet.base >= config.subnetMin && subnet.base < rangeEnd)
     .map((lease) => ({ first: lease.subnet.base, last: lease.subnet.base + prefixSize(lease.subnet.len) - 1 }))
     .sort((a, b) => a.first - b.first);
   const size = prefixSize(config.subnetLen);
@@ -211,6 +236,8 @@ export class LeaseManager {
   private ownLease: Lease | null = null;
   private networkConfig: NetworkConfig | null = null;
   private readonly peerLeases = new Map<string, Lease>();
+  /** Keys not routed (unreadable, or failing peerLeaseProblem) and why; each is logged once. */
+  private ignored = new Map<string, string>();
   private watch: Watch | null = null;
   private renewTimer: NodeJS.Timeout | null = null;
   private checkTimer: NodeJS.Timeout | null = null;
@@ -253,6 +280,11 @@ export class LeaseManager {
   /** Everyone else's leases by key ("10.244.68.0-24"); our own subnet is never here. */
   get peers(): ReadonlyMap<string, Lease> {
     return this.peerLeases;
+  }
+
+  /** Keys in the registry that are not routed, for the weft_leases_ignored gauge. */
+  get ignoredCount(): number {
+    return this.ignored.size;
   }
 
   get expiresAt(): number | null {
@@ -304,17 +336,18 @@ export class LeaseManager {
     }
     this.replacePeers(listing);
     this.isConnected = true;
+    // Whatever a registry delivers, nothing thrown here may escape into its
+    // timer or stream callback: that would end the process (every node of a
+    // cluster at once, for one bad key). The last good table stays in force.
     this.watch = registry.watchLeases(listing.revision, {
-      onEvent: (event) => {
-        if (event.type === "put") this.onPut(event.lease);
-        else this.onDelete(event.subnet);
-      },
-      onResync: (fresh) => this.onResync(fresh),
-      onConnection: (connected, error) => this.onConnection(connected, error),
-      onSkipped: (key, reason) => {
-        this.log.warn({ key, reason }, "skipping unreadable lease");
-        this.options.onSkipped?.(key, reason);
-      },
+      onEvent: (event) =>
+        this.guard("lease event", () => {
+          if (event.type === "put") this.onPut(event.lease);
+          else this.onDelete(event.subnet);
+        }),
+      onResync: (fresh) => this.guard("lease listing", () => this.onResync(fresh)),
+      onConnection: (connected, error) => this.guard("connection event", () => this.onConnection(connected, error)),
+      onSkipped: (key, reason) => this.guard("unreadable lease", () => this.ignore(key, reason)),
     });
     this.scheduleRenewal();
     this.schedulePublish();
@@ -433,9 +466,41 @@ export class LeaseManager {
       this.ownLease = lease;
       return;
     }
-    this.peerLeases.set(subnetKey(lease.subnet), lease);
+    const key = subnetKey(lease.subnet);
+    const problem = this.problemOf(lease);
+    if (problem !== null) {
+      this.ignore(key, problem);
+      // A key that was routable and no longer is leaves the table.
+      if (this.peerLeases.delete(key)) this.schedulePublish();
+      return;
+    }
+    this.ignored.delete(key);
+    this.peerLeases.set(key, lease);
     this.log.debug({ lease: describeLease(lease) }, "peer lease added or changed");
     this.schedulePublish();
+  }
+
+  private problemOf(lease: Lease): string | null {
+    const config = this.networkConfig;
+    return config === null ? null : peerLeaseProblem(config, lease, this.options.publicIp);
+  }
+
+  /** Records a key that is not routed; warns unless `known` already had it for that reason. */
+  private ignore(key: string, reason: string, known: ReadonlyMap<string, string> = this.ignored): void {
+    const isNew = known.get(key) !== reason;
+    this.ignored.set(key, reason);
+    if (!isNew) return;
+    this.log.warn({ key, reason }, "ignoring lease");
+    this.options.onSkipped?.(key, reason);
+  }
+
+  /** Runs a handler of a registry callback; a throw is logged, never propagated. */
+  private guard(what: string, handler: () => void): void {
+    try {
+      handler();
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, `${what} not applied, keeping the last good leases`);
+    }
   }
 
   private onDelete(subnet: Ipv4Prefix): void {
@@ -449,6 +514,7 @@ export class LeaseManager {
       else this.revoke(`lease ${formatPrefix(own.subnet)} was deleted`);
       return;
     }
+    this.ignored.delete(subnetKey(subnet));
     if (this.peerLeases.delete(subnetKey(subnet))) {
       this.log.debug({ subnet: formatPrefix(subnet) }, "peer lease removed");
       this.schedulePublish();
@@ -525,10 +591,16 @@ export class LeaseManager {
 
   private replacePeers(listing: LeaseListing): void {
     const own = this.ownLease;
+    const before = this.ignored;
+    this.ignored = new Map();
     this.peerLeases.clear();
+    for (const { key, reason } of listing.skipped) this.ignore(key, reason, before);
     for (const lease of listing.leases) {
       if (own !== null && sameSubnet(lease.subnet, own.subnet)) continue;
-      this.peerLeases.set(subnetKey(lease.subnet), lease);
+      const key = subnetKey(lease.subnet);
+      const problem = this.problemOf(lease);
+      if (problem !== null) this.ignore(key, problem, before);
+      else this.peerLeases.set(key, lease);
     }
   }
 
@@ -547,8 +619,10 @@ export class LeaseManager {
     setImmediate(() => {
       this.publishPending = false;
       if (this.stopped) return;
-      const leases = [...this.peerLeases.values()].sort((a, b) => a.subnet.base - b.subnet.base);
-      this.options.onLeases?.(leases);
+      this.guard("lease snapshot", () => {
+        const leases = [...this.peerLeases.values()].sort((a, b) => a.subnet.base - b.subnet.base);
+        this.options.onLeases?.(leases);
+      });
     });
   }
 

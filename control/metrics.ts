@@ -12,6 +12,8 @@ export interface MetricSources {
   /** Our lease's expiry, ms since the epoch; null for a reservation or before acquisition. */
   leaseExpiresAt(): number | null;
   registryConnected(): boolean;
+  /** Keys under subnets/ that are not routed: unreadable, outside the Network, wrong length, bad PublicIP. */
+  ignoredLeases(): number;
   /** Kernel-refused writes/sends (counted by the native layer). */
   deviceWriteErrors(): number;
   transportSendErrors(): number;
@@ -133,6 +135,14 @@ export function createMetrics(src: MetricSources): Registry {
     registers: [registry],
     collect() {
       this.set(src.leaseCount());
+    },
+  });
+  new Gauge({
+    name: "weft_leases_ignored",
+    help: "Keys in the registry that are not routed because they are unreadable or do not fit the network (each logged once)",
+    registers: [registry],
+    collect() {
+      this.set(src.ignoredLeases());
     },
   });
   new Gauge({

@@ -61,3 +61,26 @@ export function prefixContains(p: Ipv4Prefix, addr: number): boolean {
 export function prefixSize(len: number): number {
   return 2 ** (32 - len);
 }
+
+export function prefixesOverlap(a: Ipv4Prefix, b: Ipv4Prefix): boolean {
+  return a.base < b.base + prefixSize(b.len) && b.base < a.base + prefixSize(a.len);
+}
+
+/**
+ * Addresses that are never a host's unicast address on a network: "this"
+ * network 0/8, loopback 127/8, multicast 224/4, and 240/4 (reserved, with the
+ * limited broadcast 255.255.255.255). A packet or a lease naming one is bogus.
+ */
+export function isMartian(addr: number): boolean {
+  const top = addr >>> 24;
+  return top === 0 || top === 127 || top >= 224;
+}
+
+/** Ranges a flannel Network must stay out of, with what each is, for the error sentence. */
+export const RESERVED_RANGES: readonly { readonly prefix: Ipv4Prefix; readonly what: string }[] = [
+  { prefix: { base: 0x00000000, len: 8 }, what: '"this" network 0.0.0.0/8' },
+  { prefix: { base: 0x7f000000, len: 8 }, what: "loopback 127.0.0.0/8" },
+  { prefix: { base: 0xa9fe0000, len: 16 }, what: "link-local 169.254.0.0/16" },
+  { prefix: { base: 0xe0000000, len: 4 }, what: "multicast 224.0.0.0/4" },
+  { prefix: { base: 0xf0000000, len: 4 }, what: "reserved 240.0.0.0/4 (and broadcast)" },
+];

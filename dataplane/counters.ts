@@ -25,6 +25,12 @@ export const Drop = {
   WriteError: 9,
   /** A super-packet from flannel0 that cannot be split into packets (not TCP/UDP, no room). */
   GsoUnsplittable: 10,
+  /**
+   * Tunnelled packet claiming to come from this host: an address of its own,
+   * loopback, or inside its own lease (flannel0 accepts local sources for
+   * weft's own ICMP, so the check must happen here).
+   */
+  LocalSource: 11,
 } as const;
 export type Drop = (typeof Drop)[keyof typeof Drop];
 
@@ -40,6 +46,7 @@ export const DROP_NAMES = [
   "send_error",
   "write_error",
   "gso_unsplittable",
+  "local_source",
 ] as const;
 
 export const Icmp = { NetUnreachable: 0, TimeExceeded: 1, FragNeeded: 2 } as const;
@@ -67,6 +74,6 @@ export class Counters {
   /** UDP -> TUN (decapsulation). */
   readonly rx = new DirectionCounters();
   readonly icmpSent = new Float64Array(ICMP_NAMES.length);
-  /** ICMP errors not sent because the source was over its rate. */
+  /** ICMP errors not sent because their destination, or all destinations together, were over the rate. */
   icmpRateLimited = 0;
 }

@@ -16,7 +16,10 @@
 //        slot (one, or a UDP GRO run) ──► validate IPv4 ──► [inner source in sender's
 //        subnet?] ──► fits our MTU? ──► TTL-1 ──► stage
 //        ──► [TCP/UDP coalescing, gro.ts] ──► Device.write (one write() per (super-)packet)
-//        ICMP errors about tunnelled packets go straight back to the sending peer.
+//        ICMP errors about tunnelled packets go straight back to the sending peer
+//        (a leased one only, at its configured port, never larger than the trigger).
+//        Inner sources that are this host's own (its addresses, its lease,
+//        loopback) are dropped: flannel0 accepts local sources for weft's ICMP.
 //
 // Per-byte work (splitting, merging, checksums) happens in place in the
 // receive arenas, in the addon; what to split, merge and send where is
@@ -30,11 +33,12 @@
 // arena is never overwritten while packets in it wait. Nothing here awaits,
 // allocates per packet or logs.
 
+import type { Ipv4Prefix } from "./addr.js";
 import { Counters, Drop, Icmp } from "./counters.js";
 import { Coalescer } from "./gro.js";
 import { type Device, MAX_RUN_BYTES, type Transport } from "./io.js";
 import { LeaseTable } from "./leases.js";
-import { PerSourceLimiter } from "./ratelimit.js";
+import { PerSourceLimiter, TokenBucket } from "./ratelimit.js";
 import { Splitter } from "./tso.js";
 import {
   buildIcmpError,
@@ -44,6 +48,7 @@ import {
   ICMP_DEST_UNREACH,
   ICMP_ERROR_MAX,
   ICMP_TIME_EXCEEDED,
+  icmpErrorLength,
   mayAnswerWithError,
 } from "./wire/icmp.js";
 import { Ipv4Check, Ipv4View } from "./wire/ipv4.js";
@@ -65,8 +70,12 @@ export interface EngineOptions {
   /** Drop tunnelled packets whose inner source is outside the sending peer's subnet. */
   readonly strictInnerSource?: boolean;
   readonly counters?: Counters;
+  /** This host's lease: tunnelled packets claiming a source inside it are dropped. */
+  readonly ownSubnet?: Ipv4Prefix;
   /** ICMP errors per second per source (default 10). */
   readonly icmpRate?: number;
+  /** ICMP errors per second for all sources together (default 100). */
+  readonly icmpGlobalRate?: number;
   /** Coalesce TCP segments (and UDP datagrams) toward flannel0 when the device takes super-packets (default true). */
   readonly coalesce?: boolean;
   /** Milliseconds clock for the ICMP limiter (tests inject one). */
@@ -137,6 +146,11 @@ export class Engine {
   private readonly coalesce: boolean;
   private readonly now: () => number;
   private readonly limiter: PerSourceLimiter;
+  private readonly globalLimiter: TokenBucket;
+  private readonly ownBase: number;
+  private readonly ownMask: number;
+  /** This host's own addresses (setLocalAddresses); checked per tunnelled packet. */
+  private localAddrs: ReadonlySet<number> = new Set();
   private readonly view = new Ipv4View();
   private readonly toPeers: Staging;
   private readonly toDevice: Staging;
@@ -174,6 +188,12 @@ export class Engine {
     this.counters = opts.counters ?? new Counters();
     this.now = opts.now ?? Date.now;
     this.limiter = new PerSourceLimiter(opts.icmpRate ?? 10, opts.icmpRate ?? 10);
+    const globalRate = opts.icmpGlobalRate ?? 100;
+    this.globalLimiter = new TokenBucket(globalRate, globalRate);
+    // No lease given: 127/8 stands in, which the loopback check covers anyway.
+    const own = opts.ownSubnet ?? { base: 0x7f000000, len: 8 };
+    this.ownBase = own.base;
+    this.ownMask = own.len === 0 ? 0 : (0xffffffff << (32 - own.len)) >>> 0;
     this.toPeers = new Staging(this.device.rx.capacity * (this.device.gso ? PACKETS_PER_BIG_SLOT : 1));
     this.toDevice = new Staging(
       this.transport.rx.capacity * (this.transport.rx.slotSize >= BIG_SLOT ? PACKETS_PER_BIG_SLOT : 1),
@@ -205,6 +225,11 @@ export class Engine {
       this.runCount = new Uint16Array(size);
     }
     this.table = table;
+  }
+
+  /** This host's own addresses, all interfaces; replaced whole (the control plane refreshes it). */
+  setLocalAddresses(addrs: Iterable<number>): void {
+    this.localAddrs = new Set(addrs);
   }
 
   get leaseTable(): LeaseTable {
@@ -245,12 +270,12 @@ export class Engine {
       const id = table.lookup(ip.dst);
       if (id < 0) {
         c.drops[Drop.NoRoute]++;
-        this.answer(icmp, ICMP_DEST_UNREACH, CODE_NET_UNREACH, 0, Icmp.NetUnreachable, 0);
+        this.answer(icmp, ICMP_DEST_UNREACH, CODE_NET_UNREACH, 0, Icmp.NetUnreachable, -1, 0);
         continue;
       }
       if (ip.ttl <= 1) {
         c.drops[Drop.TtlExpired]++;
-        this.answer(icmp, ICMP_TIME_EXCEEDED, CODE_TTL_EXCEEDED, 0, Icmp.TimeExceeded, 0);
+        this.answer(icmp, ICMP_TIME_EXCEEDED, CODE_TTL_EXCEEDED, 0, Icmp.TimeExceeded, -1, 0);
         continue;
       }
       ip.decrementTtl();
@@ -303,6 +328,9 @@ export class Engine {
     const out = this.toDevice;
     const icmp = this.icmpToPeers;
     const peerCheck = this.peerCheck;
+    const ownBase = this.ownBase;
+    const ownMask = this.ownMask;
+    const local = this.localAddrs;
     let staged = 0;
     icmp.count = 0;
     c.batches++;
@@ -338,6 +366,11 @@ export class Engine {
           c.drops[verdict === Ipv4Check.NotIpv4 ? Drop.NotIpv4 : Drop.Malformed]++;
           continue;
         }
+        const src = ip.src;
+        if ((src & ownMask) >>> 0 === ownBase || src >>> 24 === 127 || local.has(src)) {
+          c.drops[Drop.LocalSource]++;
+          continue;
+        }
         if (this.strictInnerSource) {
           const owner = table.lookup(ip.src);
           if (owner < 0 || table.peerAddr[owner] !== sender) {
@@ -349,13 +382,13 @@ export class Engine {
         if (total > this.mtu) {
           c.drops[Drop.Oversize]++;
           if (ip.dontFragment) {
-            this.answer(icmp, ICMP_DEST_UNREACH, CODE_FRAG_NEEDED, this.mtu, Icmp.FragNeeded, i);
+            this.answer(icmp, ICMP_DEST_UNREACH, CODE_FRAG_NEEDED, this.mtu, Icmp.FragNeeded, i, len);
           }
           continue;
         }
         if (ip.ttl <= 1) {
           c.drops[Drop.TtlExpired]++;
-          this.answer(icmp, ICMP_TIME_EXCEEDED, CODE_TTL_EXCEEDED, 0, Icmp.TimeExceeded, i);
+          this.answer(icmp, ICMP_TIME_EXCEEDED, CODE_TTL_EXCEEDED, 0, Icmp.TimeExceeded, i, len);
           continue;
         }
         ip.decrementTtl();
@@ -380,25 +413,44 @@ export class Engine {
 
   /**
    * Builds an ICMP error about the packet in `this.view` into `icmp`, unless
-   * the packet must not be answered or its source is over its rate. For the
-   * tunnel direction, `datagram` names the datagram whose sender gets it.
+   * the packet must not be answered or the rate is used up. `datagram` < 0:
+   * the error goes into flannel0. Otherwise it goes back through the tunnel to
+   * the sender of that datagram, whose inner packet was `triggerLength` long,
+   * and only when that cannot be turned into a reflector: the sender holds a
+   * lease (also with --no-peer-check), the error goes to the udp backend's
+   * port (not the port the datagram claims to come from) and is no larger
+   * than what triggered it.
    */
-  private answer(icmp: IcmpOut, type: number, code: number, extra: number, kind: number, datagram: number): void {
+  private answer(
+    icmp: IcmpOut,
+    type: number,
+    code: number,
+    extra: number,
+    kind: number,
+    datagram: number,
+    triggerLength: number,
+  ): void {
     const ip = this.view;
     if (!mayAnswerWithError(ip)) return;
+    let peer = 0;
+    if (datagram >= 0) {
+      peer = this.transport.rx.srcAddr[datagram] as number;
+      if (!this.table.isPeer(peer) || icmpErrorLength(ip) > triggerLength) return;
+    }
     // A batch of GRO runs may hold more packets than there are ICMP slots.
     if (icmp.count === icmp.lengths.length) {
       this.counters.icmpRateLimited++;
       return;
     }
-    if (!this.limiter.allow(ip.src, this.now())) {
+    const now = this.now();
+    if (!this.limiter.allow(ip.src, now) || !this.globalLimiter.take(now)) {
       this.counters.icmpRateLimited++;
       return;
     }
     const n = icmp.count;
     icmp.lengths[n] = buildIcmpError(icmp.bytes, icmp.offsets[n], type, code, extra, ip, this.localAddr);
-    icmp.addrs[n] = this.transport.rx.srcAddr[datagram];
-    icmp.ports[n] = this.transport.rx.srcPort[datagram];
+    icmp.addrs[n] = peer;
+    icmp.ports[n] = this.table.port;
     icmp.count = n + 1;
     this.counters.icmpSent[kind]++;
   }

@@ -19,6 +19,8 @@ export class LeaseTable {
   /** Peer address and port per lease id (the value lookup() returns). */
   readonly peerAddr: Uint32Array;
   readonly peerPort: Uint16Array;
+  /** The udp backend's port, the same on every node. */
+  readonly port: number;
   readonly leases: readonly PeerLease[];
   private readonly base: number;
   private readonly mask: number;
@@ -32,6 +34,7 @@ export class LeaseTable {
     this.mask = prefixMask(network.len);
     this.shift = 32 - subnetLen;
     this.leases = leases;
+    this.port = port;
     this.peerAddr = new Uint32Array(leases.length);
     this.peerPort = new Uint16Array(leases.length).fill(port);
     this.senders = new Set();

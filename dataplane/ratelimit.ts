@@ -1,7 +1,9 @@
-// Per-source token buckets for ICMP errors, in a fixed-size table: bounded
-// memory whatever the number of sources, no allocation per packet. A hash
-// collision makes two sources share one bucket, which only errs towards fewer
-// ICMP messages.
+// Token buckets for ICMP errors: one per source, in a fixed-size table
+// (bounded memory whatever the number of sources, no allocation per packet; a
+// hash collision makes two sources share one bucket, which only errs towards
+// fewer ICMP messages), and one for all sources together, because a flood
+// from many (spoofed) sources would otherwise get a full per-source budget
+// each.
 
 const SLOTS = 1024;
 
@@ -32,6 +34,30 @@ export class PerSourceLimiter {
     this.stamp[slot] = nowMs;
     if (this.tokens[slot] < 1) return false;
     this.tokens[slot] -= 1;
+    return true;
+  }
+}
+
+/** One token bucket. */
+export class TokenBucket {
+  private tokens: number;
+  private stamp = Number.NEGATIVE_INFINITY;
+
+  constructor(
+    private readonly ratePerSecond: number,
+    private readonly burst: number,
+  ) {
+    this.tokens = burst;
+  }
+
+  /** Takes a token at time `nowMs`; false when none is left. */
+  take(nowMs: number): boolean {
+    if (this.stamp !== Number.NEGATIVE_INFINITY) {
+      this.tokens = Math.min(this.burst, this.tokens + ((nowMs - this.stamp) * this.ratePerSecond) / 1000);
+    }
+    this.stamp = nowMs;
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
     return true;
   }
 }

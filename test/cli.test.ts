@@ -96,15 +96,50 @@ describe("weftd flags", () => {
     assert.equal(parseOptions(["-v=10"], {}).verbosity, 10);
   });
 
+  it("exits 2 with one sentence for a numeric flag out of range", async () => {
+    await assert.rejects(run(WEFTD, ["--iptables-resync", "0"]), (err: { code: number; stderr: string }) => {
+      assert.equal(err.code, 2);
+      assert.equal(err.stderr, "weftd: flag --iptables-resync: 0 is out of range; give 1 to 86400 seconds\n");
+      return true;
+    });
+  });
+
   const refused: [string[], Record<string, string>, string][] = [
     [["--etcd-endpoint=http://x:1"], {}, "unknown flag --etcd-endpoint"],
     [["-bogus"], {}, "unknown flag -bogus"],
     [["--ip-masq=maybe"], {}, 'flag ip-masq: "maybe" is not a boolean (use true or false)'],
     [["--healthz-port=abc"], {}, 'flag healthz-port: "abc" is not an integer'],
-    [["--healthz-port=70000"], {}, "flag --healthz-port: 70000 is not a port"],
+    [
+      ["--healthz-port=70000"],
+      {},
+      "flag --healthz-port: 70000 is out of range; give 0 to 65535 (0 turns the server off)",
+    ],
     [["--subnet-file"], {}, "flag --subnet-file needs a value"],
-    [["--busy-poll-us=-5"], {}, "flag --busy-poll-us: -5 must not be negative"],
-    [["--busy-poll-us=2000000"], {}, "flag --busy-poll-us: 2000000 is more than a second (1000000)"],
+    [["--busy-poll-us=-5"], {}, "flag --busy-poll-us: -5 is out of range; give 0 to 2000 microseconds"],
+    [["--busy-poll-us=2001"], {}, "flag --busy-poll-us: 2001 is out of range; give 0 to 2000 microseconds"],
+    [["--iptables-resync=0"], {}, "flag --iptables-resync: 0 is out of range; give 1 to 86400 seconds"],
+    [["--iptables-resync=2147484"], {}, "flag --iptables-resync: 2147484 is out of range; give 1 to 86400 seconds"],
+    [[], { FLANNELD_IPTABLES_RESYNC: "0" }, "flag --iptables-resync: 0 is out of range; give 1 to 86400 seconds"],
+    [
+      ["--port=65536"],
+      {},
+      "flag --port: 65536 is out of range; give 0 to 65535 (0 takes Backend.Port from the network config)",
+    ],
+    [
+      ["--port=-1"],
+      {},
+      "flag --port: -1 is out of range; give 0 to 65535 (0 takes Backend.Port from the network config)",
+    ],
+    [
+      ["--subnet-lease-renew-margin=1440"],
+      {},
+      "flag --subnet-lease-renew-margin: 1440 is out of range; give 1 to 1439 minutes, below the 24 h lease",
+    ],
+    [
+      ["--subnet-lease-renew-margin=0"],
+      {},
+      "flag --subnet-lease-renew-margin: 0 is out of range; give 1 to 1439 minutes, below the 24 h lease",
+    ],
     [["--iface-regex=("], {}, 'flag --iface-regex: "(" is not a valid regular expression'],
     [
       ["--etcd-endpoints=127.0.0.1:2379"],

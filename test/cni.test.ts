@@ -41,12 +41,6 @@ const KUBE_FLANNEL_DELEGATE =
   '"ipam":{"ranges":[[{"subnet":"10.244.68.0/24"}]],"routes":[{"dst":"10.244.0.0/16"}],"type":"host-local"},' +
   '"isDefaultGateway":true,"isGateway":true,"mtu":1472,"name":"cbr0","type":"bridge"}';
 
-const haveTools =
-  process.getuid?.() === 0 &&
-  ["bridge", "host-local", "portmap"].every((p) => existsSync(join(systemCni, p))) &&
-  spawnSync("ip", ["-V"]).status === 0 &&
-  spawnSync("unshare", ["--version"]).status === 0;
-
 function sh(argv: string[], input?: string): string {
   const r = spawnSync(argv[0] as string, argv.slice(1), { input, encoding: "utf8" });
   if (r.status !== 0) throw new Error(`${argv.join(" ")} failed (${r.status}): ${r.stderr}`);
@@ -86,9 +80,9 @@ function rootFingerprint(): string[] {
   return [...links.map((l) => `link ${l}`), ...routes.map((r) => `route ${r}`), ...rules.map((r) => `rule ${r}`)];
 }
 
-describe("flannel CNI plugin", {
-  skip: haveTools ? false : "needs root, iproute2 and containernetworking-plugins",
-}, () => {
+// Needs root, iproute2, unshare and containernetworking-plugins: the test
+// runner's setup step installs them; missing ones fail the tests loudly.
+describe("flannel CNI plugin", () => {
   const tag = randomBytes(3).toString("hex");
   const hostNs = `weft-cni-${tag}-h`;
   const podNs = `weft-cni-${tag}-p`;
@@ -294,6 +288,31 @@ describe("flannel CNI plugin", {
     r = runShim({ ...pluginEnv({ CNI_CONTAINERID: "bad" }), CNI_COMMAND: "DEL" }, conf());
     assert.equal(r.status, 0, r.stdout);
     assert.equal(r.stdout, "");
+  });
+
+  test("ADD with a delegate that cannot be found saves nothing; DEL of a config whose delegate vanished still cleans up", async () => {
+    const missing = runShim(
+      { ...pluginEnv({ CNI_CONTAINERID: "nodelegate" }), CNI_COMMAND: "ADD" },
+      conf({ delegate: { type: "no-such-plugin" } }),
+    );
+    assert.equal(missing.status, 1);
+    assert.match(String(missing.json?.msg), /failed to find plugin "no-such-plugin"/);
+    assert.equal(existsSync(join(dir, "data", "nodelegate")), false, "no file left for a DEL that could never succeed");
+
+    // A delegate that ran at ADD and was uninstalled before DEL.
+    const r = runShim(
+      { ...pluginEnv({ CNI_CONTAINERID: "orphan" }), CNI_COMMAND: "ADD" },
+      conf({ delegate: { type: "macvlan" } }),
+    );
+    assert.equal(r.status, 0, r.stdout);
+    const saved = join(dir, "data", "orphan");
+    assert.ok(existsSync(saved));
+    const del = runShim(
+      { ...pluginEnv({ CNI_CONTAINERID: "orphan" }), CNI_PATH: join(dir, "empty-cni-path"), CNI_COMMAND: "DEL" },
+      conf(),
+    );
+    assert.equal(del.status, 0, del.stdout);
+    assert.equal(existsSync(saved), false);
   });
 
   test("subnet.env parsing tolerates hand edits and names what is missing", () => {

@@ -165,6 +165,42 @@ describe("parseNetworkConfig rejects with one sentence naming the field and valu
       error: "network config: Network 10.0.0.0/29 is too small; the smallest usable Network is a /28",
     },
     {
+      name: "Network 0.0.0.0/0 (everything: the FORWARD chain would accept all)",
+      json: '{"Network":"0.0.0.0/0"}',
+      error:
+        'network config: Network 0.0.0.0/0 overlaps "this" network 0.0.0.0/8; use a private range such as 10.244.0.0/16',
+    },
+    {
+      name: "Network in loopback",
+      json: '{"Network":"127.0.0.0/16"}',
+      error:
+        "network config: Network 127.0.0.0/16 overlaps loopback 127.0.0.0/8; use a private range such as 10.244.0.0/16",
+    },
+    {
+      name: "Network covering loopback",
+      json: '{"Network":"64.0.0.0/2"}',
+      error:
+        "network config: Network 64.0.0.0/2 overlaps loopback 127.0.0.0/8; use a private range such as 10.244.0.0/16",
+    },
+    {
+      name: "Network in multicast",
+      json: '{"Network":"239.1.0.0/16"}',
+      error:
+        "network config: Network 239.1.0.0/16 overlaps multicast 224.0.0.0/4; use a private range such as 10.244.0.0/16",
+    },
+    {
+      name: "Network in link-local",
+      json: '{"Network":"169.254.0.0/16"}',
+      error:
+        "network config: Network 169.254.0.0/16 overlaps link-local 169.254.0.0/16; use a private range such as 10.244.0.0/16",
+    },
+    {
+      name: "Network in 240/4",
+      json: '{"Network":"250.0.0.0/16"}',
+      error:
+        "network config: Network 250.0.0.0/16 overlaps reserved 240.0.0.0/4 (and broadcast); use a private range such as 10.244.0.0/16",
+    },
+    {
       name: "SubnetLen above 30",
       json: '{"Network":"10.0.0.0/16","SubnetLen":31}',
       error: "network config: SubnetLen 31 is larger than 30",

@@ -41,6 +41,7 @@ function rig(opts: { capacity?: number; peerCheck?: boolean; strictInnerSource?:
     mtu: opts.mtu ?? 1472,
     peerCheck: opts.peerCheck,
     strictInnerSource: opts.strictInnerSource,
+    ownSubnet: parsePrefix("10.244.1.0/24") as Ipv4Prefix,
     now: () => clock.t,
   });
   engine.setTable(tableOf(["10.244.2.0/24", H2], ["10.244.3.0/24", H3]));
@@ -126,6 +127,38 @@ describe("engine: flannel0 -> peers", () => {
     r.clock.t += 1000;
     r.device.inject(flood);
     assert.equal(r.device.written.length, 21);
+  });
+
+  it("caps ICMP errors for all sources together, so a flood from many sources gets no more than the global rate", () => {
+    // 1,000 sources, each well under its own rate of 10/s.
+    const flood = Array.from({ length: 1000 }, (_, i) =>
+      udpPacket(`10.244.1.${(i % 250) + 2}`, `10.244.${99 + Math.floor(i / 250)}.1`, 1, 2, new Uint8Array(4)),
+    );
+    r.device.inject(flood);
+    assert.equal(r.engine.counters.tx.drops[Drop.NoRoute], 1000);
+    assert.equal(r.device.written.length, 100, "the global burst");
+    r.clock.t += 500;
+    r.device.inject(flood);
+    assert.equal(r.device.written.length, 150, "half a second refills half the global rate");
+  });
+
+  it("never answers a packet from or to a martian address (0/8, loopback, multicast, 240/4, broadcast)", () => {
+    const probes = [
+      ["10.244.1.2", "127.0.0.1"],
+      ["10.244.1.2", "0.1.2.3"],
+      ["10.244.1.2", "224.0.0.5"],
+      ["10.244.1.2", "240.1.2.3"],
+      ["10.244.1.2", "255.255.255.255"],
+      ["127.0.0.9", "10.244.99.1"],
+      ["0.0.0.0", "10.244.99.1"],
+      ["250.0.0.1", "10.244.99.1"],
+    ];
+    r.device.inject(probes.map(([src, dst]) => udpPacket(src as string, dst as string, 1, 2, new Uint8Array(100))));
+    assert.equal(r.engine.counters.tx.drops[Drop.NoRoute], probes.length);
+    assert.equal(r.device.written.length, 0);
+    // The control: an ordinary unroutable destination is answered.
+    r.device.inject([udpPacket("10.244.1.2", "10.244.99.1", 1, 2, new Uint8Array(100))]);
+    assert.equal(r.device.written.length, 1);
   });
 
   it("counts malformed and non-IPv4 packets and forwards the rest of the batch", () => {
@@ -248,7 +281,7 @@ describe("engine: peers -> flannel0", () => {
   });
 
   it("answers a tunnelled packet whose TTL runs out with Time Exceeded to its sender", () => {
-    r.transport.inject([fromH2(udpPacket("10.244.2.7", "10.244.1.2", 1, 2, new Uint8Array(8), 1))]);
+    r.transport.inject([fromH2(udpPacket("10.244.2.7", "10.244.1.2", 1, 2, new Uint8Array(64), 1))]);
     assert.equal(r.device.written.length, 0);
     assert.equal(r.engine.counters.rx.drops[Drop.TtlExpired], 1);
     assert.equal(r.transport.sent.length, 1);
@@ -265,6 +298,56 @@ describe("engine: peers -> flannel0", () => {
     ]);
     assert.equal(strict.device.written.length, 1);
     assert.equal(strict.engine.counters.rx.drops[Drop.SpoofedSource], 2);
+  });
+
+  it("drops tunnelled packets whose inner source is this host's own: its addresses, its lease, loopback", () => {
+    r.engine.setLocalAddresses([parseIpv4("198.18.0.1"), parseIpv4("172.17.0.1")]);
+    r.transport.inject([
+      fromH2(udpPacket("10.244.1.1", "10.244.1.2", 1, 2, new Uint8Array(8))),
+      fromH2(udpPacket("10.244.1.0", "10.244.1.2", 1, 2, new Uint8Array(8))),
+      fromH2(udpPacket("198.18.0.1", "10.244.1.2", 1, 2, new Uint8Array(8))),
+      fromH2(udpPacket("172.17.0.1", "10.244.1.2", 1, 2, new Uint8Array(8))),
+      fromH2(udpPacket("127.0.0.1", "10.244.1.2", 1, 2, new Uint8Array(8))),
+      fromH2(udpPacket("10.244.2.7", "10.244.1.2", 1, 2, new Uint8Array(8))),
+    ]);
+    assert.equal(r.device.written.length, 1, "only the peer's own pod gets through");
+    assert.deepEqual([...r.device.written[0].subarray(12, 16)], [10, 244, 2, 7]);
+    assert.equal(r.engine.counters.rx.drops[Drop.LocalSource], 5);
+    const c = r.engine.counters.rx;
+    assert.equal(c.outPackets + c.dropped(), c.inPackets);
+  });
+
+  it("never sends ICMP toward a peer larger than the packet that triggered it", () => {
+    let bytesIn = 0;
+    for (const payload of [0, 4, 8, 16, 27, 28, 40, 100, 1000]) {
+      const p = udpPacket("10.244.2.7", "10.244.1.2", 1, 2, new Uint8Array(payload), 1);
+      bytesIn += p.length;
+      const before = r.transport.sent.length;
+      r.transport.inject([fromH2(p)]);
+      for (const m of r.transport.sent.slice(before)) {
+        assert.ok(m.data.length <= p.length, `a ${m.data.length}-byte error for a ${p.length}-byte trigger`);
+      }
+    }
+    const bytesOut = r.transport.sent.reduce((n, m) => n + m.data.length, 0);
+    assert.ok(r.transport.sent.length >= 4, "large triggers are still answered");
+    assert.ok(bytesOut / bytesIn <= 1, `amplification ${bytesOut / bytesIn}`);
+  });
+
+  it("sends ICMP toward a peer to the backend's port, whatever port the datagram claims", () => {
+    const p = udpPacket("10.244.2.7", "10.244.1.2", 1, 2, new Uint8Array(100), 1);
+    r.transport.inject([{ data: p, src: H2, srcPort: 53 }]);
+    assert.equal(r.transport.sent.length, 1);
+    assert.equal(r.transport.sent[0].port, 8285);
+  });
+
+  it("with the peer check off, still sends ICMP only to hosts that hold a lease", () => {
+    const open = rig({ peerCheck: false });
+    const p = udpPacket("10.244.2.7", "10.244.1.2", 1, 2, new Uint8Array(100), 1);
+    open.transport.inject([{ data: p, src: STRANGER }]);
+    assert.equal(open.engine.counters.rx.drops[Drop.TtlExpired], 1);
+    assert.equal(open.transport.sent.length, 0, "no reflection toward an address that holds no lease");
+    open.transport.inject([fromH2(p)]);
+    assert.equal(open.transport.sent.length, 1);
   });
 
   it("holds the socket while flannel0 is full and writes the rest when writable", () => {

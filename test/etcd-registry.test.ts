@@ -286,6 +286,21 @@ describe("EtcdRegistry on a plain etcd", () => {
     assert.match(reasons.get(`${p}/subnets/garbage`) ?? "", /"garbage" is not a subnet/);
   });
 
+  it("a prefix with non-ASCII characters names every key correctly, in listings and in the watch", async () => {
+    const p = `${freshPrefix()}/réseau-網`;
+    const registry = res.registry({ endpoints: [etcd.endpoint], prefix: p });
+    const start = await registry.getLeases();
+    const rec = new Recorder();
+    res.watch(registry, start.revision, rec);
+    assert.ok(await registry.createLease(prefix("10.244.31.0/24"), ip("198.18.0.31"), DAY));
+    const listing = await registry.getLeases();
+    assert.deepEqual(listing.skipped, []);
+    assert.deepEqual(listing.leases.map(show), ["10.244.31.0/24 -> 198.18.0.31"]);
+    await registry.deleteLease(prefix("10.244.31.0/24"));
+    await waitFor("put and delete", () => rec.log.length >= 2);
+    assert.deepEqual(rec.log, ["put 10.244.31.0/24 -> 198.18.0.31", "delete 10.244.31.0/24"]);
+  });
+
   it("watch delivers puts and deletes in order, including deletes by others and expiry", async () => {
     const p = freshPrefix();
     const registry = res.registry({ endpoints: [etcd.endpoint], prefix: p });
@@ -695,6 +710,46 @@ describe("lease acquisition over etcd", () => {
     assert.equal(formatPrefix(owner.subnet), "10.247.77.0/24");
     assert.equal(owner.expiresAt, null);
     assert.equal(await rawLeaseOf(etcd, key), 0n, "still a reservation: no etcd lease");
+  });
+
+  it("keys outside the Network, of another length or naming martian PublicIPs are ignored with one warning each; the manager keeps routing the rest", async () => {
+    const p = await networkWith('{"Network":"10.249.0.0/16"}');
+    // An operator changed the Network while a node was down: its old lease survives.
+    await etcd.etcdctl(["put", `${p}/subnets/192.168.7.0-24`, encodeLeaseValue(ip("198.18.6.7"))]);
+    await etcd.etcdctl(["put", `${p}/subnets/10.249.0.0-16`, encodeLeaseValue(ip("198.18.6.8"))]);
+    const warnings: string[] = [];
+    let peers: Lease[] = [];
+    const manager = new LeaseManager({
+      registry: res.registry({ endpoints: [etcd.endpoint], prefix: p }),
+      publicIp: ip("198.18.6.1"),
+      log: {
+        debug() {},
+        info() {},
+        warn: (obj, msg) => {
+          if (msg === "ignoring lease") warnings.push(String((obj as { key: string }).key));
+        },
+        error() {},
+      },
+      onLeases: (leases) => {
+        peers = [...leases];
+      },
+    });
+    try {
+      const own = await manager.start();
+      assert.equal(own.subnet.len, 24, "the covering key did not cause 'out of subnets'");
+      await etcd.etcdctl(["put", `${p}/subnets/10.249.8.0-25`, encodeLeaseValue(ip("198.18.6.9"))]);
+      await etcd.etcdctl(["put", `${p}/subnets/10.249.9.0-24`, encodeLeaseValue(ip("127.0.0.1"))]);
+      await etcd.etcdctl(["put", `${p}/subnets/10.249.10.0-24`, encodeLeaseValue(ip("198.18.6.10"))]);
+      await waitFor("the good peer", () => peers.length === 1);
+      assert.deepEqual(peers.map(show), ["10.249.10.0/24 -> 198.18.6.10"]);
+      assert.deepEqual(warnings.sort(), ["10.249.0.0-16", "10.249.8.0-25", "10.249.9.0-24", "192.168.7.0-24"]);
+      assert.equal(manager.ignoredCount, 4);
+      // Deleting a bad key forgets it.
+      await etcd.etcdctl(["del", `${p}/subnets/10.249.8.0-25`]);
+      await waitFor("the deleted key to be forgotten", () => manager.ignoredCount === 3);
+    } finally {
+      manager.stop();
+    }
   });
 
   it("two lease managers over etcd each see the other's lease", async () => {

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { mkdirSync, rmSync } from "node:fs";
-import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, symlink, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, test } from "node:test";
@@ -192,6 +193,51 @@ describe("FileRegistry", () => {
     assert.deepEqual(listing.leases, [{ subnet: prefix("10.244.7.0/24"), publicIp: HOST_A, expiresAt: null }]);
   });
 
+  test("reads only regular files of bounded size, never through a link: a FIFO, /dev/zero and a huge key are skipped, not waited on", {
+    timeout: 20_000,
+  }, async () => {
+    const registry = await openRegistry();
+    await registry.createLease(prefix("10.244.1.0/24"), HOST_A, 60);
+    const subnets = join(dir, "subnets");
+    const outside = join(dir, "..", `weft-outside-${process.pid}.json`);
+    await writeFile(outside, '{"PublicIP":"198.18.0.9","PublicIPv6":null}');
+    try {
+      execFileSync("mkfifo", [join(subnets, "10.244.2.0-24")]);
+      await symlink("/dev/zero", join(subnets, "10.244.3.0-24"));
+      await symlink(outside, join(subnets, "10.244.4.0-24"));
+      await writeFile(join(subnets, "10.244.5.0-24"), `{"PublicIP":"198.18.0.5"${" ".repeat(70_000)}}`);
+      await writeFile(join(subnets, "10.244.6.0-24"), '{"PublicIP":"198.18.0.6"}');
+      execFileSync("mkfifo", [join(dir, "leases", "10.244.6.0-24")]);
+      const listing = await registry.getLeases();
+      assert.deepEqual(listing.leases, [{ subnet: prefix("10.244.1.0/24"), publicIp: HOST_A, expiresAt: T0 + 60_000 }]);
+      assert.deepEqual(
+        listing.skipped.sort((a, b) => a.key.localeCompare(b.key)),
+        [
+          { key: join(subnets, "10.244.2.0-24"), reason: "the key cannot be read: it is not a regular file" },
+          {
+            key: join(subnets, "10.244.3.0-24"),
+            reason: "the key cannot be read: it is a symbolic link (not followed)",
+          },
+          {
+            key: join(subnets, "10.244.4.0-24"),
+            reason: "the key cannot be read: it is a symbolic link (not followed)",
+          },
+          { key: join(subnets, "10.244.5.0-24"), reason: "the key cannot be read: it is larger than 65536 bytes" },
+          {
+            key: join(subnets, "10.244.6.0-24"),
+            reason: "the expiry in leases/10.244.6.0-24 cannot be read: it is not a regular file",
+          },
+        ],
+      );
+      // A FIFO as the config is an error to retry, not a hang.
+      await rm(join(dir, "config"), { force: true });
+      execFileSync("mkfifo", [join(dir, "config")]);
+      await assert.rejects(registry.getNetworkConfig(), /not a regular file/);
+    } finally {
+      await rm(outside, { force: true });
+    }
+  });
+
   test("getLeases lists leases and reservations in subnet order with increasing revisions", async () => {
     const registry = await openRegistry();
     await registry.createLease(prefix("10.244.9.0/24"), HOST_B, 60);
@@ -232,7 +278,7 @@ describe("FileRegistry", () => {
           key: join(subnets, "10.244.5.0-24"),
           reason: 'the expiry "tomorrow" in leases/10.244.5.0-24 is not a number of milliseconds',
         },
-        { key: join(subnets, "10.244.6.0-24"), reason: "the key cannot be read: EISDIR" },
+        { key: join(subnets, "10.244.6.0-24"), reason: "the key cannot be read: it is not a regular file" },
         { key: join(subnets, "notes.txt"), reason: "the name is not a subnet key like 10.244.68.0-24" },
       ],
     );

@@ -112,7 +112,8 @@ describe("fuzz: hostile packets through the engine", () => {
         first += n;
       }
       total += pool.length;
-      for (let i = 0; i < 256; i++) pool[randomInt(rand, pool.length)] = { data: hostilePacket(rand), src: senders[randomInt(rand, 4)] as number };
+      for (let i = 0; i < 256; i++)
+        pool[randomInt(rand, pool.length)] = { data: hostilePacket(rand), src: senders[randomInt(rand, 4)] as number };
     }
     const c = engine.counters.rx;
     assert.equal(c.inPackets, total);
@@ -126,13 +127,24 @@ describe("fuzz: hostile packets through the engine", () => {
     const device = new FakeDevice("flannel0", { capacity: 64 });
     const transport = new FakeTransport(8285, { capacity: 64 });
     const engine = new Engine({ device, transport, localAddr: parseIpv4("10.244.1.0"), mtu: 1472 });
-    engine.setTable(LeaseTable.build(network, 24, [{ subnet: parsePrefix("10.244.2.0/24") as Ipv4Prefix, publicIp: PEERS[0] as number }], 8285));
+    engine.setTable(
+      LeaseTable.build(
+        network,
+        24,
+        [{ subnet: parsePrefix("10.244.2.0/24") as Ipv4Prefix, publicIp: PEERS[0] as number }],
+        8285,
+      ),
+    );
     engine.start();
     for (let i = 0; i < 200; i++) {
       const batch = Array.from({ length: 64 }, () => hostilePacket(rand));
       // Only inputs with a good header checksum can be expected to leave with one.
       device.inject(batch.filter((p) => p.length >= 20 && p[0] >> 4 === 4 && headerChecksumOk(p)));
-      transport.inject(batch.map((p) => ({ data: p, src: PEERS[0] as number })).filter((d) => d.data.length >= 20 && d.data[0] >> 4 === 4 && headerChecksumOk(d.data)));
+      transport.inject(
+        batch
+          .map((p) => ({ data: p, src: PEERS[0] as number }))
+          .filter((d) => d.data.length >= 20 && d.data[0] >> 4 === 4 && headerChecksumOk(d.data)),
+      );
     }
     const out = [...device.written, ...transport.sent.map((s) => s.data)];
     assert.ok(out.length > 1000);

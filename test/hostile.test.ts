@@ -320,8 +320,8 @@ describe("hostile datagrams at weft's port (netns)", { timeout: 300_000 }, () =>
     assert.ok(ratio >= 0.5, `TCP kept ${(ratio * 100).toFixed(0)} % of its unloaded rate under the flood (≥ 50 %)`);
   });
 
-  it("without --strict-inner-source, a leased peer's packets are delivered whatever their inner source (flannel's behaviour)", async () => {
-    const sources = [unleased, "198.51.100.7", p2.ip.replace(/\.\d+$/, ".77")];
+  it("without --strict-inner-source, a leased peer's packets are delivered whatever their foreign inner source (flannel's behaviour)", async () => {
+    const sources = [unleased, "198.51.100.7"];
     const text = await metrics(h2);
     await sendDatagrams(
       h1.ns,
@@ -340,6 +340,18 @@ describe("hostile datagrams at weft's port (netns)", { timeout: 300_000 }, () =>
     assert.equal(rxDrops(await metrics(h2), "spoofed_source") - rxDrops(text, "spoofed_source"), 0);
   });
 
+  it("a leased peer cannot deliver packets claiming this host's own addresses or lease as their source (flannel0 has accept_local)", async () => {
+    const text = await metrics(h2);
+    const own = [p2.ip.replace(/\.\d+$/, ".77"), p2.ip.replace(/\.\d+$/, ".1"), h2.underlayIp, "127.0.0.1"];
+    await sendDatagrams(h1.ns, h1.underlayIp, h2.underlayIp, [
+      ...own.map((src, i) => innerUdp(src, p2.ip, `local-${i}`, 100)),
+      innerUdp(p1.ip, p2.ip, "local-control", 100),
+    ]);
+    await settle();
+    assert.deepEqual(listener.tagged("local-"), [{ len: 72, from: p1.ip, tag: "local-control" }]);
+    assert.equal(rxDrops(await metrics(h2), "local_source") - rxDrops(text, "local_source"), own.length);
+  });
+
   it("with --strict-inner-source, a leased peer cannot inject packets whose inner source lies outside its subnet", async () => {
     const since = Date.now();
     assert.equal(await lab.stopWeft(h2), 0);
@@ -350,7 +362,7 @@ describe("hostile datagrams at weft's port (netns)", { timeout: 300_000 }, () =>
       await settle(100);
     // A packet from a pod of h1 still gets through.
     await nsRun(p1.ns, "ping", ["-c", "2", "-i", "0.2", "-W", "3", p2.ip]);
-    const sources = [unleased, "198.51.100.7", p2.ip.replace(/\.\d+$/, ".77")];
+    const sources = [unleased, "198.51.100.7", "192.0.2.33"];
     await sendDatagrams(h1.ns, h1.underlayIp, h2.underlayIp, [
       ...sources.map((src, i) => innerUdp(src, p2.ip, `spoof-${i}`, 100)),
       innerUdp(p1.ip, p2.ip, "own-subnet", 100),

@@ -13,6 +13,7 @@ describe("metrics", () => {
       leaseCount: () => 2,
       leaseExpiresAt: () => null,
       registryConnected: () => true,
+      ignoredLeases: () => 6,
       deviceWriteErrors: () => 1,
       transportSendErrors: () => 3,
       transportSendRetries: () => 4,
@@ -25,6 +26,7 @@ describe("metrics", () => {
       assert.match(text, /^weft_packets_total\{direction="tx",stage="out"\} 7$/m);
       assert.match(text, /^weft_leases 2$/m);
       assert.match(text, /^weft_send_retries_total 4$/m);
+      assert.match(text, /^weft_leases_ignored 6$/m);
     }
   });
 });

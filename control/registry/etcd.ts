@@ -230,16 +230,20 @@ export class EtcdRegistry implements Registry {
 
   // subnetOfKey, parseKv and expiryOf are shared with EtcdLeaseWatch below.
 
-  /** The subnet a key under subnets/ names, or why it names none. */
-  subnetOfKey(key: string): Ipv4Prefix | string {
-    const name = key.slice(this.subnetsPrefix.length);
+  /**
+   * The subnet a key under subnets/ names, or why it names none. The prefix
+   * is cut in bytes: a prefix with non-ASCII characters is longer in UTF-8
+   * than in UTF-16 code units.
+   */
+  subnetOfKey(key: Buffer): Ipv4Prefix | string {
+    const name = key.subarray(this.subnetsPrefix.length).toString("utf8");
     return parseSubnetKey(name) ?? `key name "${name}" is not a subnet like 10.244.68.0-24`;
   }
 
   /** Reads a lease key's name and value; expiry comes separately. */
   parseKv(kv: IKeyValue): ListedKey | { key: string; reason: string } {
     const key = kv.key.toString("utf8");
-    const subnet = this.subnetOfKey(key);
+    const subnet = this.subnetOfKey(kv.key);
     if (typeof subnet === "string") return { key, reason: subnet };
     const publicIp = decodeLeaseValue(kv.value.toString("utf8"));
     if (typeof publicIp === "string") return { key, reason: publicIp };
@@ -530,7 +534,7 @@ class EtcdLeaseWatch implements Watch {
       if (event.type === "Delete") {
         // A delete carries no value; only the key name matters.
         const key = kv.key.toString("utf8");
-        const subnet = this.registry.subnetOfKey(key);
+        const subnet = this.registry.subnetOfKey(kv.key);
         if (typeof subnet === "string") this.call("onSkipped", () => this.handlers.onSkipped?.(key, subnet));
         else this.call("onEvent", () => this.handlers.onEvent({ type: "delete", subnet }));
         this.nextRevision = Math.max(this.nextRevision, revision + 1);

@@ -22,8 +22,8 @@
 // every second made enough garbage to grow V8's old space about 1 MB a minute.
 
 import { randomBytes } from "node:crypto";
-import { type FSWatcher, watch as watchDirectory } from "node:fs";
-import { link, lstat, mkdir, open, readdir, readFile, rename, unlink } from "node:fs/promises";
+import { constants, type FSWatcher, watch as watchDirectory } from "node:fs";
+import { link, lstat, mkdir, open, readdir, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { formatIpv4, formatPrefix, type Ipv4Prefix } from "../../dataplane/addr.js";
 import {
@@ -137,7 +137,8 @@ export class FileRegistry implements Registry {
 
   async getNetworkConfig(): Promise<string | null> {
     try {
-      return await readFile(this.configPath, "utf8");
+      // The config may be a link (to a file an operator manages elsewhere); keys may not.
+      return await readRegularFile(this.configPath, { followLink: true });
     } catch (err) {
       if (errorCode(err) === "ENOENT") return null;
       throw err;
@@ -306,10 +307,10 @@ export class FileRegistry implements Registry {
     const keyPath = join(this.subnetsDir, name);
     this.onRead?.(keyPath);
     try {
-      value = await readFile(keyPath, "utf8");
+      value = await readRegularFile(keyPath);
     } catch (err) {
       if (errorCode(err) === "ENOENT") return null;
-      return `the key cannot be read: ${errorCode(err)}`;
+      return `the key cannot be read: ${unreadable(err)}`;
     }
     const publicIp = decodeLeaseValue(value);
     if (typeof publicIp === "string") return publicIp;
@@ -319,7 +320,7 @@ export class FileRegistry implements Registry {
     try {
       expiryText = await readOptional(sidecar);
     } catch (err) {
-      return `the expiry in leases/${name} cannot be read: ${errorCode(err)}`;
+      return `the expiry in leases/${name} cannot be read: ${unreadable(err)}`;
     }
     if (expiryText === null) return { publicIp, expiresAt: null, expiryText: null };
     if (!/^\d{1,16}$/.test(expiryText.trim())) {
@@ -750,9 +751,48 @@ function sameLease(a: Lease | undefined, b: Lease): boolean {
   return a !== undefined && a.publicIp === b.publicIp && a.expiresAt === b.expiresAt;
 }
 
+/** Most bytes a key, an expiry file or the config may hold; flannel's values are under 100. */
+const MAX_FILE_BYTES = 64 * 1024;
+
+/**
+ * Reads a file of the registry without trusting what lies there: a FIFO would
+ * block the read (and the process's exit) forever, a link to /dev/zero never
+ * ends, a link may point anywhere. Only a regular file, at most
+ * MAX_FILE_BYTES, and (unless followLink) not through a symbolic link.
+ */
+async function readRegularFile(path: string, opts: { followLink?: boolean } = {}): Promise<string> {
+  const flags = constants.O_RDONLY | constants.O_NONBLOCK | (opts.followLink === true ? 0 : constants.O_NOFOLLOW);
+  const file = await open(path, flags);
+  try {
+    const stat = await file.stat();
+    if (!stat.isFile()) throw Object.assign(new Error(`${path} is not a regular file`), { code: "ENOTREG" });
+    // One byte more than allowed tells a file that grew past the limit since stat.
+    const buffer = Buffer.alloc(Math.min(stat.size, MAX_FILE_BYTES) + 1);
+    const { bytesRead } = await file.read(buffer, 0, buffer.length, 0);
+    if (bytesRead > MAX_FILE_BYTES) throw Object.assign(new Error(`${path} is too large`), { code: "EFBIG" });
+    return buffer.toString("utf8", 0, bytesRead);
+  } finally {
+    await file.close();
+  }
+}
+
+/** Why a registry file was refused, in words. */
+function unreadable(err: unknown): string {
+  switch (errorCode(err)) {
+    case "ELOOP":
+      return "it is a symbolic link (not followed)";
+    case "ENOTREG":
+      return "it is not a regular file";
+    case "EFBIG":
+      return `it is larger than ${MAX_FILE_BYTES} bytes`;
+    default:
+      return errorCode(err);
+  }
+}
+
 async function readOptional(path: string): Promise<string | null> {
   try {
-    return await readFile(path, "utf8");
+    return await readRegularFile(path);
   } catch (err) {
     if (errorCode(err) === "ENOENT") return null;
     throw err;

@@ -228,7 +228,7 @@ export function loadAddon(): Addon {
   const root = findPackageRoot(here);
   if (root === null) {
     throw new Error(
-      `weft native addon not found: no ${ADDON_PATH} above ${here}; run "npm ci" or "npx node-gyp rebuild"`,
+      `weft native addon not found: no ${ADDON_PATH} above ${here}; run "npm ci" (or "npm rebuild" after an install without scripts)`,
     );
   }
   loaded = createRequire(import.meta.url)(join(root, ADDON_PATH)) as Addon;

@@ -1,6 +1,7 @@
 // ICMP error messages weft writes back into flannel0 (COMPAT.md): source is
 // the flannel0 address, TTL 8, payload the offender's IP header + 8 bytes.
 
+import { isMartian } from "../addr.js";
 import { internetChecksum } from "./checksum.js";
 import { IPV4_MIN_HEADER, type Ipv4View, PROTO_ICMP, writeAddr } from "./ipv4.js";
 
@@ -20,23 +21,27 @@ function isIcmpError(type: number): boolean {
   return type === 3 || type === 4 || type === 5 || type === 11 || type === 12;
 }
 
-function isUnicast(addr: number): boolean {
-  return addr !== 0 && addr !== 0xffffffff && addr >>> 28 !== 0xe;
-}
-
 /**
  * Whether the packet in `ip` (already validated) may be answered with an ICMP
- * error: only first fragments, only unicast ends, never about an ICMP error.
+ * error: only first fragments, never about an ICMP error, and only when both
+ * ends are ordinary unicast addresses: an error about a packet from or to
+ * 0/8, loopback, multicast, 240/4 or broadcast is a reflection waiting to
+ * happen (RFC 1812 4.3.2.7).
  */
 export function mayAnswerWithError(ip: Ipv4View): boolean {
   if (ip.fragmentOffset !== 0) return false;
-  if (!isUnicast(ip.src) || !isUnicast(ip.dst)) return false;
+  if (isMartian(ip.src) || isMartian(ip.dst)) return false;
   if (ip.protocol === PROTO_ICMP) {
     const icmpOff = ip.headerLength;
     if (ip.totalLength <= icmpOff) return false;
     if (isIcmpError(ip.bytes[ip.off + icmpOff])) return false;
   }
   return true;
+}
+
+/** Length of the ICMP error buildIcmpError would make about `ip`. */
+export function icmpErrorLength(ip: Ipv4View): number {
+  return IPV4_MIN_HEADER + ICMP_HEADER + Math.min(ip.totalLength, ip.headerLength + 8);
 }
 
 let nextId = 1;
@@ -54,8 +59,8 @@ export function buildIcmpError(
   ip: Ipv4View,
   source: number,
 ): number {
-  const quoted = Math.min(ip.totalLength, ip.headerLength + 8);
-  const total = IPV4_MIN_HEADER + ICMP_HEADER + quoted;
+  const total = icmpErrorLength(ip);
+  const quoted = total - IPV4_MIN_HEADER - ICMP_HEADER;
   const o = outOff;
   out[o] = 0x45;
   out[o + 1] = 0;
