@@ -3,17 +3,20 @@
 //   replay   traces through the engine over in-memory fakes, beside flannel's lookup
 //   micro    tinybench: lookup, validation, TTL, ICMP, staging (packets/s)
 //   lab      the BENCH.md topology in namespaces: direct, kernel vxlan, weft
+//   scrape   TCP through weft while clients flood /metrics
 //
 // Each prints a table and writes bench/results/<kind>-<timestamp>.json.
 
 import { runLab } from "./lab.js";
 import { runMicro } from "./micro.js";
 import { runReplay } from "./replay.js";
+import { runScrape } from "./scrape.js";
 
-const USAGE = `usage: npm run bench -- <replay|micro|lab> [options]   (--help after a command for its options)
+const USAGE = `usage: npm run bench -- <replay|micro|lab|scrape> [options]   (--help after a command for its options)
   replay [trace.pcap …]   in-process replay through the engine and flannel's lookup
   micro                   microbenchmarks of the hot-path pieces
-  lab                     end-to-end in network namespaces: direct, vxlan, weft`;
+  lab                     end-to-end in network namespaces: direct, vxlan, weft
+  scrape                  TCP through weft while clients flood /metrics`;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -24,6 +27,8 @@ async function main(argv: string[]): Promise<number> {
       return runMicro(rest);
     case "lab":
       return runLab(rest);
+    case "scrape":
+      return runScrape(rest);
     case undefined:
     case "help":
     case "--help":

@@ -3,7 +3,6 @@
 // (flannel0 <-> engine <-> UDP socket). Startup order follows flanneld:
 // interface, registry, lease, flannel0, socket, subnet.env, rules, READY=1.
 
-import type { Server } from "node:http";
 import { pino } from "pino";
 import { formatIpv4, formatPrefix, parseIpv4 } from "../dataplane/addr.js";
 import { Counters } from "../dataplane/counters.js";
@@ -14,7 +13,7 @@ import { LeaseTable } from "../dataplane/leases.js";
 import { loadAddon, TUN_F } from "../dataplane/native/index.js";
 import type { Options } from "./cli.js";
 import type { NetworkConfig } from "./config.js";
-import { startHealthServer } from "./health.js";
+import { type HealthServer, startHealthServer } from "./health.js";
 import {
   checkPrivileges,
   configureTun,
@@ -76,7 +75,7 @@ export class Daemon {
   private engine: Engine | null = null;
   private device: TunDevice | null = null;
   private transport: UdpTransport | null = null;
-  private health: Server | null = null;
+  private health: HealthServer | null = null;
   private resyncTimer: NodeJS.Timeout | null = null;
   private addressTimer: NodeJS.Timeout | null = null;
   private readonly counters = new Counters();
@@ -296,7 +295,6 @@ export class Daemon {
     this.transport?.close();
     this.manager?.stop();
     this.health?.close();
-    this.health?.closeAllConnections();
     try {
       await this.registry?.close();
     } catch {

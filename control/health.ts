@@ -2,7 +2,9 @@
 // server shares the dataplane's only thread, so nothing a client does may
 // starve forwarding:
 //
-//   accept ──(at most MAX_CONNECTIONS open; slow clients time out)──►
+//   accept ──(at most MAX_CONNECTIONS open: at the limit the socket stops
+//            listening, so the kernel refuses the rest without waking us;
+//            slow clients time out)──►
 //   parse (GET/HEAD only, small headers, no body) ──► pacer: at most
 //   REQUESTS_PER_SECOND answered, the rest wait their turn (one outstanding
 //   request per connection, so a flood waits instead of queueing work)
@@ -10,10 +12,11 @@
 //
 // A scrape every few seconds, or a kubelet probe, never meets the limits.
 
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import type { AddressInfo, Socket } from "node:net";
 import type { Registry as MetricsRegistry } from "prom-client";
 
-/** Connections open at once; more are closed on accept (Node's maxConnections). */
+/** Connections open at once; while this many are open nothing listens, so more are refused by the kernel. */
 export const MAX_CONNECTIONS = 16;
 /** Requests answered per second, all paths and clients together; burst as large. */
 export const REQUESTS_PER_SECOND = 50;
@@ -149,7 +152,17 @@ export class Pacer {
   }
 }
 
-export function startHealthServer(opts: HealthOptions): Server {
+/** The running health server: where it listens, and how to stop it. */
+export interface HealthServer {
+  /** Resolves with the bound port once listening (rejects if the first listen fails). */
+  readonly listening: Promise<number>;
+  /** True while the socket accepts (false at the connection limit). */
+  readonly accepting: boolean;
+  /** Stops listening and drops every connection. */
+  close(): void;
+}
+
+export function startHealthServer(opts: HealthOptions): HealthServer {
   const now = opts.now ?? Date.now;
   const metrics = new CachedMetrics(opts.metrics, now);
   const pacer = new Pacer(REQUESTS_PER_SECOND, MAX_WAITING, now);
@@ -195,9 +208,52 @@ export function startHealthServer(opts: HealthOptions): Server {
       if (!pacer.take(() => answer(req, res))) req.socket.destroy();
     },
   );
-  server.maxConnections = MAX_CONNECTIONS;
-  server.on("error", opts.onError);
-  server.on("close", () => pacer.close());
-  server.listen(opts.port, opts.ip);
-  return server;
+  // Node's maxConnections would accept each extra connection and close it
+  // here, on the dataplane's thread: a reconnect storm then costs a wake-up,
+  // an accept and a close per attempt. Closing the listening socket instead
+  // hands the refusals to the kernel; it listens again when a slot frees.
+  const sockets = new Set<Socket>();
+  let port = opts.port;
+  let closed = false;
+  let accepting = false;
+  const listen = () => {
+    accepting = true;
+    server.listen(port, opts.ip);
+  };
+  server.on("connection", (socket) => {
+    sockets.add(socket);
+    socket.once("close", () => {
+      sockets.delete(socket);
+      if (!closed && !accepting && sockets.size < MAX_CONNECTIONS) listen();
+    });
+    if (sockets.size >= MAX_CONNECTIONS && accepting) {
+      accepting = false;
+      server.close();
+    }
+  });
+  const listening = new Promise<number>((resolve, reject) => {
+    server.once("listening", () => {
+      port = (server.address() as AddressInfo).port;
+      server.off("error", reject);
+      server.on("error", opts.onError);
+      resolve(port);
+    });
+    server.once("error", reject);
+  });
+  listening.catch(opts.onError);
+  listen();
+  return {
+    listening,
+    get accepting() {
+      return accepting;
+    },
+    close() {
+      if (closed) return;
+      closed = true;
+      pacer.close();
+      if (accepting) server.close();
+      accepting = false;
+      for (const s of sockets) s.destroy();
+    },
+  };
 }

@@ -142,17 +142,17 @@ export function peerLeaseProblem(config: NetworkConfig, lease: Lease, ownPublicI
 
 /**
  * Network addresses of up to `limit` SubnetLen subnets, scanning up from
- * SubnetMin, that overlap no lease. Keys that cover several subnets or lie
- * outside SubnetMin..SubnetMax are never this network's leases (an old
- * Network's, a hand-made "10.244.0.0-16") and do not block allocation; a
- * narrower key inside the range blocks the subnet it sits in. Sweeps merged
+ * SubnetMin, that overlap no lease. A key covering the whole Network (a
+ * hand-made "10.244.0.0-16") is never a host's lease and blocks nothing, and
+ * keys outside SubnetMin..SubnetMax overlap no candidate; any other key, of
+ * whatever length (a lease kept from an older SubnetLen), blocks the subnets
+ * it overlaps, since a host may still route it. Sweeps merged
  * lease ranges instead of testing every lease per candidate, so a /8 with
  * 65,536 leases costs one sort.
  */
 export function freeSubnets(config: NetworkConfig, leases: readonly Lease[], limit: number): number[] {
-  const rangeEnd = config.subnetMax + prefixSize(config.subnetLen);
   const ranges = leases
-    .filter(({ subnet }) => subnet.len >= config.subnetLen && subnet.base >= config.subnetMin && subnet.base < rangeEnd)
+    .filter(({ subnet }) => subnet.len > config.network.len)
     .map((lease) => ({ first: lease.subnet.base, last: lease.subnet.base + prefixSize(lease.subnet.len) - 1 }))
     .sort((a, b) => a.first - b.first);
   const size = prefixSize(config.subnetLen);

@@ -3,13 +3,12 @@
 // sheds connections, big requests and slow clients. Loopback only.
 
 import assert from "node:assert/strict";
-import type { Server } from "node:http";
-import type { AddressInfo } from "node:net";
 import { connect, type Socket } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { Counter, Registry } from "prom-client";
 import {
   CachedMetrics,
+  type HealthServer,
   MAX_CONNECTIONS,
   Pacer,
   RENDER_TTL_MS,
@@ -102,7 +101,7 @@ function rawExchange(port: number, bytes: string, ms = 3000): Promise<{ text: st
 }
 
 describe("health server under abuse (loopback)", () => {
-  let server: Server;
+  let server: HealthServer;
   let port: number;
   const { registry, renders } = countingRegistry();
 
@@ -116,13 +115,9 @@ describe("health server under abuse (loopback)", () => {
         throw err;
       },
     });
-    await new Promise((r) => server.once("listening", r));
-    port = (server.address() as AddressInfo).port;
+    port = await server.listening;
   });
-  after(() => {
-    server.closeAllConnections();
-    server.close();
-  });
+  after(() => server.close());
 
   it("answers /healthz, /readyz and /metrics", async () => {
     const h = await fetch(`http://127.0.0.1:${port}/healthz`);
@@ -153,22 +148,30 @@ describe("health server under abuse (loopback)", () => {
     assert.doesNotMatch(r.text, /flanneld is running/);
   });
 
-  it(`keeps at most ${MAX_CONNECTIONS} connections open`, async () => {
+  it(`keeps at most ${MAX_CONNECTIONS} connections open, refusing the rest in the kernel, and listens again when one closes`, async () => {
     const sockets: Socket[] = [];
-    const closedEarly: boolean[] = [];
+    const attempt = () =>
+      new Promise<Socket | null>((resolve) => {
+        const s = connect(port, "127.0.0.1");
+        s.once("connect", () => resolve(s));
+        s.once("error", () => resolve(null));
+      });
     for (let i = 0; i < MAX_CONNECTIONS + 8; i++) {
-      const s = connect(port, "127.0.0.1");
-      const index = i;
-      closedEarly[index] = false;
-      s.on("close", () => (closedEarly[index] = true));
-      s.on("error", () => {});
-      sockets.push(s);
-      await new Promise((r) => s.once("connect", r));
+      const s = await attempt();
+      if (s !== null) sockets.push(s);
+      await new Promise((r) => setImmediate(r));
     }
-    await new Promise((r) => setTimeout(r, 300));
-    const open = closedEarly.filter((c) => !c).length;
-    for (const s of sockets) s.destroy();
+    await new Promise((r) => setTimeout(r, 100));
+    const open = sockets.filter((s) => !s.destroyed && s.readyState === "open").length;
     assert.equal(open, MAX_CONNECTIONS);
+    assert.equal(server.accepting, false, "at the limit the socket does not listen");
+    (sockets.pop() as Socket).destroy();
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(server.accepting, true, "a freed slot listens again");
+    const again = await attempt();
+    assert.notEqual(again, null, "a new client connects once a slot is free");
+    again?.destroy();
+    for (const s of sockets) s.destroy();
   });
 
   it("under a flood of scrapes answers at most its rate and renders at most once per interval", async () => {

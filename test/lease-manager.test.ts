@@ -362,6 +362,69 @@ process.stdin.once("data", async () => {
     });
   });
 
+  describe("hostile keys (issue 13, finding 1)", () => {
+    test("a foreign key outside SubnetMin..SubnetMax or covering the Network does not use up the range", async () => {
+      const cfg = await config(
+        '{"Network":"10.244.0.0/16","SubnetMin":"10.244.5.0","SubnetMax":"10.244.5.0","Backend":{"Type":"udp"}}',
+      );
+      const registry = await openRegistry();
+      // Keys the registry accepts but no host of this Network could hold.
+      await writeFile(join(dir, "subnets", "10.244.0.0-16"), '{"PublicIP":"198.18.0.2","PublicIPv6":null}');
+      await writeFile(join(dir, "subnets", "10.244.200.0-24"), '{"PublicIP":"198.18.0.3","PublicIPv6":null}');
+      await writeFile(join(dir, "subnets", "192.168.7.0-24"), '{"PublicIP":"198.18.0.4","PublicIPv6":null}');
+      const lease = await acquireLease(registry, cfg, { publicIp: HOST_A, random: () => 0 });
+      assert.equal(formatPrefix(lease.subnet), "10.244.5.0/24");
+    });
+
+    test("bad keys never reach a snapshot, each is warned about once, and a throwing consumer keeps the manager alive", async () => {
+      await config();
+      const other = await openRegistry();
+      await writeFile(join(dir, "subnets", "10.244.0.0-16"), '{"PublicIP":"198.18.0.2","PublicIPv6":null}');
+      await writeFile(join(dir, "subnets", "10.244.1.0-25"), '{"PublicIP":"198.18.0.3","PublicIPv6":null}');
+      await writeFile(join(dir, "subnets", "10.244.61.0-24"), '{"PublicIP":"224.0.0.5","PublicIPv6":null}');
+      const log = new RecordingLogger();
+      const snapshots: string[][] = [];
+      let throwNext = true;
+      const changed = new Condition();
+      const m = manager({
+        registry: await openRegistry({ rescanIntervalMs: 20 }),
+        publicIp: HOST_A,
+        random: () => 0.5,
+        log,
+        onLeases: (leases) => {
+          snapshots.push(describeLeases(leases));
+          changed.notify();
+          if (throwNext) {
+            throwNext = false;
+            throw new Error("consumer failed");
+          }
+        },
+      });
+      const own = await m.start();
+      assert.equal(own.subnet.len, 24);
+      await changed.until("the first snapshot", () => snapshots.length >= 1);
+      // Another key naming our own address (at start it would have been our reservation).
+      await writeFile(join(dir, "subnets", "10.244.60.0-24"), '{"PublicIP":"198.18.0.1","PublicIPv6":null}');
+      await other.createLease(prefix("10.244.70.0/24"), HOST_B, 100);
+      await changed.until(
+        "the peer after the throw",
+        () => snapshots.at(-1)?.includes("10.244.70.0/24 198.18.0.2") === true,
+      );
+      await log.changed.until("the own-address key ignored", () => m.ignoredCount === 4);
+      for (const snapshot of snapshots) {
+        assert.deepEqual(
+          snapshot.filter((l) => !l.startsWith("10.244.70.0/24")),
+          [],
+          `only the good peer is ever published: ${snapshot}`,
+        );
+      }
+      const warned = log.lines.filter((l) => l.msg === "ignoring lease").map((l) => (l.obj as { key: string }).key);
+      assert.deepEqual(warned.sort(), ["10.244.0.0-16", "10.244.1.0-25", "10.244.60.0-24", "10.244.61.0-24"]);
+      assert.equal(m.ignoredCount, 4);
+      assert.ok(log.messages().includes("lease snapshot not applied, keeping the last good leases"));
+    });
+  });
+
   describe("freeSubnets", () => {
     test("agrees with a brute-force overlap check on random lease sets", () => {
       const cfg = parseNetworkConfig(
@@ -760,7 +823,7 @@ process.stdin.once("data", async () => {
       assert.deepEqual(recorder.skipped, [
         { key: join(dir, "subnets", "10.244.30.0-24"), reason: "value is not JSON" },
       ]);
-      assert.ok(log.lines.some((line) => line.level === "warn" && line.msg === "skipping unreadable lease"));
+      assert.ok(log.lines.some((line) => line.level === "warn" && line.msg === "ignoring lease"));
       await (await openRegistry()).createLease(prefix("10.244.31.0/24"), HOST_B, 100);
       await recorder.until("the next peer", () => recorder.latest()?.includes("10.244.31.0/24 198.18.0.2") === true);
       assert.equal(recorder.revoked, 0);
