@@ -12,7 +12,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { promisify } from "node:util";
-import { labJson, parseMode, parsePingTimes, parseSnmp, type RepFigures, rewriteForLab } from "../bench/lab.js";
+import { chartTitle, labJson } from "../bench/lab/figures.js";
+import { rewriteForLab } from "../bench/lab/live-replay.js";
+import { parseMode } from "../bench/lab/modes.js";
+import { parseSnmp } from "../bench/lab/probes.js";
+import { parsePingTimes, type RepFigures } from "../bench/lab/workloads.js";
 import {
   cutBatches,
   dropsOf,
@@ -338,6 +342,15 @@ describe("bench report math", () => {
 });
 
 describe("bench lab helpers", () => {
+  it("the chart's title names every mode it shows, and no other", () => {
+    assert.equal(chartTitle(["direct", "vxlan", "weft"]), "weft vs kernel vxlan vs direct routing (bench lab)");
+    assert.equal(
+      chartTitle(["direct", "vxlan", "weft", "flannel"]),
+      "weft vs kernel vxlan vs direct routing vs flannel's udp design (C proxy) (bench lab)",
+    );
+    assert.equal(chartTitle(["flannel"]), "flannel's udp design (C proxy) (bench lab)");
+  });
+
   it("--hold and --modes take modes by name and name a bad one", () => {
     assert.equal(parseMode("weft", "--hold"), "weft");
     assert.equal(parseMode("vxlan", "--modes"), "vxlan");
