@@ -9,9 +9,13 @@
 //   probes.ts       drop counters around a workload
 //   live-replay.ts  --replay: a capture through the dataplane (injector.py sends it)
 //   figures.ts      JSON and SVG chart;  table.ts: the table for people
+//   truth.ts        the machine (hypervisor, syscall cost via syscall-cost.c, halt polling) and
+//                   the daemons at rest (idle CPU, memory, syscalls per round trip)
 //   children.ts     every process we start;  cleanup.ts: taking it all down
 
-import { writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { positiveInt } from "../replay.js";
 import { type MachineInfo, machineInfo, machineLine, Progress, RESULTS_DIR, writeResult } from "../report.js";
@@ -19,8 +23,26 @@ import { DEFAULT_PREFIX, live } from "./children.js";
 import { cleanup, cleanupStale, exitCleanup, ownNamespaces, releaseLock, takeLock } from "./cleanup.js";
 import { chart, labJson } from "./figures.js";
 import { replayRun } from "./live-replay.js";
-import { DEFAULT_MODES, daemonPids, type Mode, parseMode, UDP_MTU, VXLAN_MTU, weftPids, withMode } from "./modes.js";
+import {
+  DEFAULT_MODES,
+  daemonPids,
+  hasDaemon,
+  type Mode,
+  parseMode,
+  UDP_MTU,
+  VXLAN_MTU,
+  weftPids,
+  withMode,
+} from "./modes.js";
 import { dropLines, labTable, targetLines } from "./table.js";
+import {
+  type DaemonTruth,
+  daemonTruth,
+  daemonTruthLines,
+  type MachineTruth,
+  machineTruth,
+  truthLine,
+} from "./truth.js";
 import { type LabOptions, type RepFigures, RTT_WARMUP_S, runWorkloads } from "./workloads.js";
 
 const USAGE = `usage: npm run bench -- lab [options]   (root: builds network namespaces wbench-*, or --prefix P: P-*)
@@ -31,7 +53,10 @@ const USAGE = `usage: npm run bench -- lab [options]   (root: builds network nam
   --udp-duration S   seconds per UDP run (default 5)
   --pings N          request-response pings (ping -A, after 1 s unmeasured) for RTT (default 10000)
   --sparse-pings N   pings 10 ms apart for the idle-path RTT (default 500)
-  --quick            1 repetition, TCP 2 s, UDP 1 s, 1000 + 50 pings
+  --quick            1 repetition, TCP 2 s, UDP 1 s, 1000 + 50 pings, idle 5 s, 500 pings under strace
+  --idle-seconds S   after the first repetition's workloads, the daemons' CPU while idle for S s (default 60; 0: skip)
+  --strace-pings N   then syscalls per round trip: strace -c -f on both daemons during ping -A -c N
+                     (default 2000; 0: skip; needs strace, apt-get install strace)
   --weftd-args=ARGS  extra weftd flags for the weft mode, space-separated (e.g. --weftd-args="--busy-poll-us=50 --no-offload")
   --replay FILE      instead of the workloads: inject FILE's IPv4 packets from p1 (rewritten to p1→p2), count arrivals at p2
   --replay-loops N   send the capture N times (default 1)
@@ -51,6 +76,8 @@ export async function runLab(argv: string[]): Promise<number> {
       pings: { type: "string" },
       "sparse-pings": { type: "string" },
       quick: { type: "boolean", default: false },
+      "idle-seconds": { type: "string" },
+      "strace-pings": { type: "string" },
       "weftd-args": { type: "string" },
       replay: { type: "string" },
       "replay-loops": { type: "string" },
@@ -87,6 +114,8 @@ export async function runLab(argv: string[]): Promise<number> {
     udpSeconds: positiveInt(values["udp-duration"], "--udp-duration", quick ? 1 : 5),
     pings: positiveInt(values.pings, "--pings", quick ? 1000 : 10000),
     sparsePings: positiveInt(values["sparse-pings"], "--sparse-pings", quick ? 50 : 500),
+    idleSeconds: countFlag(values["idle-seconds"], "--idle-seconds", quick ? 5 : 60),
+    stracePings: countFlag(values["strace-pings"], "--strace-pings", quick ? 500 : 2000),
     modes,
     weftdArgs: (values["weftd-args"] ?? "").split(" ").filter((a) => a !== ""),
   };
@@ -154,14 +183,43 @@ async function holdRun(mode: Mode, o: LabOptions): Promise<number> {
   return 0;
 }
 
+/** A count that may be 0 (0 turns the measurement off). */
+function countFlag(text: string | undefined, flag: string, def: number): number {
+  if (text === undefined) return def;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 0) throw new Error(`${flag} ${JSON.stringify(text)}: expected a whole number ≥ 0`);
+  return n;
+}
+
 async function workloadRun(o: LabOptions, machine: MachineInfo, outDir: string | undefined): Promise<number> {
-  const progress = new Progress(o.reps * o.modes.length * 5);
+  const daemonModes = o.modes.filter(hasDaemon);
+  const progress = new Progress(o.reps * o.modes.length * 5 + daemonModes.length + 1);
+  progress.step("the machine: hypervisor, syscall cost, halt polling");
+  const scratch = mkdtempSync(join(tmpdir(), "weft-bench-truth-"));
+  let truth: MachineTruth;
+  try {
+    truth = machineTruth(scratch);
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
   const reps = new Map<Mode, RepFigures[]>(o.modes.map((m) => [m, []]));
+  const daemons = new Map<Mode, DaemonTruth>();
   for (let rep = 1; rep <= o.reps; rep++) {
     for (const mode of o.modes) {
       const tag = `rep ${rep}/${o.reps} ${mode}`;
       progress.step(`${tag}: bring-up`);
-      const fig = await withMode(mode, (env) => runWorkloads(env, o, progress, tag), o.weftdArgs);
+      const fig = await withMode(
+        mode,
+        async (env) => {
+          const figures = await runWorkloads(env, o, progress, tag);
+          if (rep === 1 && hasDaemon(mode)) {
+            progress.step(`${tag}: idle ${o.idleSeconds} s, then ${o.stracePings} pings under strace`);
+            daemons.set(mode, await daemonTruth(env, o));
+          }
+          return figures;
+        },
+        o.weftdArgs,
+      );
       reps.get(mode)?.push(fig);
     }
   }
@@ -172,18 +230,22 @@ async function workloadRun(o: LabOptions, machine: MachineInfo, outDir: string |
     udp_seconds: o.udpSeconds,
     pings: o.pings,
     sparse_pings: o.sparsePings,
+    idle_seconds: o.idleSeconds,
+    strace_pings: o.stracePings,
     modes: o.modes,
     weftd_args: o.weftdArgs,
     topology: "BENCH.md: p1 ─ h1 ═ underlay veth 198.18.0.0/24 ═ h2 ─ p2, each mode from scratch per repetition",
     pod_mtu: { direct: 1500, vxlan: VXLAN_MTU, weft: "from subnet.env (1472)", flannel: UDP_MTU },
   };
   const { json, summaries } = labJson(machine, options, reps);
-  const path = writeResult("lab", json, { dir: outDir });
+  const record = { ...json, machine_truth: truth, daemons: Object.fromEntries(daemons) };
+  const path = writeResult("lab", record, { dir: outDir });
   const svgPath = path.replace(/\.json$/, ".svg");
   writeFileSync(svgPath, chart(summaries, json.ratios, machine));
   const weftRss = summaries.get("weft")?.get("rss_mb")?.median;
   const out = [
     `bench lab — ${machineLine(machine)}`,
+    truthLine(truth),
     `${o.reps} repetition(s) per mode, modes interleaved, each brought up from scratch; median [min–max]; weft ÷ vxlan: ratio of the medians [per-repetition ratios, min–max]`,
     `TCP: iperf3 single stream ${o.tcpSeconds} s, receiver goodput. UDP: batching generator (sendmmsg) at max rate ${o.udpSeconds} s, payload 1400 B (1428 B IP) and 64 B (92 B IP), delivered datagrams/s at the sink. RTT: ${o.pings} request-response pings (ping -A, after ${RTT_WARMUP_S} s unmeasured), then ${o.sparsePings} pings 10 ms apart.`,
     "CPU s/GB: user+sys of both weftd (flannel: both proxies) during the TCP run ÷ GB received; RSS: VmHWM of the larger one",
@@ -199,6 +261,9 @@ async function workloadRun(o: LabOptions, machine: MachineInfo, outDir: string |
     "",
     ...dropLines(reps),
     "",
+    ...(daemons.size > 0
+      ? ["the daemons (first repetition, after its workloads):", ...daemonTruthLines(daemons), ""]
+      : []),
     `JSON: ${path}`,
     `SVG:  ${svgPath}`,
   ];

@@ -26,6 +26,10 @@ export interface LabOptions {
   modes: Mode[];
   /** Extra weftd flags (weft mode). */
   weftdArgs: string[];
+  /** Seconds of idle CPU measured once per daemon mode (0: not measured). */
+  idleSeconds: number;
+  /** Pings under strace for syscalls per round trip (0: not measured). */
+  stracePings: number;
 }
 
 export interface RepFigures {
