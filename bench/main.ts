@@ -7,7 +7,7 @@
 //
 // Each prints a table and writes bench/results/<kind>-<timestamp>.json.
 
-import { runLab } from "./lab.js";
+import { runLab } from "./lab/main.js";
 import { runMicro } from "./micro.js";
 import { runReplay } from "./replay.js";
 import { runScrape } from "./scrape.js";

@@ -191,7 +191,12 @@ export interface ChartFigure {
   readonly bars: readonly { mode: string; value: Summary; note?: string }[];
 }
 
-const MODE_COLOURS: Record<string, string> = { direct: "#7f8c8d", vxlan: "#2e86de", weft: "#e67e22" };
+const MODE_COLOURS: Record<string, string> = {
+  direct: "#7f8c8d",
+  vxlan: "#2e86de",
+  weft: "#e67e22",
+  flannel: "#8e44ad",
+};
 
 function esc(text: string): string {
   return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");

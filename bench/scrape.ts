@@ -20,8 +20,8 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { cpuSeconds } from "../lab/proc.js";
 import { Lab, nsRun } from "../lab/topology.js";
-import { cpuSeconds } from "./lab.js";
 import { fmt, machineInfo, machineLine, median, writeResult } from "./report.js";
 
 const HEALTH_PORT = 8081;

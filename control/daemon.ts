@@ -79,6 +79,8 @@ export class Daemon {
   private resyncTimer: NodeJS.Timeout | null = null;
   private addressTimer: NodeJS.Timeout | null = null;
   private readonly counters = new Counters();
+  /** Read by /metrics: weft_table_generation, weft_table_swapped_at_seconds. */
+  private readonly table = { generation: 0, swappedAt: 0 };
   private readonly ready: Readiness = { lease: false, tun: false, rules: false, subnetEnv: false };
   private exitCode: number | null = null;
   private finished: (code: number) => void = () => {};
@@ -213,6 +215,8 @@ export class Daemon {
     }
     const before = this.engine.leaseTable;
     this.engine.setTable(table);
+    this.table.generation++;
+    this.table.swappedAt = Date.now();
     const had = new Set(before.leases.map((l) => `${formatPrefix(l.subnet)} ${l.publicIp}`));
     const has = new Set(leases.map((l) => `${formatPrefix(l.subnet)} ${l.publicIp}`));
     for (const l of leases) {
@@ -268,6 +272,7 @@ export class Daemon {
       deviceWriteErrors: () => this.device?.writeErrors ?? 0,
       transportSendErrors: () => this.transport?.sendErrors ?? 0,
       transportSendRetries: () => this.transport?.sendRetries ?? 0,
+      table: this.table,
     });
     this.health = startHealthServer({
       ip: this.opts.healthzIp,

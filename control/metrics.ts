@@ -19,6 +19,8 @@ export interface MetricSources {
   transportSendErrors(): number;
   /** Sends stopped for want of kernel memory (ENOBUFS) and retried after a pause. */
   transportSendRetries(): number;
+  /** How many forwarding tables the engine has been given, and when the last one was (ms since the epoch). */
+  readonly table?: { readonly generation: number; readonly swappedAt: number };
 }
 
 /**
@@ -160,6 +162,25 @@ export function createMetrics(src: MetricSources): Registry {
     collect() {
       const at = src.leaseExpiresAt();
       this.set(at === null ? 0 : at / 1000);
+    },
+  });
+  // When a lease change reached the forwarding table: the scale bench times
+  // changes with these (a change is in the table once weft_leases shows it;
+  // the timestamp says when that table went in, not when it was scraped).
+  new Gauge({
+    name: "weft_table_generation",
+    help: "Forwarding tables installed since start (each lease change that reaches the table adds one)",
+    registers: [registry],
+    collect() {
+      this.set(src.table?.generation ?? 0);
+    },
+  });
+  new Gauge({
+    name: "weft_table_swapped_at_seconds",
+    help: "When the current forwarding table was installed, seconds since the epoch (0 before the first)",
+    registers: [registry],
+    collect() {
+      this.set((src.table?.swappedAt ?? 0) / 1000);
     },
   });
   return registry;

@@ -8,6 +8,7 @@
 import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync } from "node:fs";
 import { basename, join } from "node:path";
 import { cniDel } from "./pods.js";
+import { alive, parentPid } from "./proc.js";
 import { type LabState, labDir, type ProcessRole, readState, stateFile } from "./state.js";
 import { sh } from "./topology.js";
 
@@ -23,26 +24,6 @@ const LAB_CLI = /\/lab\/netns\.js(\0|$)/;
 function cmdline(pid: number): string | null {
   try {
     return readFileSync(`/proc/${pid}/cmdline`, "utf8");
-  } catch {
-    return null;
-  }
-}
-
-/** Alive and not a zombie waiting to be reaped. */
-function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
-  } catch {
-    return false;
-  }
-}
-
-/** The parent's PID from /proc/<pid>/stat, or null. */
-function parentPid(pid: number): number | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
   } catch {
     return null;
   }
@@ -89,7 +70,8 @@ export async function listNamespaces(): Promise<string[]> {
     .filter((n) => n !== "");
 }
 
-async function namespacePids(ns: string): Promise<number[]> {
+/** PIDs of the processes inside a namespace (none when it is gone). */
+export async function namespacePids(ns: string): Promise<number[]> {
   try {
     return (await sh("ip", ["netns", "pids", ns])).split(/\s+/).filter(Boolean).map(Number);
   } catch {

@@ -12,7 +12,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { promisify } from "node:util";
-import { labJson, parseMode, parsePingTimes, parseSnmp, type RepFigures, rewriteForLab } from "../bench/lab.js";
+import { chartTitle, labJson } from "../bench/lab/figures.js";
+import { rewriteForLab } from "../bench/lab/live-replay.js";
+import { parseMode } from "../bench/lab/modes.js";
+import { parseSnmp } from "../bench/lab/probes.js";
+import { detectHypervisor, parseStraceSummary } from "../bench/lab/truth.js";
+import { parsePingTimes, type RepFigures } from "../bench/lab/workloads.js";
 import {
   cutBatches,
   dropsOf,
@@ -338,6 +343,15 @@ describe("bench report math", () => {
 });
 
 describe("bench lab helpers", () => {
+  it("the chart's title names every mode it shows, and no other", () => {
+    assert.equal(chartTitle(["direct", "vxlan", "weft"]), "weft vs kernel vxlan vs direct routing (bench lab)");
+    assert.equal(
+      chartTitle(["direct", "vxlan", "weft", "flannel"]),
+      "weft vs kernel vxlan vs direct routing vs flannel's udp design (C proxy) (bench lab)",
+    );
+    assert.equal(chartTitle(["flannel"]), "flannel's udp design (C proxy) (bench lab)");
+  });
+
   it("--hold and --modes take modes by name and name a bad one", () => {
     assert.equal(parseMode("weft", "--hold"), "weft");
     assert.equal(parseMode("vxlan", "--modes"), "vxlan");
@@ -346,6 +360,33 @@ describe("bench lab helpers", () => {
       () => parseMode("vxlna", "--hold"),
       /^Error: --hold: "vxlna" is not one of direct, vxlan, weft, flannel$/,
     );
+  });
+
+  it("reads strace -c's table: calls per syscall (errors column or not) and the total", () => {
+    const s = parseStraceSummary(
+      [
+        "% time     seconds  usecs/call     calls    errors syscall",
+        "------ ----------- ----------- --------- --------- ----------------",
+        " 40.00    0.004000           1      3200       800 epoll_pwait",
+        " 35.00    0.003500           2      2000           readv",
+        " 25.00    0.002500           1      1000           sendmmsg",
+        "------ ----------- ----------- --------- --------- ----------------",
+        "100.00    0.010000           1      6200       800 total",
+      ].join("\n"),
+    );
+    assert.equal(s.total, 6200);
+    assert.deepEqual(s.calls, { epoll_pwait: 3200, readv: 2000, sendmmsg: 1000 });
+    assert.equal(parseStraceSummary("").total, 0);
+  });
+
+  it("names the hypervisor from the kernel's line, else from the cpuid flag", () => {
+    const dmesg = "[    0.000000] Hypervisor detected: KVM\n[    0.1] other\n";
+    assert.deepEqual(detectHypervisor(dmesg, null, null), { hypervisor: "KVM", hypervisor_source: "dmesg" });
+    const flagged = "processor\t: 0\nflags\t\t: fpu vme hypervisor lm\n";
+    assert.equal(detectHypervisor(null, flagged, null).hypervisor, "unnamed");
+    assert.equal(detectHypervisor("no such line", "flags\t\t: fpu vme lm\n", null).hypervisor, "none");
+    assert.equal(detectHypervisor(null, null, "xen").hypervisor, "xen");
+    assert.equal(detectHypervisor(null, null, null).hypervisor, null);
   });
 
   it("parses /proc/net/snmp and ping's per-packet times", () => {

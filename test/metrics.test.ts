@@ -29,4 +29,26 @@ describe("metrics", () => {
       assert.match(text, /^weft_leases_ignored 6$/m);
     }
   });
+
+  it("say how many forwarding tables went in and when the last one did", async () => {
+    const table = { generation: 0, swappedAt: 0 };
+    const registry = createMetrics({
+      counters: new Counters(),
+      leaseCount: () => 0,
+      leaseExpiresAt: () => null,
+      registryConnected: () => true,
+      ignoredLeases: () => 0,
+      deviceWriteErrors: () => 0,
+      transportSendErrors: () => 0,
+      transportSendRetries: () => 0,
+      table,
+    });
+    assert.match(await registry.metrics(), /^weft_table_generation 0$/m);
+    assert.match(await registry.metrics(), /^weft_table_swapped_at_seconds 0$/m);
+    table.generation = 3;
+    table.swappedAt = 1_700_000_000_250;
+    const text = await registry.metrics();
+    assert.match(text, /^weft_table_generation 3$/m);
+    assert.match(text, /^weft_table_swapped_at_seconds 1700000000.25$/m);
+  });
 });

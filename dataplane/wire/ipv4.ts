@@ -2,12 +2,25 @@
 // returns Ipv4Check.Ok every accessor is safe for that packet. One view is
 // reused for every packet of a batch, so reading a packet allocates nothing.
 
-import { updateChecksum16 } from "./checksum.js";
+import { internetChecksum, updateChecksum16 } from "./checksum.js";
 
 export const IPV4_MIN_HEADER = 20;
 export const PROTO_ICMP = 1;
 export const PROTO_TCP = 6;
 export const PROTO_UDP = 17;
+
+// Field offsets from the start of the header (RFC 791 3.1).
+export const IPV4_VERSION_IHL = 0;
+export const IPV4_TOS = 1;
+export const IPV4_TOTAL_LENGTH = 2;
+export const IPV4_ID = 4;
+/** Flags (3 bits: reserved, DF 0x40, MF 0x20) and the 13-bit fragment offset. */
+export const IPV4_FLAGS_FRAGMENT = 6;
+export const IPV4_TTL = 8;
+export const IPV4_PROTOCOL = 9;
+export const IPV4_CHECKSUM = 10;
+export const IPV4_SRC = 12;
+export const IPV4_DST = 16;
 
 /** Outcome of validating bytes as an IPv4 packet. */
 export const Ipv4Check = {
@@ -69,6 +82,41 @@ export class Ipv4View {
   /** Fragment offset in 8-byte units; non-zero means a later fragment. */
   get fragmentOffset(): number {
     return ((this.bytes[this.off + 6] & 0x1f) << 8) | this.bytes[this.off + 7];
+  }
+  /** More Fragments flag: a fragment other than the last. */
+  get moreFragments(): boolean {
+    return (this.bytes[this.off + IPV4_FLAGS_FRAGMENT] & 0x20) !== 0;
+  }
+
+  // Setters write the field only: the header checksum is the caller's to
+  // fix, once, after every change (updateHeaderChecksum), or per field with
+  // the RFC 1624 update as decrementTtl does.
+  set ttl(value: number) {
+    this.bytes[this.off + IPV4_TTL] = value;
+  }
+  set src(addr: number) {
+    writeAddr(this.bytes, this.off + IPV4_SRC, addr);
+  }
+  set dst(addr: number) {
+    writeAddr(this.bytes, this.off + IPV4_DST, addr);
+  }
+
+  /** Recomputes the header checksum over headerLength bytes. */
+  updateHeaderChecksum(): void {
+    const b = this.bytes;
+    const o = this.off;
+    b[o + IPV4_CHECKSUM] = 0;
+    b[o + IPV4_CHECKSUM + 1] = 0;
+    const sum = internetChecksum(b, o, this.headerLength);
+    b[o + IPV4_CHECKSUM] = sum >>> 8;
+    b[o + IPV4_CHECKSUM + 1] = sum & 0xff;
+  }
+
+  /** Ones'-complement sum of the TCP/UDP pseudo-header (RFC 768, RFC 9293 3.1) for `l4Length` bytes. */
+  pseudoHeaderSum(l4Length: number): number {
+    const s = this.src;
+    const d = this.dst;
+    return (s >>> 16) + (s & 0xffff) + (d >>> 16) + (d & 0xffff) + this.protocol + l4Length;
   }
 
   /**

@@ -32,3 +32,9 @@ export function readU32(bytes: Uint8Array, o: number): number {
 export function readU16(bytes: Uint8Array, o: number): number {
   return (bytes[o] << 8) | bytes[o + 1];
 }
+
+/** Writes a big-endian u16 at bytes[o] (a checksum, a port). */
+export function writeU16(bytes: Uint8Array, o: number, value: number): void {
+  bytes[o] = (value >>> 8) & 0xff;
+  bytes[o + 1] = value & 0xff;
+}

@@ -1,0 +1,269 @@
+// The workloads of one bring-up, in order: TCP single stream (iperf3), UDP
+// 1400 B and 64 B with the batching generator (delivered pps at the sink,
+// loss, where the rest was dropped), RTT request-response and sparse (ping),
+// and for the modes with a dataplane process its CPU per GB and memory.
+
+import { spawn } from "node:child_process";
+import { cpuSeconds, memoryOf, peakRssMb } from "../../lab/proc.js";
+import { nsRun } from "../../lab/topology.js";
+import { type Progress, percentile } from "../report.js";
+import { type RecvResult, type SendResult, spawnUdpgen, type UdpgenChild } from "../udpgen.js";
+import { nsSpawn, sleep, track } from "./children.js";
+import { daemonPids, type Env, hasDaemon, type Mode } from "./modes.js";
+import { allDrops, grew } from "./probes.js";
+
+const IPERF_PORT = 5201;
+const UDP_PORT = 5202;
+
+export interface LabOptions {
+  reps: number;
+  tcpSeconds: number;
+  udpSeconds: number;
+  /** Request-response echoes (after a warm-up). */
+  pings: number;
+  /** Echoes 10 ms apart. */
+  sparsePings: number;
+  modes: Mode[];
+  /** Extra weftd flags (weft mode). */
+  weftdArgs: string[];
+  /** Seconds of idle CPU measured once per daemon mode (0: not measured). */
+  idleSeconds: number;
+  /** Pings under strace for syscalls per round trip (0: not measured). */
+  stracePings: number;
+}
+
+export interface RepFigures {
+  tcp_gbps: number;
+  udp1400_pps: number;
+  udp64_pps: number;
+  udp1400_loss: number;
+  udp64_loss: number;
+  rtt_p50_us: number;
+  rtt_p99_us: number;
+  rtt_sparse_p50_us: number;
+  rtt_sparse_p99_us: number;
+  cpu_s_per_gb?: number;
+  rss_mb?: number;
+  rss_mb_each?: number[];
+  /** Anonymous resident memory of the larger daemon after the workloads, MiB. */
+  anon_mb?: number;
+  /** Proportional set size of the larger daemon after the workloads, MiB. */
+  pss_mb?: number;
+  tcp_retransmits: number;
+  udp1400_drops: Record<string, number>;
+  udp64_drops: Record<string, number>;
+  udp1400_sender_pps: number;
+  udp64_sender_pps: number;
+  ping_lost: number;
+}
+
+interface TcpResult {
+  gbps: number;
+  bytes: number;
+  retransmits: number;
+  /** Modes with daemons: CPU seconds of both per GB (1e9 bytes) received. */
+  cpuSPerGb: number | null;
+}
+
+async function tcp(env: Env, seconds: number): Promise<TcpResult> {
+  const server = track(
+    spawn("ip", ["netns", "exec", env.p2.ns, "iperf3", "-s", "-1", "-p", String(IPERF_PORT)], {
+      stdio: ["ignore", "ignore", "pipe"],
+    }),
+  );
+  try {
+    for (let i = 0; ; i++) {
+      const listening = await nsRun(env.p2.ns, "ss", ["-Hltn", `sport = :${IPERF_PORT}`]);
+      if (listening.trim() !== "") break;
+      if (i >= 50 || server.exitCode !== null) throw new Error(`${env.mode}: iperf3 server did not start`);
+      await sleep(100);
+    }
+    const pids = daemonPids(env);
+    const cpu0 = pids.map(cpuSeconds);
+    const r = await nsSpawn(
+      env.p1.ns,
+      "iperf3",
+      ["-c", env.p2.ip, "-p", String(IPERF_PORT), "-t", String(seconds), "-J"],
+      (seconds + 30) * 1000,
+    );
+    const cpu1 = pids.map(cpuSeconds);
+    let report: {
+      end?: { sum_received?: { bits_per_second: number; bytes: number }; sum_sent?: { retransmits?: number } };
+      error?: string;
+    };
+    try {
+      report = JSON.parse(r.stdout);
+    } catch {
+      throw new Error(`${env.mode}: iperf3 client gave no JSON (exit ${r.code}): ${r.stderr.trim()}`);
+    }
+    const recv = report.end?.sum_received;
+    if (recv === undefined) throw new Error(`${env.mode}: iperf3: ${report.error ?? "no sum_received"}`);
+    const cpu = cpu1.reduce((a, v, i) => a + v - (cpu0[i] as number), 0);
+    return {
+      gbps: recv.bits_per_second / 1e9,
+      bytes: recv.bytes,
+      retransmits: report.end?.sum_sent?.retransmits ?? 0,
+      cpuSPerGb: pids.length > 0 && recv.bytes > 0 ? cpu / (recv.bytes / 1e9) : null,
+    };
+  } finally {
+    // -1: the server leaves after its one client; make sure of it.
+    for (let i = 0; i < 20 && server.exitCode === null && server.signalCode === null; i++) await sleep(100);
+    if (server.exitCode === null && server.signalCode === null && server.pid !== undefined)
+      process.kill(server.pid, "SIGKILL");
+  }
+}
+
+interface UdpResult {
+  pps: number;
+  lossPercent: number;
+  sent: number;
+  received: number;
+  senderPps: number;
+  drops: Record<string, number>;
+}
+
+let runCounter = 0;
+
+async function udp(env: Env, payload: number, seconds: number): Promise<UdpResult> {
+  const run = ((process.pid << 8) ^ ++runCounter) >>> 0;
+  const before = await allDrops(env);
+  const recv: UdpgenChild = spawnUdpgen(env.p2.ns, [
+    "recv",
+    "--port",
+    String(UDP_PORT),
+    "--size",
+    String(payload),
+    "--run",
+    String(run),
+    "--timeout",
+    String(seconds + 60),
+  ]);
+  track(recv.child);
+  let send: UdpgenChild | null = null;
+  try {
+    if ((await recv.ready) < 0) await recv.result; // throws with the receiver's error
+    send = spawnUdpgen(env.p1.ns, [
+      "send",
+      "--dst",
+      env.p2.ip,
+      "--port",
+      String(UDP_PORT),
+      "--size",
+      String(payload),
+      "--duration",
+      String(seconds),
+      "--run",
+      String(run),
+    ]);
+    track(send.child);
+    const s = (await send.result) as SendResult;
+    // Let queues drain into the sink before it stops counting.
+    await sleep(1000);
+    if (recv.child.pid !== undefined) process.kill(recv.child.pid, "SIGTERM");
+    const r = (await recv.result) as RecvResult;
+    const after = await allDrops(env);
+    return {
+      pps: r.pps,
+      lossPercent: s.sent > 0 ? (100 * (s.sent - r.received)) / s.sent : Number.NaN,
+      sent: s.sent,
+      received: r.received,
+      senderPps: s.pps,
+      drops: grew(before, after),
+    };
+  } finally {
+    for (const c of [recv.child, send?.child]) {
+      if (c?.pid !== undefined && c.exitCode === null && c.signalCode === null) process.kill(c.pid, "SIGKILL");
+    }
+  }
+}
+
+interface RttResult {
+  p50us: number;
+  p99us: number;
+  samples: number;
+  lost: number;
+}
+
+/** Per-packet RTTs from ping's "time=… ms" lines. */
+export function parsePingTimes(text: string): number[] {
+  const out: number[] = [];
+  for (const m of text.matchAll(/time=([\d.]+) ms/g)) out.push(Number(m[1]) * 1000);
+  return out;
+}
+
+/**
+ * Seconds of request-response echoes before the measured ones, not counted:
+ * after the bulk runs weft's handlers need about half a second of this
+ * traffic to settle (JIT, caches); vxlan gets the same.
+ */
+export const RTT_WARMUP_S = 1;
+
+/**
+ * Ping RTTs, two ways. "rr" (request-response, BENCH.md's reference figures):
+ * `ping -A` sends the next echo as soon as the reply is in, so every hop is
+ * busy, as under an RPC load. "sparse": one echo every 10 ms, so every hop
+ * starts from sleep (on a VM, an idle vCPU takes tens of µs to wake).
+ */
+async function rtt(env: Env, count: number, kind: "rr" | "sparse"): Promise<RttResult> {
+  const pace = kind === "rr" ? ["-A"] : ["-i", "0.01"];
+  if (kind === "rr") {
+    await nsSpawn(env.p1.ns, "ping", ["-n", "-q", "-A", "-w", String(RTT_WARMUP_S), env.p2.ip], 30_000);
+  }
+  const r = await nsSpawn(
+    env.p1.ns,
+    "ping",
+    ["-n", "-c", String(count), ...pace, "-W", "1", env.p2.ip],
+    count * 20 + 30_000,
+  );
+  const times = parsePingTimes(r.stdout);
+  if (times.length === 0)
+    throw new Error(`${env.mode}: ping got no replies: ${r.stderr.trim() || r.stdout.slice(-300)}`);
+  return {
+    p50us: percentile(times, 50),
+    p99us: percentile(times, 99),
+    samples: times.length,
+    lost: count - times.length,
+  };
+}
+
+/** Every workload once on a mode that is up; the figures of one repetition. */
+export async function runWorkloads(env: Env, o: LabOptions, progress: Progress, tag: string): Promise<RepFigures> {
+  progress.step(`${tag}: TCP ${o.tcpSeconds} s`);
+  const t = await tcp(env, o.tcpSeconds);
+  progress.step(`${tag}: UDP 1400 B ${o.udpSeconds} s`);
+  const u1400 = await udp(env, 1400, o.udpSeconds);
+  progress.step(`${tag}: UDP 64 B ${o.udpSeconds} s`);
+  const u64 = await udp(env, 64, o.udpSeconds);
+  progress.step(`${tag}: RTT ${o.pings} request-response pings`);
+  const r = await rtt(env, o.pings, "rr");
+  progress.step(`${tag}: RTT ${o.sparsePings} pings 10 ms apart`);
+  const sparse = await rtt(env, o.sparsePings, "sparse");
+  const fig: RepFigures = {
+    tcp_gbps: t.gbps,
+    udp1400_pps: u1400.pps,
+    udp64_pps: u64.pps,
+    udp1400_loss: u1400.lossPercent,
+    udp64_loss: u64.lossPercent,
+    rtt_p50_us: r.p50us,
+    rtt_p99_us: r.p99us,
+    rtt_sparse_p50_us: sparse.p50us,
+    rtt_sparse_p99_us: sparse.p99us,
+    tcp_retransmits: t.retransmits,
+    udp1400_drops: u1400.drops,
+    udp64_drops: u64.drops,
+    udp1400_sender_pps: u1400.senderPps,
+    udp64_sender_pps: u64.senderPps,
+    ping_lost: r.lost + sparse.lost,
+  };
+  if (hasDaemon(env.mode)) {
+    const pids = daemonPids(env);
+    const rss = pids.map(peakRssMb);
+    const mem = pids.map(memoryOf);
+    fig.cpu_s_per_gb = t.cpuSPerGb ?? Number.NaN;
+    fig.rss_mb = Math.max(...rss);
+    fig.rss_mb_each = rss;
+    fig.anon_mb = Math.max(...mem.map((m) => m.anon_mb));
+    fig.pss_mb = Math.max(...mem.map((m) => m.pss_mb));
+  }
+  return fig;
+}
