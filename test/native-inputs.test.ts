@@ -4,6 +4,7 @@
 // pointers it keeps. Each of these was a hole in the C++ (issue 13).
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { setBusyPoll } from "../dataplane/io.js";
 import { loadAddon } from "../dataplane/native/index.js";
 import { l4Checksum, put16, tcpPacket } from "./helpers/segments.js";
 
@@ -52,6 +53,16 @@ describe("groMerge checks its own inputs", () => {
         head.length,
       );
       assert.ok(merged < 2);
+    }
+  });
+});
+
+describe("busy-poll window", () => {
+  it("the addon refuses more than 2000 µs, the spin's cap, with a sentence naming the field", (t) => {
+    t.after(() => setBusyPoll(0));
+    setBusyPoll(2000);
+    for (const us of [2001, 1_000_000]) {
+      assert.throws(() => setBusyPoll(us), { name: "RangeError", message: "busyPollUs must be an integer in 0..2000" });
     }
   });
 });

@@ -15,10 +15,11 @@
 // After close(): start/onWritable (and the subclasses' write/send) throw
 // EBADF; pause/resume/close are no-ops; getters keep their last values.
 //
-// Busy polling (off unless setBusyPoll(us) > 0): after a batch, every started
-// source of this thread is polled without sleeping for up to `us`; a batch
-// found meanwhile is handled at once and the wait starts over, for at most
-// kSpinCapNs in all before the event loop gets its turn back. A reply that
+// Busy polling (off unless setBusyPoll(us) > 0, us <= 2000): after a batch,
+// every started source of this thread is polled without sleeping for up to
+// `us`; a batch found meanwhile is handled at once and the wait starts over,
+// for at most kSpinCapNs in all (waiting and batches) before the event loop
+// gets its turn back. A reply that
 // comes back within the window (a ping, a request/response, an ACK) then
 // costs no wake-up: on a VM a sleeping process takes tens of µs to resume,
 // and its caches are cold when it does.
@@ -101,7 +102,8 @@ class Spinner {
     if (budget_ns_ == 0 || spinning_ || members_.empty()) return;
     spinning_ = true;
     const uint64_t start = Now();
-    uint64_t deadline = start + budget_ns_;
+    const uint64_t cap_at = start + kSpinCapNs;
+    uint64_t deadline = std::min(start + budget_ns_, cap_at);
     for (;;) {
       fds_.clear();
       who_.clear();
@@ -126,7 +128,8 @@ class Spinner {
         }
         const uint64_t now = Now();
         if (now - start >= kSpinCapNs) break;
-        deadline = now + budget_ns_;
+        // Each batch restarts the wait, but never past the cap.
+        deadline = std::min(now + budget_ns_, cap_at);
         continue;
       }
       if (Now() >= deadline) break;
