@@ -3,12 +3,27 @@
 // than the spin may last, and buffers detached (or shrunk) under the raw
 // pointers it keeps. Each of these was a hole in the C++ (issue 13).
 import assert from "node:assert/strict";
-import { describe, it } from "node:test";
-import { setBusyPoll } from "../dataplane/io.js";
-import { loadAddon } from "../dataplane/native/index.js";
+import { describe, it, type TestContext } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { setBusyPoll, TunDevice, UdpTransport } from "../dataplane/io.js";
+import { loadAddon, type NativeError, UDP_STATE } from "../dataplane/native/index.js";
 import { l4Checksum, put16, tcpPacket } from "./helpers/segments.js";
 
 const addon = loadAddon();
+const LOOPBACK = 0x7f000001;
+const TIMEOUT = { timeout: 30_000 };
+
+/** ES2024's resizable ArrayBuffer (in Node 20; the TypeScript lib here predates it). */
+const ResizableArrayBuffer = ArrayBuffer as unknown as new (
+  length: number,
+  opts: { maxByteLength: number },
+) => ArrayBuffer & { resize(length: number): void };
+
+/** Moves the buffer's memory elsewhere: the view `a` now reads as empty. */
+function detach(a: ArrayBufferView): void {
+  structuredClone(a.buffer, { transfer: [a.buffer as ArrayBuffer] });
+}
+
 /** A TCP segment whose data offset says `doff` words, with a TCP checksum that verifies. */
 function tcpWithDataOffset(doff: number, seq: number, payload: number): Uint8Array {
   const p = tcpPacket({ seq, payload: new Uint8Array(payload).fill(seq & 255) });
@@ -67,3 +82,106 @@ describe("busy-poll window", () => {
   });
 });
 
+describe("detached buffers under the addon's pointers", () => {
+  function pair(t: TestContext) {
+    const [a, b] = addon.socketpair();
+    const reader = TunDevice.fromFd(a, "det-a", { capacity: 4, slotSize: 256 });
+    const writer = TunDevice.fromFd(b, "det-b", { capacity: 4, slotSize: 256 });
+    t.after(() => {
+      reader.close();
+      writer.close();
+    });
+    return { reader, writer };
+  }
+
+  it("a write from bound arrays whose buffer was detached throws instead of reading freed memory", TIMEOUT, (t) => {
+    const { writer } = pair(t);
+    for (const which of ["bytes", "offsets", "lengths"] as const) {
+      const arrays = { bytes: new Uint8Array(256), offsets: Uint32Array.of(0), lengths: Uint32Array.of(64) };
+      assert.equal(writer.write(arrays.bytes, arrays.offsets, arrays.lengths, 0, 1), 1);
+      detach(arrays[which]);
+      assert.throws(() => writer.write(arrays.bytes, arrays.offsets, arrays.lengths, 0, 1), {
+        code: "ERR_WEFT_DETACHED",
+        message: "write: a bound array's buffer was detached or shrunk; the addon no longer uses it",
+      });
+    }
+    // Binding fresh arrays works again.
+    const ok = { bytes: new Uint8Array(256), offsets: Uint32Array.of(0), lengths: Uint32Array.of(64) };
+    assert.equal(writer.write(ok.bytes, ok.offsets, ok.lengths, 0, 1), 1);
+  });
+
+  it("a send from detached bound arrays, or with arena.state detached, throws", TIMEOUT, (t) => {
+    const tx = UdpTransport.bind(LOOPBACK, 0);
+    t.after(() => tx.close());
+    const bytes = new Uint8Array(256);
+    const offsets = Uint32Array.of(0);
+    const lengths = Uint32Array.of(32);
+    const addrs = Uint32Array.of(LOOPBACK);
+    const ports = Uint16Array.of(tx.localPort);
+    assert.equal(tx.send(bytes, offsets, lengths, addrs, ports, 0, 1), 1);
+    detach(addrs);
+    assert.throws(() => tx.send(bytes, offsets, lengths, addrs, ports, 0, 1), { code: "ERR_WEFT_DETACHED" });
+
+    const arena = {
+      bytes: new Uint8Array(4 * 2048),
+      lengths: new Uint32Array(4),
+      srcAddr: new Uint32Array(4),
+      srcPort: new Uint16Array(4),
+      truncated: new Uint8Array(4),
+      state: new Uint32Array(UDP_STATE.WORDS),
+      slotSize: 2048,
+      capacity: 4,
+    };
+    const raw = new addon.UdpSocket(LOOPBACK, 0, arena, 0);
+    t.after(() => raw.close());
+    raw.bindSend(bytes, Uint32Array.of(0), lengths, Uint32Array.of(LOOPBACK), Uint16Array.of(raw.localPort));
+    assert.equal(raw.send(0, 1), 1);
+    detach(arena.state);
+    assert.throws(() => raw.send(0, 1), {
+      code: "ERR_WEFT_DETACHED",
+      message: "send: arena.state's buffer was detached or shrunk; the addon no longer uses it",
+    });
+  });
+
+  it("a detached or shrunk receive arena stops reading with an error and delivers no batch", TIMEOUT, async (t) => {
+    for (const how of ["detach", "shrink"] as const) {
+      const { reader, writer } = pair(t);
+      const errors: NativeError[] = [];
+      let batches = 0;
+      if (how === "detach") detach(reader.rx.lengths);
+      reader.start(
+        () => batches++,
+        (err) => errors.push(err),
+      );
+      const s = { bytes: new Uint8Array(64), offsets: Uint32Array.of(0), lengths: Uint32Array.of(64) };
+      if (how === "shrink") {
+        // A resizable buffer bound as a packet fd's arena, then shrunk.
+        const buffer = new ResizableArrayBuffer(4 * 256, { maxByteLength: 4 * 256 });
+        const [a, b] = addon.socketpair();
+        const bytes = new Uint8Array(buffer, 0, 4 * 256);
+        const raw = new addon.PacketFd(a, bytes, new Uint32Array(4), 256, 4);
+        const w = TunDevice.fromFd(b, "det-c", { capacity: 4, slotSize: 256 });
+        t.after(() => {
+          raw.close();
+          w.close();
+        });
+        raw.start(
+          () => batches++,
+          (err) => errors.push(err as NativeError),
+        );
+        buffer.resize(16);
+        w.write(s.bytes, s.offsets, s.lengths, 0, 1);
+      } else {
+        writer.write(s.bytes, s.offsets, s.lengths, 0, 1);
+      }
+      for (let i = 0; i < 400 && errors.length === 0; i++) await sleep(5);
+      assert.equal(batches, 0, how);
+      assert.equal(errors.length, 1, how);
+      assert.equal(errors[0]?.code, "ERR_WEFT_DETACHED", how);
+      assert.equal(
+        errors[0]?.message,
+        "read: the receive arena's buffer was detached or shrunk; the addon no longer uses it",
+      );
+    }
+  });
+});

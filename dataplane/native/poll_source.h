@@ -39,6 +39,7 @@
 #include <utility>
 #include <vector>
 
+#include "buffer_watch.h"
 #include "errors.h"
 
 namespace weft {
@@ -51,6 +52,9 @@ struct Drained {
   const char* syscall;
 };
 constexpr int kEndOfStream = -1;
+// The receive arena's memory was detached or shrunk: reading stops (and a
+// resume() only reports it again).
+constexpr int kArenaDetached = -2;
 
 // Lives apart from the JS object: libuv closes handles asynchronously, and the
 // close callback (which closes the fd) may run after the object is collected.
@@ -205,6 +209,10 @@ class PollSource : public Napi::ObjectWrap<T>, public Spinnable {
     return true;
   }
 
+  // The receive arena's buffers (subclasses add them): checked before every
+  // drain, which writes into them.
+  BufferWatch arena_watch_;
+
   bool IsOpen() const { return handle_ != nullptr; }
   int fd() const { return fd_; }
 
@@ -322,7 +330,9 @@ class PollSource : public Napi::ObjectWrap<T>, public Spinnable {
     }
     if (handle_ == nullptr) return;
     if ((events & UV_READABLE) != 0 && WantRead()) {
-      Drained d = static_cast<T*>(this)->Drain();
+      Drained d = arena_watch_.Intact(env)
+                      ? static_cast<T*>(this)->Drain()
+                      : Drained{0, kArenaDetached, "read"};
       if (d.error == 0 && d.count == 0 && status < 0) {
         d.error = -status;
         d.syscall = "poll";
@@ -345,9 +355,11 @@ class PollSource : public Napi::ObjectWrap<T>, public Spinnable {
   }
 
   void ReportReadError(Napi::Env env, const Drained& d) {
-    Napi::Error err = d.error == kEndOfStream ? EndOfStream(env, d.syscall)
-                                              : SysError(env, d.error,
-                                                         d.syscall, "");
+    Napi::Error err =
+        d.error == kEndOfStream     ? EndOfStream(env, d.syscall)
+        : d.error == kArenaDetached ? DetachedError(env, d.syscall,
+                                                    "the receive arena")
+                                    : SysError(env, d.error, d.syscall, "");
     if (on_error_.IsEmpty()) {
       napi_fatal_exception(env, err.Value());
     } else {
