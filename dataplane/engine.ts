@@ -97,11 +97,23 @@ class Staging {
   pending = 0;
 
   constructor(capacity: number) {
-    this.offsets = new Uint32Array(capacity);
-    this.lengths = new Uint32Array(capacity);
-    this.addrs = new Uint32Array(capacity);
-    this.ports = new Uint16Array(capacity);
-    this.gso = new Uint16Array(capacity);
+    [this.offsets, this.lengths, this.addrs, this.ports, this.gso] = Staging.carve(capacity);
+  }
+
+  /**
+   * All five arrays in one ArrayBuffer: before every write/send the addon
+   * checks each distinct buffer under its pointers (not detached), one
+   * buffer is one check.
+   */
+  private static carve(size: number): [Uint32Array, Uint32Array, Uint32Array, Uint16Array, Uint16Array] {
+    const buf = new ArrayBuffer(size * 16);
+    return [
+      new Uint32Array(buf, 0, size),
+      new Uint32Array(buf, size * 4, size),
+      new Uint32Array(buf, size * 8, size),
+      new Uint16Array(buf, size * 12, size),
+      new Uint16Array(buf, size * 14, size),
+    ];
   }
 
   /**
@@ -110,16 +122,13 @@ class Staging {
    */
   ensure(needed: number): void {
     if (needed <= this.offsets.length) return;
-    const size = Math.max(needed, this.offsets.length * 2);
-    const grow = <T extends Uint32Array | Uint16Array>(a: T, b: T): T => {
-      b.set(a);
-      return b;
-    };
-    this.offsets = grow(this.offsets, new Uint32Array(size));
-    this.lengths = grow(this.lengths, new Uint32Array(size));
-    this.addrs = grow(this.addrs, new Uint32Array(size));
-    this.ports = grow(this.ports, new Uint16Array(size));
-    this.gso = grow(this.gso, new Uint16Array(size));
+    const [offsets, lengths, addrs, ports, gso] = Staging.carve(Math.max(needed, this.offsets.length * 2));
+    offsets.set(this.offsets);
+    lengths.set(this.lengths);
+    addrs.set(this.addrs);
+    ports.set(this.ports);
+    gso.set(this.gso);
+    [this.offsets, this.lengths, this.addrs, this.ports, this.gso] = [offsets, lengths, addrs, ports, gso];
   }
 }
 

@@ -133,7 +133,8 @@ export interface Transport extends Source {
 
 /**
  * Busy polling for every native source of this thread: after a batch, keep
- * polling without sleeping for up to `us` µs (0: off, the default).
+ * polling without sleeping for up to `us` µs (0: off, the default; at most
+ * 2000, or the addon throws a RangeError).
  */
 export function setBusyPoll(us: number): void {
   loadAddon().setBusyPoll(us);

@@ -13,10 +13,12 @@ namespace weft {
 namespace {
 
 // setBusyPoll(us): how long sources of this thread are polled without
-// sleeping after each batch (0: never, the default).
+// sleeping after each batch (0: never, the default). A window longer than
+// the spin's cap could never be used whole, so it is refused.
 Napi::Value SetBusyPoll(const Napi::CallbackInfo& info) {
   uint32_t us = 0;
-  if (!GetUint(info.Env(), info[0], "busyPollUs", 1'000'000, &us)) {
+  if (!GetUint(info.Env(), info[0], "busyPollUs", Spinner::kSpinCapNs / 1000,
+               &us)) {
     return Napi::Value();
   }
   Spinner::Get().set_budget_ns(uint64_t{us} * 1000);

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "buffer_watch.h"
 #include "errors.h"
 
 namespace weft {
@@ -107,8 +108,8 @@ inline bool CheckPackets(Napi::Env env, const ArrayView<uint32_t>& offsets,
 // The arrays an outgoing batch call reads, bound once by bindWrite/bindSend
 // and reused until rebound, so that each write/send passes only (start,
 // count): checking six typed arrays cost more than the rest of the call. The
-// references keep the arrays alive; like the receive arenas, bound arrays
-// must stay untransferred.
+// watch keeps their buffers alive, and a call refuses to run once one of
+// them was detached or shrunk (bind again to go on).
 struct BoundArrays {
   bool bound = false;
   ArrayView<uint8_t> bytes;
@@ -120,15 +121,12 @@ struct BoundArrays {
   ArrayView<uint16_t> gso;
   // The shortest per-packet array: every batch must lie below it.
   size_t shortest = 0;
-  std::vector<Napi::Reference<Napi::Value>> refs;
+  BufferWatch watch;
 
-  // Holds the bound arrays (an absent optional one is undefined: skipped).
+  // Watches the bound arrays (an absent optional one is undefined: skipped).
   void Keep(std::initializer_list<napi_value> values, Napi::Env env) {
-    refs.clear();
-    for (napi_value v : values) {
-      Napi::Value value(env, v);
-      if (!value.IsUndefined()) refs.push_back(Napi::Persistent(value));
-    }
+    watch.Clear();
+    for (napi_value v : values) watch.Add(env, v);
     bound = true;
   }
 
@@ -140,6 +138,10 @@ struct BoundArrays {
     if (!bound) {
       Napi::Error::New(env, std::string(call) + " before its arrays were bound")
           .ThrowAsJavaScriptException();
+      return false;
+    }
+    if (!watch.Intact(env)) {
+      ThrowDetached(env, call, "a bound array");
       return false;
     }
     return GetUint(env, info[0], "start", UINT32_MAX, start) &&

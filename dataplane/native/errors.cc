@@ -23,6 +23,18 @@ void ThrowSysError(Napi::Env env, int err, const char* syscall,
   SysError(env, err, syscall, detail).ThrowAsJavaScriptException();
 }
 
+Napi::Error DetachedError(Napi::Env env, const char* call, const char* what) {
+  Napi::Error error = Napi::Error::New(
+      env, std::string(call) + ": " + what +
+               "'s buffer was detached or shrunk; the addon no longer uses it");
+  error.Set("code", Napi::String::New(env, "ERR_WEFT_DETACHED"));
+  return error;
+}
+
+void ThrowDetached(Napi::Env env, const char* call, const char* what) {
+  DetachedError(env, call, what).ThrowAsJavaScriptException();
+}
+
 void ThrowTypeError(Napi::Env env, const std::string& message) {
   Napi::TypeError::New(env, message).ThrowAsJavaScriptException();
 }

@@ -17,6 +17,12 @@ Napi::Error SysError(Napi::Env env, int err, const char* syscall,
 void ThrowSysError(Napi::Env env, int err, const char* syscall,
                    const std::string& detail);
 
+// A call refused because memory it keeps pointers into was detached or
+// shrunk by JavaScript: "send: a bound array's buffer was detached or
+// shrunk", err.code = "ERR_WEFT_DETACHED".
+Napi::Error DetachedError(Napi::Env env, const char* call, const char* what);
+void ThrowDetached(Napi::Env env, const char* call, const char* what);
+
 void ThrowTypeError(Napi::Env env, const std::string& message);
 void ThrowRangeError(Napi::Env env, const std::string& message);
 

@@ -43,10 +43,10 @@ export interface NativeSource {
 /** A TUN queue or a SOCK_SEQPACKET socket: one read()/write() is one packet. */
 export interface NativePacketFd extends NativeSource {
   /**
-   * The arrays the following writes read, kept until the next bindWrite (they
-   * must stay untransferred). gsoSize (vnet fds only): gsoSize[i] > 0 marks a
-   * TCP/UDP super-packet whose L4 checksum holds the pseudo-header sum; the
-   * kernel segments it.
+   * The arrays the following writes read, kept until the next bindWrite (a
+   * buffer detached or shrunk: write throws ERR_WEFT_DETACHED). gsoSize (vnet
+   * fds only): gsoSize[i] > 0 marks a TCP/UDP super-packet whose L4 checksum
+   * holds the pseudo-header sum; the kernel segments it.
    */
   bindWrite(bytes: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, gsoSize?: Uint16Array): void;
   /** One write() per bound packet in [start, start + count); returns packets consumed (< count only on EAGAIN). */
@@ -83,8 +83,9 @@ export const UDP_STATE = {
 /** AF_INET UDP socket with recvmmsg/sendmmsg batches. */
 export interface NativeUdpSocket extends NativeSource {
   /**
-   * The arrays the following sends read, kept until the next bindSend (they
-   * must stay untransferred); dstAddr/dstPort in host order.
+   * The arrays the following sends read, kept until the next bindSend
+   * (detached or shrunk buffers: send throws ERR_WEFT_DETACHED); dstAddr/dstPort
+   * in host order.
    */
   bindSend(
     bytes: Uint8Array,
@@ -145,7 +146,8 @@ export interface NativeVnetArena {
 export interface Addon {
   /**
    * new PacketFd(fd, bytes, lengths, slotSize, capacity): owns fd from here on,
-   * also when the constructor throws. The arena arrays must stay untransferred.
+   * also when the constructor throws. An arena buffer detached or shrunk later
+   * stops reading with an ERR_WEFT_DETACHED error.
    */
   PacketFd: new (
     fd: number,
@@ -169,7 +171,8 @@ export interface Addon {
   socketpair(): [number, number];
   /**
    * After each batch, poll every started source of this thread without
-   * sleeping for up to `us` microseconds (0, the default: never).
+   * sleeping for up to `us` microseconds (0, the default: never; at most
+   * 2000, the cap on one spin, batches included).
    */
   setBusyPoll(us: number): void;
   /** sd_notify: one datagram to an AF_UNIX socket path; "@name" is abstract. */

@@ -311,7 +311,11 @@ Napi::Value GroMerge(const Napi::CallbackInfo& info) {
     return Napi::Number::New(env, 0);
   }
   const uint32_t ihl = (head[0] & 15u) * 4;
-  const uint32_t hdr = ihl + (tcp ? (head[ihl + 12] >> 4) * 4u : 8u);
+  // A TCP data offset below 5 is no TCP header: nothing to merge, and the
+  // checks below read 20 header bytes of every packet they look at.
+  const uint32_t l4hl = tcp ? (head[ihl + 12] >> 4) * 4u : 8u;
+  if (tcp && l4hl < 20) return Napi::Number::New(env, 0);
+  const uint32_t hdr = ihl + l4hl;
   if (hdr > end) return Napi::Number::New(env, 0);
   const uint32_t limit = std::min(room, kIpMaxTotal);
   uint32_t merged = 1;
@@ -319,11 +323,13 @@ Napi::Value GroMerge(const Napi::CallbackInfo& info) {
   for (uint32_t j = first + 1; j < first + count; j++) {
     const uint8_t* q = bytes.data + offsets.data[j];
     const uint32_t qlen = lengths.data[j];
-    if (qlen < hdr || Read16(q + 2) != qlen || (q[0] & 15u) * 4 != ihl ||
-        q[9] != proto) {
+    // hdr >= ihl + 20 (TCP) or ihl + 8 (UDP): every byte read here lies
+    // inside q.
+    if (qlen < hdr || (q[0] >> 4) != 4 || Read16(q + 2) != qlen ||
+        (q[0] & 15u) * 4 != ihl || q[9] != proto) {
       break;
     }
-    if (tcp ? (q[ihl + 12] >> 4) * 4u != hdr - ihl || !TcpChecksumOk(q, qlen)
+    if (tcp ? (q[ihl + 12] >> 4) * 4u != l4hl || !TcpChecksumOk(q, qlen)
             : !UdpChecksumOk(q, qlen)) {
       break;
     }

@@ -63,14 +63,14 @@ PacketFd::PacketFd(const Napi::CallbackInfo& info) : PollSource(info) {
   struct stat st;
   is_socket_ = fstat(static_cast<int>(fd), &st) == 0 && S_ISSOCK(st.st_mode);
   if (!Adopt(env, static_cast<int>(fd), "weft.PacketFd")) return;
-  bytes_ref_ = Napi::Persistent(info[1]);
-  lengths_ref_ = Napi::Persistent(info[2]);
+  arena_watch_.Add(env, info[1]);
+  arena_watch_.Add(env, info[2]);
   bytes_ = bytes.data;
   lengths_ = lengths.data;
   if (vnet_) {
     Napi::Object vnet = info[5].As<Napi::Object>();
-    gso_size_ref_ = Napi::Persistent(vnet.Get("gsoSize"));
-    gso_type_ref_ = Napi::Persistent(vnet.Get("gsoType"));
+    arena_watch_.Add(env, vnet.Get("gsoSize"));
+    arena_watch_.Add(env, vnet.Get("gsoType"));
     gso_size_ = gso_size.data;
     gso_type_ = gso_type.data;
   }

@@ -46,10 +46,7 @@ class PacketFd : public PollSource<PacketFd> {
   ssize_t ReadOne(uint8_t* slot, void* vnet_hdr);
   ssize_t WriteOne(const uint8_t* packet, uint32_t len, uint32_t gso_size);
 
-  Napi::Reference<Napi::Value> bytes_ref_;
-  Napi::Reference<Napi::Value> lengths_ref_;
-  Napi::Reference<Napi::Value> gso_size_ref_;
-  Napi::Reference<Napi::Value> gso_type_ref_;
+  // Into the receive arena (watched by arena_watch_).
   uint8_t* bytes_ = nullptr;
   uint32_t* lengths_ = nullptr;
   uint16_t* gso_size_ = nullptr;

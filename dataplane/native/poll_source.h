@@ -15,10 +15,11 @@
 // After close(): start/onWritable (and the subclasses' write/send) throw
 // EBADF; pause/resume/close are no-ops; getters keep their last values.
 //
-// Busy polling (off unless setBusyPoll(us) > 0): after a batch, every started
-// source of this thread is polled without sleeping for up to `us`; a batch
-// found meanwhile is handled at once and the wait starts over, for at most
-// kSpinCapNs in all before the event loop gets its turn back. A reply that
+// Busy polling (off unless setBusyPoll(us) > 0, us <= 2000): after a batch,
+// every started source of this thread is polled without sleeping for up to
+// `us`; a batch found meanwhile is handled at once and the wait starts over,
+// for at most kSpinCapNs in all (waiting and batches) before the event loop
+// gets its turn back. A reply that
 // comes back within the window (a ping, a request/response, an ACK) then
 // costs no wake-up: on a VM a sleeping process takes tens of µs to resume,
 // and its caches are cold when it does.
@@ -38,6 +39,7 @@
 #include <utility>
 #include <vector>
 
+#include "buffer_watch.h"
 #include "errors.h"
 
 namespace weft {
@@ -50,6 +52,9 @@ struct Drained {
   const char* syscall;
 };
 constexpr int kEndOfStream = -1;
+// The receive arena's memory was detached or shrunk: reading stops (and a
+// resume() only reports it again).
+constexpr int kArenaDetached = -2;
 
 // Lives apart from the JS object: libuv closes handles asynchronously, and the
 // close callback (which closes the fd) may run after the object is collected.
@@ -101,7 +106,8 @@ class Spinner {
     if (budget_ns_ == 0 || spinning_ || members_.empty()) return;
     spinning_ = true;
     const uint64_t start = Now();
-    uint64_t deadline = start + budget_ns_;
+    const uint64_t cap_at = start + kSpinCapNs;
+    uint64_t deadline = std::min(start + budget_ns_, cap_at);
     for (;;) {
       fds_.clear();
       who_.clear();
@@ -126,7 +132,8 @@ class Spinner {
         }
         const uint64_t now = Now();
         if (now - start >= kSpinCapNs) break;
-        deadline = now + budget_ns_;
+        // Each batch restarts the wait, but never past the cap.
+        deadline = std::min(now + budget_ns_, cap_at);
         continue;
       }
       if (Now() >= deadline) break;
@@ -201,6 +208,10 @@ class PollSource : public Napi::ObjectWrap<T>, public Spinnable {
     async_ = std::make_unique<Napi::AsyncContext>(env, resource);
     return true;
   }
+
+  // The receive arena's buffers (subclasses add them): checked before every
+  // drain, which writes into them.
+  BufferWatch arena_watch_;
 
   bool IsOpen() const { return handle_ != nullptr; }
   int fd() const { return fd_; }
@@ -319,7 +330,9 @@ class PollSource : public Napi::ObjectWrap<T>, public Spinnable {
     }
     if (handle_ == nullptr) return;
     if ((events & UV_READABLE) != 0 && WantRead()) {
-      Drained d = static_cast<T*>(this)->Drain();
+      Drained d = arena_watch_.Intact(env)
+                      ? static_cast<T*>(this)->Drain()
+                      : Drained{0, kArenaDetached, "read"};
       if (d.error == 0 && d.count == 0 && status < 0) {
         d.error = -status;
         d.syscall = "poll";
@@ -342,9 +355,11 @@ class PollSource : public Napi::ObjectWrap<T>, public Spinnable {
   }
 
   void ReportReadError(Napi::Env env, const Drained& d) {
-    Napi::Error err = d.error == kEndOfStream ? EndOfStream(env, d.syscall)
-                                              : SysError(env, d.error,
-                                                         d.syscall, "");
+    Napi::Error err =
+        d.error == kEndOfStream     ? EndOfStream(env, d.syscall)
+        : d.error == kArenaDetached ? DetachedError(env, d.syscall,
+                                                    "the receive arena")
+                                    : SysError(env, d.error, d.syscall, "");
     if (on_error_.IsEmpty()) {
       napi_fatal_exception(env, err.Value());
     } else {

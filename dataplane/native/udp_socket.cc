@@ -189,12 +189,13 @@ bool UdpSocket::ReadArena(Napi::Env env, Napi::Value value) {
       return false;
     }
     seg_size_ = seg_size.data;
-    arena_refs_.push_back(Napi::Persistent(seg_size_v));
+    arena_watch_.Add(env, seg_size_v);
   }
-  for (Napi::Value v : {bytes_v, lengths_v, src_addr_v, src_port_v,
-                        truncated_v, state_v}) {
-    arena_refs_.push_back(Napi::Persistent(v));
+  for (Napi::Value v :
+       {bytes_v, lengths_v, src_addr_v, src_port_v, truncated_v}) {
+    arena_watch_.Add(env, v);
   }
+  state_watch_.Add(env, state_v);
   bytes_ = bytes.data;
   lengths_ = lengths.data;
   src_addr_ = src_addr.data;
@@ -338,6 +339,10 @@ Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
   uint32_t start = 0;
   uint32_t count = 0;
   if (!tx_bound_.Batch(info, "send", &start, &count)) return Napi::Value();
+  if (!state_watch_.Intact(env)) {
+    ThrowDetached(env, "send", "arena.state");
+    return Napi::Value();
+  }
   const BoundArrays& a = tx_bound_;
   const auto& bytes = a.bytes;
   const auto& offsets = a.offsets;

@@ -72,7 +72,7 @@ class UdpSocket : public PollSource<UdpSocket> {
   bool SendSegments(const uint8_t* data, uint32_t len, uint32_t seg,
                     const sockaddr_in& to);
 
-  std::vector<Napi::Reference<Napi::Value>> arena_refs_;
+  // Into the receive arena (watched by arena_watch_).
   uint8_t* bytes_ = nullptr;
   uint32_t* lengths_ = nullptr;
   uint32_t* src_addr_ = nullptr;
@@ -97,6 +97,7 @@ class UdpSocket : public PollSource<UdpSocket> {
   // the last send short (the kernel had no memory for the datagram, and
   // writability will not say when it has again).
   uint32_t* state_ = nullptr;
+  BufferWatch state_watch_;
   BoundArrays tx_bound_;
   double send_retries_ = 0;
   int inject_errno_ = 0;
