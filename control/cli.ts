@@ -61,7 +61,17 @@ export const FLAGS = {
   "busy-poll-us": {
     kind: "int",
     def: 0,
-    help: "after each batch, poll flannel0 and the socket this many microseconds without sleeping before waiting again (0: off); trades CPU for latency",
+    help: "after each batch, poll flannel0 and the socket this many microseconds without sleeping before waiting again (0: the adaptive window, or off with --no-adaptive-busy-poll); trades CPU for latency",
+  },
+  "adaptive-busy-poll": {
+    kind: "bool",
+    def: true,
+    help: "after traffic, poll for a window that adapts to how soon the next packet comes (50-200 µs, none when idle)",
+  },
+  "busy-poll-duty": {
+    kind: "int",
+    def: 50,
+    help: "the share of a core adaptive busy polling may spend waiting, in percent",
   },
   "strict-inner-source": {
     kind: "bool",
@@ -104,6 +114,8 @@ export interface Options {
   offload: boolean;
   strictInnerSource: boolean;
   busyPollUs: number;
+  adaptiveBusyPoll: boolean;
+  busyPollDuty: number;
   kubeSubnetMgr: boolean;
   verbosity: number;
   version: boolean;
@@ -209,6 +221,7 @@ const RANGES: Record<string, readonly [number, number, string]> = {
   port: [0, 65_535, "(0 takes Backend.Port from the network config)"],
   // The spin gives the event loop back after 2 ms whatever the window.
   "busy-poll-us": [0, 2_000, "microseconds"],
+  "busy-poll-duty": [1, 100, "percent"],
   v: [0, 10, ""],
 };
 
@@ -219,6 +232,7 @@ function validate(o: Options): void {
     "healthz-port": o.healthzPort,
     port: o.port,
     "busy-poll-us": o.busyPollUs,
+    "busy-poll-duty": o.busyPollDuty,
     v: o.verbosity,
   };
   for (const [name, [min, max, unit]] of Object.entries(RANGES)) {

@@ -8,7 +8,7 @@ import { formatIpv4, formatPrefix, parseIpv4 } from "../dataplane/addr.js";
 import { Counters } from "../dataplane/counters.js";
 import { Engine } from "../dataplane/engine.js";
 import { GRO_MAX_SEGMENTS } from "../dataplane/gro.js";
-import { setBusyPoll, TunDevice, UdpTransport } from "../dataplane/io.js";
+import { busyPollStats, setBusyPoll, TunDevice, UdpTransport } from "../dataplane/io.js";
 import { LeaseTable } from "../dataplane/leases.js";
 import { loadAddon, TUN_F } from "../dataplane/native/index.js";
 import type { Options } from "./cli.js";
@@ -196,7 +196,7 @@ export class Daemon {
     engine.setLocalAddresses(localAddressesAtStart());
     this.addressTimer = setInterval(() => engine.setLocalAddresses(localAddresses()), LOCAL_ADDRESS_REFRESH_MS);
     this.addressTimer.unref();
-    setBusyPoll(this.opts.busyPollUs);
+    setBusyPoll(this.opts.busyPollUs, { adaptive: this.opts.adaptiveBusyPoll, dutyPercent: this.opts.busyPollDuty });
     this.engine.start();
     this.log.info({ tun: this.device.name, mtu, bind: `${formatIpv4(iface.addr)}:${port}` }, "dataplane up");
   }
@@ -272,6 +272,7 @@ export class Daemon {
       deviceWriteErrors: () => this.device?.writeErrors ?? 0,
       transportSendErrors: () => this.transport?.sendErrors ?? 0,
       transportSendRetries: () => this.transport?.sendRetries ?? 0,
+      busyPoll: () => busyPollStats(),
       table: this.table,
     });
     this.health = startHealthServer({

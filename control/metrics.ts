@@ -19,6 +19,8 @@ export interface MetricSources {
   transportSendErrors(): number;
   /** Sends stopped for want of kernel memory (ENOBUFS) and retried after a pause. */
   transportSendRetries(): number;
+  /** Busy-poll spins: started, those that caught a batch, nanoseconds spent waiting (absent: no dataplane). */
+  busyPoll?(): { spins: number; caught: number; waitedNs: number };
   /** How many forwarding tables the engine has been given, and when the last one was (ms since the epoch). */
   readonly table?: { readonly generation: number; readonly swappedAt: number };
 }
@@ -90,6 +92,27 @@ export function createMetrics(src: MetricSources): Registry {
     collect() {
       this.reset();
       setTotal(this, {}, src.transportSendRetries());
+    },
+  });
+  new Counter({
+    name: "weft_busy_poll_spins_total",
+    help: "Spins after a batch (busy polling), and how many of them caught the next batch",
+    labelNames: ["outcome"],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const b = src.busyPoll?.() ?? { spins: 0, caught: 0 };
+      setTotal(this, { outcome: "caught" }, b.caught);
+      setTotal(this, { outcome: "ran_out" }, b.spins - b.caught);
+    },
+  });
+  new Counter({
+    name: "weft_busy_poll_seconds_total",
+    help: "Time spent waiting in busy-poll spins",
+    registers: [registry],
+    collect() {
+      this.reset();
+      setTotal(this, {}, (src.busyPoll?.().waitedNs ?? 0) / 1e9);
     },
   });
   new Counter({

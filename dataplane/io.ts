@@ -131,13 +131,28 @@ export interface Transport extends Source {
 
 // ---- Native-backed implementations (dataplane/native, loaded on first use) ----
 
+export interface BusyPollOptions {
+  /** With us = 0: let the adaptive policy choose the window (off when false). */
+  readonly adaptive?: boolean;
+  /** The share of time adaptive spins may spend waiting, in percent (default 50). */
+  readonly dutyPercent?: number;
+}
+
 /**
  * Busy polling for every native source of this thread: after a batch, keep
- * polling without sleeping for up to `us` µs (0: off, the default; at most
- * 2000, or the addon throws a RangeError).
+ * polling without sleeping, for `us` µs when us > 0 (at most 2000, or the
+ * addon throws a RangeError), else for the adaptive window if asked; off by
+ * default.
  */
-export function setBusyPoll(us: number): void {
-  loadAddon().setBusyPoll(us);
+export function setBusyPoll(us: number, opts: BusyPollOptions = {}): void {
+  loadAddon().setBusyPoll(us, opts.adaptive ?? false, opts.dutyPercent ?? DEFAULT_BUSY_POLL_DUTY);
+}
+
+export const DEFAULT_BUSY_POLL_DUTY = 50;
+
+/** Spins so far on this thread (for /metrics). */
+export function busyPollStats(): { spins: number; caught: number; waitedNs: number; windowNs: number } {
+  return loadAddon().busyPollStats();
 }
 
 /** Called when reading stops on an error (device deleted, peer closed); resume() retries. */

@@ -12,17 +12,70 @@
 namespace weft {
 namespace {
 
-// setBusyPoll(us): how long sources of this thread are polled without
-// sleeping after each batch (0: never, the default). A window longer than
-// the spin's cap could never be used whole, so it is refused.
+// setBusyPoll(us, adaptive, dutyPercent): us > 0 polls the sources of this
+// thread for a fixed window after each batch (the old --busy-poll-us; a window
+// longer than the spin's cap could never be used whole, so it is refused);
+// us = 0 leaves the window to the adaptive policy when `adaptive`, else off.
 Napi::Value SetBusyPoll(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
   uint32_t us = 0;
-  if (!GetUint(info.Env(), info[0], "busyPollUs", Spinner::kSpinCapNs / 1000,
-               &us)) {
+  uint32_t duty = 0;
+  if (!GetUint(env, info[0], "busyPollUs", Spinner::kSpinCapNs / 1000, &us) ||
+      !GetUint(env, info[2], "dutyPercent", 100, &duty)) {
     return Napi::Value();
   }
-  Spinner::Get().set_budget_ns(uint64_t{us} * 1000);
-  return info.Env().Undefined();
+  if (!info[1].IsBoolean()) {
+    ThrowTypeError(env, "adaptive must be a boolean");
+    return Napi::Value();
+  }
+  Spinner::Get().policy().Configure(info[1].As<Napi::Boolean>().Value(),
+                                    uint64_t{us} * 1000, duty);
+  return env.Undefined();
+}
+
+// busyPollStats(): {spins, caught, waitedNs, windowNs} of this thread.
+Napi::Value BusyPollStats(const Napi::CallbackInfo& info) {
+  Spinner& s = Spinner::Get();
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("spins", double(s.spins()));
+  o.Set("caught", double(s.caught()));
+  o.Set("waitedNs", double(s.waited_ns()));
+  o.Set("windowNs", double(s.policy().window_ns()));
+  return o;
+}
+
+// busyPollTrace(adaptive, fixedUs, dutyPercent, steps): runs a fresh policy
+// over `steps`, a flat array of [kind, nowNs, waitedNs] triples (kind 0: a
+// wake, 1: the spin ran out, 2: the spin hit its cap), and returns the window
+// chosen at each wake. For tests: the policy over a fake clock.
+Napi::Value BusyPollTrace(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t fixed_us = 0;
+  uint32_t duty = 0;
+  if (!info[0].IsBoolean() ||
+      !GetUint(env, info[1], "fixedUs", Spinner::kSpinCapNs / 1000, &fixed_us) ||
+      !GetUint(env, info[2], "dutyPercent", 100, &duty) || !info[3].IsArray()) {
+    if (!env.IsExceptionPending()) ThrowTypeError(env, "busyPollTrace(adaptive, fixedUs, dutyPercent, steps)");
+    return Napi::Value();
+  }
+  AdaptiveWindow policy;
+  policy.Configure(info[0].As<Napi::Boolean>().Value(), uint64_t{fixed_us} * 1000, duty);
+  Napi::Array steps = info[3].As<Napi::Array>();
+  Napi::Array windows = Napi::Array::New(env);
+  uint32_t out = 0;
+  for (uint32_t i = 0; i + 2 < steps.Length(); i += 3) {
+    const uint32_t kind = steps.Get(i).As<Napi::Number>().Uint32Value();
+    const uint64_t now = uint64_t(steps.Get(i + 1).As<Napi::Number>().DoubleValue());
+    const uint64_t waited = uint64_t(steps.Get(i + 2).As<Napi::Number>().DoubleValue());
+    if (kind == 0) {
+      windows.Set(out++, double(policy.OnWake(now)));
+    } else if (kind == 1) {
+      policy.OnRanOut(now, waited);
+    } else {
+      policy.OnCapped(now, waited);
+    }
+  }
+  return windows;
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -35,6 +88,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("groMerge", Napi::Function::New(env, GroMerge, "groMerge"));
   exports.Set("setBusyPoll",
               Napi::Function::New(env, SetBusyPoll, "setBusyPoll"));
+  exports.Set("busyPollStats",
+              Napi::Function::New(env, BusyPollStats, "busyPollStats"));
+  exports.Set("busyPollTrace",
+              Napi::Function::New(env, BusyPollTrace, "busyPollTrace"));
   return exports;
 }
 

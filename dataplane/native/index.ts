@@ -171,10 +171,15 @@ export interface Addon {
   socketpair(): [number, number];
   /**
    * After each batch, poll every started source of this thread without
-   * sleeping for up to `us` microseconds (0, the default: never; at most
-   * 2000, the cap on one spin, batches included).
+   * sleeping: for `us` microseconds when us > 0 (at most 2000, the cap on one
+   * spin, batches included), else for the adaptive policy's window when
+   * `adaptive`, waiting at most `dutyPercent` % of the time (busy_poll.h).
    */
-  setBusyPoll(us: number): void;
+  setBusyPoll(us: number, adaptive: boolean, dutyPercent: number): void;
+  /** This thread's spins so far: started, those that caught a batch, time spent waiting, the current window. */
+  busyPollStats(): { spins: number; caught: number; waitedNs: number; windowNs: number };
+  /** A fresh adaptive policy run over [kind, nowNs, waitedNs] triples (0 wake, 1 ran out, 2 capped): the window at each wake. */
+  busyPollTrace(adaptive: boolean, fixedUs: number, dutyPercent: number, steps: number[]): number[];
   /** sd_notify: one datagram to an AF_UNIX socket path; "@name" is abstract. */
   notify(socketPath: string, message: string): void;
   /**

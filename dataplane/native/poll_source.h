@@ -15,20 +15,10 @@
 // After close(): start/onWritable (and the subclasses' write/send) throw
 // EBADF; pause/resume/close are no-ops; getters keep their last values.
 //
-// Busy polling (off unless setBusyPoll(us) > 0, us <= 2000): after a batch,
-// every started source of this thread is polled without sleeping for up to
-// `us`; a batch found meanwhile is handled at once and the wait starts over,
-// for at most kSpinCapNs in all (waiting and batches) before the event loop
-// gets its turn back. A reply that
-// comes back within the window (a ping, a request/response, an ACK) then
-// costs no wake-up: on a VM a sleeping process takes tens of µs to resume,
-// and its caches are cold when it does.
+// Busy polling: see busy_poll.h (every started source joins the Spinner).
 #pragma once
 
 #include <napi.h>
-#include <poll.h>
-#include <sched.h>
-#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -40,6 +30,7 @@
 #include <vector>
 
 #include "buffer_watch.h"
+#include "busy_poll.h"
 #include "errors.h"
 
 namespace weft {
@@ -61,101 +52,6 @@ constexpr int kArenaDetached = -2;
 struct PollHandle {
   uv_poll_t poll;
   int fd;
-};
-
-// A source as the spinner sees it.
-class Spinnable {
- public:
-  virtual int SpinFd() const = 0;
-  virtual bool SpinWanted() const = 0;
-  // Drains the fd and hands a batch to JavaScript, as a readable event would.
-  virtual void SpinRead() = 0;
-
- protected:
-  ~Spinnable() = default;
-};
-
-// The sources of one JS thread and the busy-poll budget they share.
-class Spinner {
- public:
-  // The longest one spin keeps the event loop waiting, batches included.
-  static constexpr uint64_t kSpinCapNs = 2'000'000;
-
-  static Spinner& Get() {
-    // Never destroyed: a finalizer may still close a source at thread exit.
-    static thread_local Spinner* spinner = new Spinner;
-    return *spinner;
-  }
-
-  void set_budget_ns(uint64_t ns) { budget_ns_ = ns; }
-  uint64_t budget_ns() const { return budget_ns_; }
-
-  void Add(Spinnable* s) {
-    if (std::find(members_.begin(), members_.end(), s) == members_.end()) {
-      members_.push_back(s);
-    }
-  }
-  void Remove(Spinnable* s) {
-    members_.erase(std::remove(members_.begin(), members_.end(), s),
-                   members_.end());
-  }
-
-  // Called after a batch was handed over; returns when the sources stayed
-  // quiet for the budget or the cap is reached.
-  void AfterBatch() {
-    if (budget_ns_ == 0 || spinning_ || members_.empty()) return;
-    spinning_ = true;
-    const uint64_t start = Now();
-    const uint64_t cap_at = start + kSpinCapNs;
-    uint64_t deadline = std::min(start + budget_ns_, cap_at);
-    for (;;) {
-      fds_.clear();
-      who_.clear();
-      for (Spinnable* m : members_) {
-        if (!m->SpinWanted()) continue;
-        fds_.push_back({m->SpinFd(), POLLIN, 0});
-        who_.push_back(m);
-      }
-      if (fds_.empty()) break;
-      int r = poll(fds_.data(), fds_.size(), 0);
-      if (r > 0) {
-        for (size_t i = 0; i < fds_.size(); i++) {
-          if (fds_[i].revents == 0) continue;
-          // A callback may have closed this source (or another) meanwhile.
-          Spinnable* m = who_[i];
-          if (std::find(members_.begin(), members_.end(), m) ==
-                  members_.end() ||
-              !m->SpinWanted()) {
-            continue;
-          }
-          m->SpinRead();
-        }
-        const uint64_t now = Now();
-        if (now - start >= kSpinCapNs) break;
-        // Each batch restarts the wait, but never past the cap.
-        deadline = std::min(now + budget_ns_, cap_at);
-        continue;
-      }
-      if (Now() >= deadline) break;
-      // The peer we are waiting for may have been woken on this CPU
-      // (wake-affine): let it run instead of spinning in its way.
-      sched_yield();
-    }
-    spinning_ = false;
-  }
-
- private:
-  static uint64_t Now() {
-    timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return uint64_t(ts.tv_sec) * 1'000'000'000u + uint64_t(ts.tv_nsec);
-  }
-
-  uint64_t budget_ns_ = 0;
-  bool spinning_ = false;
-  std::vector<Spinnable*> members_;
-  std::vector<pollfd> fds_;
-  std::vector<Spinnable*> who_;
 };
 
 template <class T>

@@ -1,0 +1,249 @@
+// Busy polling: after a batch, keep checking the thread's sources for a short
+// window instead of going back to sleep in epoll. On a VM a sleeping process
+// takes tens of µs to resume, and a reply (a ping, a request/response, an ACK)
+// often comes back within that time; caught by polling it costs no wake-up.
+//
+//   batch handled ──► Spinner::AfterBatch()
+//                       window = policy.OnWake(gap since the last spin ran out)
+//                       ├─ window 0 ─────────────────────────► back to libuv
+//                       └─ epoll_pwait(private set, timeout 0) per step
+//                            ├─ readable: drain + onBatch, the wait restarts
+//                            └─ quiet for the window, or 2 ms in all ─► libuv
+//
+// The window (AdaptiveWindow) adapts the way KVM's halt-poll governor does:
+// it starts at kStartNs when a packet arrives soon after the previous one,
+// doubles (up to max) when a packet came just after the window ran out, halves
+// when the wait after it was long, and drops to zero when the thread is idle,
+// so an idle daemon never spins. A duty cap keeps the time spent waiting in
+// spins below a share of one core over every kDutyPeriodNs. setBusyPoll(us)
+// replaces the policy with a fixed window (the old --busy-poll-us).
+#pragma once
+
+#include <sys/epoll.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace weft {
+
+// The window policy, pure (tests drive it with a fake clock through the
+// addon's busyPollTrace).
+class AdaptiveWindow {
+ public:
+  static constexpr uint64_t kStartNs = 50'000;
+  static constexpr uint64_t kMaxNs = 200'000;
+  // Below this a halved window is not worth a syscall: zero.
+  static constexpr uint64_t kFloorNs = 10'000;
+  // A gap this long means idle: zero at once, whatever the window was.
+  static constexpr uint64_t kIdleNs = 100'000'000;
+  static constexpr uint64_t kDutyPeriodNs = 100'000'000;
+
+  // fixed_ns > 0: always that window, no adaptation, no duty cap.
+  // duty_percent: the share of each period spins may spend waiting.
+  void Configure(bool adaptive, uint64_t fixed_ns, uint32_t duty_percent) {
+    adaptive_ = adaptive;
+    fixed_ns_ = fixed_ns;
+    duty_percent_ = duty_percent;
+    window_ns_ = 0;
+    ran_out_at_ = 0;
+  }
+
+  bool enabled() const { return fixed_ns_ > 0 || adaptive_; }
+  uint64_t window_ns() const { return window_ns_; }
+
+  // A batch came through the event loop at `now` (not during a spin): the
+  // window to poll for after it.
+  uint64_t OnWake(uint64_t now) {
+    if (fixed_ns_ > 0) return fixed_ns_;
+    if (!adaptive_) return 0;
+    if (ran_out_at_ != 0) {
+      const uint64_t gap = now > ran_out_at_ ? now - ran_out_at_ : 0;
+      if (gap <= kMaxNs) {
+        // Just missed: a longer window would have caught it.
+        window_ns_ = window_ns_ == 0 ? kStartNs : std::min(window_ns_ * 2, kMaxNs);
+      } else if (gap >= kIdleNs) {
+        window_ns_ = 0;
+      } else {
+        window_ns_ /= 2;
+        if (window_ns_ < kFloorNs) window_ns_ = 0;
+      }
+    }
+    return DutyAllows(now) ? window_ns_ : 0;
+  }
+
+  // The spin that followed OnWake ended at `now` with nothing more to read
+  // (also called after a zero window), having waited `waited_ns` in all.
+  void OnRanOut(uint64_t now, uint64_t waited_ns) {
+    ran_out_at_ = now == 0 ? 1 : now;
+    Charge(now, waited_ns);
+  }
+
+  // Time spent waiting in a spin that ended at the 2 ms cap (traffic kept
+  // coming): not a run-out, the window stays.
+  void OnCapped(uint64_t now, uint64_t waited_ns) {
+    ran_out_at_ = 0;
+    Charge(now, waited_ns);
+  }
+
+  // The waiting still allowed in the current duty period.
+  uint64_t DutyLeft(uint64_t now) {
+    if (fixed_ns_ > 0) return UINT64_MAX;
+    Roll(now);
+    const uint64_t allowed = kDutyPeriodNs / 100 * duty_percent_;
+    return allowed > spent_ns_ ? allowed - spent_ns_ : 0;
+  }
+
+ private:
+  bool DutyAllows(uint64_t now) { return DutyLeft(now) > 0; }
+
+  void Charge(uint64_t now, uint64_t waited_ns) {
+    Roll(now);
+    spent_ns_ += waited_ns;
+  }
+
+  void Roll(uint64_t now) {
+    if (now - period_start_ >= kDutyPeriodNs || now < period_start_) {
+      period_start_ = now;
+      spent_ns_ = 0;
+    }
+  }
+
+  bool adaptive_ = false;
+  uint64_t fixed_ns_ = 0;
+  uint32_t duty_percent_ = 50;
+  uint64_t window_ns_ = 0;
+  uint64_t ran_out_at_ = 0;
+  uint64_t period_start_ = 0;
+  uint64_t spent_ns_ = 0;
+};
+
+// A source as the spinner sees it.
+class Spinnable {
+ public:
+  virtual int SpinFd() const = 0;
+  virtual bool SpinWanted() const = 0;
+  // Drains the fd and hands a batch to JavaScript, as a readable event would.
+  virtual void SpinRead() = 0;
+
+ protected:
+  ~Spinnable() = default;
+};
+
+// The sources of one JS thread, their private epoll set and the policy.
+class Spinner {
+ public:
+  // The longest one spin keeps the event loop waiting, batches included.
+  static constexpr uint64_t kSpinCapNs = 2'000'000;
+
+  static Spinner& Get() {
+    // Never destroyed: a finalizer may still close a source at thread exit.
+    static thread_local Spinner* spinner = new Spinner;
+    return *spinner;
+  }
+
+  AdaptiveWindow& policy() { return policy_; }
+
+  // Counters for /metrics and the bench: spins started, the ones that caught
+  // a batch, and the time spent waiting in them.
+  uint64_t spins() const { return spins_; }
+  uint64_t caught() const { return caught_; }
+  uint64_t waited_ns() const { return waited_ns_; }
+
+  void Add(Spinnable* s) {
+    if (std::find(members_.begin(), members_.end(), s) != members_.end()) return;
+    if (epfd_ < 0) epfd_ = epoll_create1(EPOLL_CLOEXEC);
+    if (epfd_ >= 0) {
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.ptr = s;
+      epoll_ctl(epfd_, EPOLL_CTL_ADD, s->SpinFd(), &ev);
+    }
+    members_.push_back(s);
+  }
+
+  // Called before the source's fd is closed.
+  void Remove(Spinnable* s) {
+    auto it = std::find(members_.begin(), members_.end(), s);
+    if (it == members_.end()) return;
+    if (epfd_ >= 0) epoll_ctl(epfd_, EPOLL_CTL_DEL, s->SpinFd(), nullptr);
+    members_.erase(it);
+  }
+
+  // Called after a batch was handed over from an event-loop wake-up.
+  void AfterBatch() {
+    if (spinning_ || members_.empty() || epfd_ < 0 || !policy_.enabled()) return;
+    const uint64_t start = Now();
+    const uint64_t window = policy_.OnWake(start);
+    if (window == 0) {
+      policy_.OnRanOut(start, 0);
+      return;
+    }
+    spinning_ = true;
+    spins_++;
+    const uint64_t cap_at = start + kSpinCapNs;
+    uint64_t waited = 0;
+    uint64_t wait_from = start;
+    uint64_t deadline = std::min({start + window, cap_at, start + policy_.DutyLeft(start)});
+    bool caught = false;
+    epoll_event events[8];
+    for (;;) {
+      const int n = epoll_wait(epfd_, events, 8, 0);
+      bool read = false;
+      for (int i = 0; i < n; i++) {
+        auto* m = static_cast<Spinnable*>(events[i].data.ptr);
+        // A callback may have closed or paused this source (or another).
+        if (std::find(members_.begin(), members_.end(), m) == members_.end() ||
+            !m->SpinWanted()) {
+          continue;
+        }
+        if (!read) waited += Now() - wait_from;
+        read = true;
+        m->SpinRead();
+      }
+      const uint64_t now = Now();
+      if (read) {
+        caught = true;
+        wait_from = now;
+        if (now >= cap_at) {
+          policy_.OnCapped(now, waited);
+          break;
+        }
+        // Each batch restarts the wait, but never past the cap.
+        deadline = std::min({now + window, cap_at, now + policy_.DutyLeft(now)});
+        continue;
+      }
+      if (members_.empty()) {
+        policy_.OnRanOut(now, waited + (now - wait_from));
+        break;
+      }
+      if (now >= deadline) {
+        waited += now - wait_from;
+        policy_.OnRanOut(now, waited);
+        break;
+      }
+    }
+    if (caught) caught_++;
+    waited_ns_ += waited;
+    spinning_ = false;
+  }
+
+  static uint64_t Now() {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return uint64_t(ts.tv_sec) * 1'000'000'000u + uint64_t(ts.tv_nsec);
+  }
+
+ private:
+  AdaptiveWindow policy_;
+  bool spinning_ = false;
+  int epfd_ = -1;
+  uint64_t spins_ = 0;
+  uint64_t caught_ = 0;
+  uint64_t waited_ns_ = 0;
+  std::vector<Spinnable*> members_;
+};
+
+}  // namespace weft

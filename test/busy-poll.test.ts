@@ -1,0 +1,128 @@
+// The adaptive busy-poll window (dataplane/native/busy_poll.h) over a fake
+// clock: the addon's busyPollTrace runs a fresh policy over a script of wakes
+// (a batch arriving through the event loop), run-outs (a spin that found
+// nothing) and capped spins, and returns the window chosen at each wake.
+
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { loadAddon } from "../dataplane/native/index.js";
+
+const US = 1000;
+const MS = 1000 * US;
+const START = 50 * US;
+const MAX = 200 * US;
+
+type Step = ["wake", number] | ["ranOut", number, number] | ["capped", number, number];
+
+function trace(steps: Step[], opts: { adaptive?: boolean; fixedUs?: number; duty?: number } = {}): number[] {
+  const flat: number[] = [];
+  for (const s of steps) {
+    if (s[0] === "wake") flat.push(0, s[1], 0);
+    else flat.push(s[0] === "ranOut" ? 1 : 2, s[1], s[2]);
+  }
+  return loadAddon().busyPollTrace(opts.adaptive ?? true, opts.fixedUs ?? 0, opts.duty ?? 50, flat);
+}
+
+/**
+ * A conversation: each wake comes `gap` after the previous spin ran out, and
+ * each spin runs its whole window (nothing caught). Returns the windows.
+ */
+function conversation(gaps: number[], opts?: { duty?: number }): number[] {
+  const steps: Step[] = [];
+  let t = 1 * MS;
+  const windows: number[] = [];
+  // Replays one step at a time, since each run-out depends on the window chosen.
+  for (const gap of gaps) {
+    t += gap;
+    steps.push(["wake", t]);
+    const w = trace(steps, opts).at(-1) as number;
+    windows.push(w);
+    t += w;
+    steps.push(["ranOut", t, w]);
+  }
+  return windows;
+}
+
+describe("adaptive busy-poll window", () => {
+  it("never spins while idle: a first packet and packets far apart get no window", () => {
+    assert.deepEqual(conversation([0, 150 * MS, 300 * MS, 1000 * MS]), [0, 0, 0, 0]);
+  });
+
+  it("starts at 50 µs when a packet comes soon after the last, and doubles up to 200 µs while packets just miss it", () => {
+    assert.deepEqual(conversation([0, 60 * US, 30 * US, 30 * US, 30 * US, 30 * US]), [
+      0,
+      START,
+      2 * START,
+      MAX,
+      MAX,
+      MAX,
+    ]);
+  });
+
+  it("halves after a long wait, down to nothing below 10 µs", () => {
+    const w = conversation([0, 10 * US, 10 * US, 10 * US, 1 * MS, 1 * MS, 1 * MS, 1 * MS, 1 * MS, 1 * MS]);
+    assert.deepEqual(w, [0, START, 100 * US, MAX, 100 * US, 50 * US, 25 * US, 12.5 * US, 0, 0]);
+  });
+
+  it("drops to zero at once after an idle gap of 100 ms", () => {
+    const w = conversation([0, 10 * US, 10 * US, 10 * US, 100 * MS]);
+    assert.deepEqual(w, [0, START, 100 * US, MAX, 0]);
+  });
+
+  it("a spin that caught traffic until its cap keeps the window", () => {
+    const steps: Step[] = [
+      ["wake", 1 * MS],
+      ["ranOut", 1 * MS, 0],
+      ["wake", 1 * MS + 20 * US],
+      ["capped", 3 * MS, 10 * US],
+      ["wake", 50 * MS],
+    ];
+    assert.deepEqual(trace(steps), [0, START, START]);
+  });
+
+  it("the duty cap stops spinning once the period's share is spent, and allows it again in the next period", () => {
+    // 10 % of a 100 ms period is 10 ms of waiting: 50 spins of 200 µs.
+    const steps: Step[] = [];
+    let t = 1 * MS;
+    steps.push(["wake", t], ["ranOut", t, 0]);
+    const windows: number[] = [];
+    for (let i = 0; i < 80; i++) {
+      t += 20 * US;
+      steps.push(["wake", t]);
+      const w = trace(steps, { duty: 10 }).at(-1) as number;
+      windows.push(w);
+      t += w;
+      steps.push(["ranOut", t, w]);
+    }
+    const waited = windows.reduce((a, b) => a + b, 0);
+    assert.ok(waited <= 10 * MS + MAX, `waited ${waited / MS} ms in one period`);
+    assert.ok(windows.some((w) => w === 0) && windows.at(-1) === 0, "spinning stopped within the period");
+    // The next period: the window comes back.
+    t += 100 * MS;
+    steps.push(["wake", t]);
+    // After a 100 ms gap the window is zero (idle); a quick second packet grows it again.
+    steps.push(["ranOut", t, 0], ["wake", t + 20 * US]);
+    assert.equal(trace(steps, { duty: 10 }).at(-1), START);
+  });
+
+  it("a fixed window (--busy-poll-us) is used as given, adaptive or not, and 0 without adaptation is off", () => {
+    const steps: Step[] = [
+      ["wake", 1 * MS],
+      ["ranOut", 1 * MS + 100 * US, 100 * US],
+      ["wake", 900 * MS],
+    ];
+    assert.deepEqual(trace(steps, { fixedUs: 100 }), [100 * US, 100 * US]);
+    assert.deepEqual(trace(steps, { adaptive: false, fixedUs: 100 }), [100 * US, 100 * US]);
+    assert.deepEqual(
+      trace(
+        [
+          ["wake", 1 * MS],
+          ["ranOut", 1 * MS, 0],
+          ["wake", 1 * MS + 10 * US],
+        ],
+        { adaptive: false },
+      ),
+      [0, 0],
+    );
+  });
+});
