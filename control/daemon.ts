@@ -277,6 +277,7 @@ export class Daemon {
       deviceWriteErrors: () => this.device?.writeErrors ?? 0,
       transportSendErrors: () => this.transport?.sendErrors ?? 0,
       transportSendRetries: () => this.transport?.sendRetries ?? 0,
+      transportGsoFallbacks: () => this.transport?.gsoFallbacks ?? 0,
     });
     this.health = startHealthServer({
       ip: this.opts.healthzIp,

@@ -19,6 +19,8 @@ export interface MetricSources {
   transportSendErrors(): number;
   /** Sends stopped for want of kernel memory (ENOBUFS) and retried after a pause. */
   transportSendRetries(): number;
+  /** UDP GSO runs the kernel refused; each sent its peer's runs datagram by datagram for a while. */
+  transportGsoFallbacks(): number;
 }
 
 /**
@@ -88,6 +90,15 @@ export function createMetrics(src: MetricSources): Registry {
     collect() {
       this.reset();
       setTotal(this, {}, src.transportSendRetries());
+    },
+  });
+  new Counter({
+    name: "weft_gso_fallbacks_total",
+    help: "UDP GSO runs the kernel refused (path MTU, no checksum offload); each sent its peer's runs datagram by datagram for a while",
+    registers: [registry],
+    collect() {
+      this.reset();
+      setTotal(this, {}, src.transportGsoFallbacks());
     },
   });
   new Counter({

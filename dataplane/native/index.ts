@@ -73,7 +73,7 @@ export interface NativeDatagramArena {
 
 /** Where the UDP socket keeps its state in arena.state. */
 export const UDP_STATE = {
-  /** Segments one send entry may carry (UDP GSO); 0 when the kernel lacks or refused it. */
+  /** Segments one send entry may carry (UDP GSO); 0 when the kernel lacks it. */
   GSO_SEGMENTS: 0,
   /** 1: the last send stopped short for want of kernel memory; writability will not tell when to retry. */
   RETRY_LATER: 1,
@@ -107,6 +107,8 @@ export interface NativeUdpSocket extends NativeSource {
   readonly sendErrors: number;
   /** Sends stopped short by ENOBUFS/ENOMEM, to be retried after a pause. */
   readonly sendRetries: number;
+  /** Runs the kernel refused (EINVAL/EIO); each sent its peer's runs datagram by datagram for gsoRetryMs. */
+  readonly gsoFallbacks: number;
   /** Tests: the next `count` sendmmsg calls fail with `errno` without reaching the kernel. */
   injectSendErrors(errno: number, count: number): void;
   readonly localPort: number;
@@ -163,7 +165,7 @@ export interface Addon {
     port: number,
     arena: NativeDatagramArena,
     bufferBytes: number,
-    opts?: { offload?: boolean },
+    opts?: { offload?: boolean; gsoRetryMs?: number },
   ) => NativeUdpSocket;
   /** Opens a TUN queue (IFF_TUN|IFF_NO_PI) in the caller's network namespace; name is the kernel's. */
   openTun(template: string, flags?: TunFlags): { fd: number; name: string; offloads: number };
