@@ -275,6 +275,40 @@ describe("UDP GSO and GRO on 127.0.0.1", () => {
     },
   );
 
+  it("one send of runs to two peers, the first refused, delivers every run to its own peer", TIMEOUT, async (t) => {
+    const tx = UdpTransport.bind(LOOPBACK, 0, { offload: true });
+    const rxA = UdpTransport.bind(LOOPBACK, 0);
+    const rxB = UdpTransport.bind(LOOPBACK, 0);
+    t.after(() => {
+      tx.close();
+      rxA.close();
+      rxB.close();
+    });
+    const slotsA = collect(rxA);
+    const slotsB = collect(rxB);
+    const refused = run(300, 10, 10);
+    const toA = run(4, 10, 10);
+    const toB = run(5, 20, 20);
+    const bytes = new Uint8Array(refused.total + toA.total + toB.total);
+    bytes.set(refused.bytes, 0);
+    bytes.set(toA.bytes, refused.total);
+    bytes.set(toB.bytes, refused.total + toA.total);
+    const sent = tx.send(
+      bytes,
+      Uint32Array.of(0, refused.total, refused.total + toA.total),
+      Uint32Array.of(refused.total, toA.total, toB.total),
+      Uint32Array.of(LOOPBACK, LOOPBACK, LOOPBACK),
+      Uint16Array.of(rxA.localPort, rxA.localPort, rxB.localPort),
+      0,
+      3,
+      Uint16Array.of(10, 10, 20),
+    );
+    assert.equal(sent, 3);
+    await until(() => slotsA.length >= 304 && slotsB.length >= 5);
+    assert.deepEqual(datagrams(slotsA), [...refused.expect, ...toA.expect]);
+    assert.deepEqual(datagrams(slotsB), toB.expect);
+  });
+
   it("after gsoRetryMs the peer's runs try UDP GSO again", TIMEOUT, async (t) => {
     const tx = UdpTransport.bind(LOOPBACK, 0, { offload: true, gsoRetryMs: 0 });
     const rx = UdpTransport.bind(LOOPBACK, 0, { offload: true });
