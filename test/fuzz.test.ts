@@ -42,6 +42,26 @@ function makeRig(capacity: number) {
   return { device, transport, engine };
 }
 
+/**
+ * Engine over recording fakes, one peer leased; with gso every offload is on:
+ * super-packets from flannel0, GRO runs from peers, coalescing.
+ */
+function oneLeaseRig(gso: boolean) {
+  const device = new FakeDevice("flannel0", { capacity: 64, gso });
+  const transport = new FakeTransport(8285, { capacity: 64, gso });
+  const engine = new Engine({ device, transport, localAddr: parseIpv4("10.244.1.0"), mtu: 1472 });
+  engine.setTable(
+    LeaseTable.build(
+      network,
+      24,
+      [{ subnet: parsePrefix("10.244.2.0/24") as Ipv4Prefix, publicIp: PEERS[0] as number }],
+      8285,
+    ),
+  );
+  engine.start();
+  return { device, transport, engine };
+}
+
 /** A packet that is plausible enough to reach deep into the engine, then mangled. */
 function hostilePacket(rand: () => number): Uint8Array {
   const kind = randomInt(rand, 12);
@@ -143,18 +163,7 @@ describe("fuzz: hostile packets through the engine", () => {
 
   it("every packet written into flannel0 or sent to a peer is a valid IPv4 packet with a good header checksum", () => {
     const rand = seededRandom(99);
-    const device = new FakeDevice("flannel0", { capacity: 64 });
-    const transport = new FakeTransport(8285, { capacity: 64 });
-    const engine = new Engine({ device, transport, localAddr: parseIpv4("10.244.1.0"), mtu: 1472 });
-    engine.setTable(
-      LeaseTable.build(
-        network,
-        24,
-        [{ subnet: parsePrefix("10.244.2.0/24") as Ipv4Prefix, publicIp: PEERS[0] as number }],
-        8285,
-      ),
-    );
-    engine.start();
+    const { device, transport } = oneLeaseRig(false);
     for (let i = 0; i < 200; i++) {
       const batch = Array.from({ length: 64 }, () => hostilePacket(rand));
       // Only inputs with a good header checksum can be expected to leave with one.
@@ -174,23 +183,6 @@ describe("fuzz: hostile packets through the engine", () => {
     }
   });
 });
-
-/** Engine over fakes with every offload on: super-packets from flannel0, GRO runs from peers, coalescing. */
-function offloadRig() {
-  const device = new FakeDevice("flannel0", { capacity: 64, gso: true });
-  const transport = new FakeTransport(8285, { capacity: 64, gso: true });
-  const engine = new Engine({ device, transport, localAddr: parseIpv4("10.244.1.0"), mtu: 1472 });
-  engine.setTable(
-    LeaseTable.build(
-      network,
-      24,
-      [{ subnet: parsePrefix("10.244.2.0/24") as Ipv4Prefix, publicIp: PEERS[0] as number }],
-      8285,
-    ),
-  );
-  engine.start();
-  return { device, transport, engine };
-}
 
 /** A super-packet read from flannel0 with virtio-net fields as hostile as a peer pod could make them. */
 function superPacket(rand: () => number, hostile: boolean): InjectedPacket {
@@ -234,7 +226,7 @@ describe("fuzz: offloads on, through the engine", () => {
     const what = hostile ? "hostile packets" : "well-formed packets";
     it(`flannel0 -> peers: 12k ${what} behind hostile virtio fields: every input split, sent or counted`, () => {
       const rand = seededRandom(SEED + (hostile ? 11 : 10));
-      const { device, transport, engine } = offloadRig();
+      const { device, transport, engine } = oneLeaseRig(true);
       const c = engine.counters.tx;
       let batches = 0;
       for (let round = 0; round < 12; round++) {
@@ -263,7 +255,7 @@ describe("fuzz: offloads on, through the engine", () => {
 
     it(`peers -> flannel0: 6k GRO runs of ${what}, coalesced: packets and bytes conserved`, () => {
       const rand = seededRandom(SEED + (hostile ? 21 : 20));
-      const { device, transport, engine } = offloadRig();
+      const { device, transport, engine } = oneLeaseRig(true);
       const c = engine.counters.rx;
       let segments = 0;
       let bytes = 0;
