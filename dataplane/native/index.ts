@@ -3,7 +3,7 @@
 // module only finds the binary, loads it on first use and declares its types.
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 /** Errors from the addon name the syscall and errno: "bind 198.18.0.1:8285: EADDRINUSE (...)". */
@@ -226,9 +226,19 @@ function findPackageRoot(from: string): string | null {
 
 let loaded: Addon | null = null;
 
-/** Loads weft.node once; throws a clear error when it was never built. */
+/**
+ * Loads weft.node once; throws a clear error when it was never built.
+ * WEFT_ADDON names another build of it (the sanitizer build the ASan test
+ * run uses, see test/helpers/asan.ts).
+ */
 export function loadAddon(): Addon {
   if (loaded !== null) return loaded;
+  const other = process.env.WEFT_ADDON;
+  if (other !== undefined && other !== "") {
+    if (!existsSync(other)) throw new Error(`WEFT_ADDON names ${other}, which does not exist`);
+    loaded = createRequire(import.meta.url)(resolve(other)) as Addon;
+    return loaded;
+  }
   const here = dirname(fileURLToPath(import.meta.url));
   const root = findPackageRoot(here);
   if (root === null) {
