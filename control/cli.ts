@@ -61,12 +61,12 @@ export const FLAGS = {
   "busy-poll-us": {
     kind: "int",
     def: 0,
-    help: "after each batch, poll flannel0 and the socket this many microseconds without sleeping before waiting again (0: the adaptive window, or off with --no-adaptive-busy-poll); trades CPU for latency",
+    help: "after each batch, poll flannel0 and the socket this many microseconds without sleeping before waiting again (0: off, or the adaptive window with --adaptive-busy-poll); trades CPU for latency",
   },
   "adaptive-busy-poll": {
     kind: "bool",
-    def: true,
-    help: "after traffic, poll for a window that adapts to how soon the next packet comes (50-200 µs, none when idle)",
+    def: false,
+    help: "after traffic, poll for a window that adapts to how soon the next packet comes (50-200 µs, none when idle); off by default until it measures faster (docs/latency.md)",
   },
   "busy-poll-duty": {
     kind: "int",

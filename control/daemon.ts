@@ -8,7 +8,7 @@ import { formatIpv4, formatPrefix, parseIpv4 } from "../dataplane/addr.js";
 import { Counters } from "../dataplane/counters.js";
 import { Engine } from "../dataplane/engine.js";
 import { GRO_MAX_SEGMENTS } from "../dataplane/gro.js";
-import { busyPollStats, setBusyPoll, TunDevice, UdpTransport } from "../dataplane/io.js";
+import { busyPollStats, MAX_RUN_BYTES, setBusyPoll, TunDevice, UdpTransport } from "../dataplane/io.js";
 import { LeaseTable } from "../dataplane/leases.js";
 import { loadAddon, TUN_F } from "../dataplane/native/index.js";
 import type { Options } from "./cli.js";
@@ -34,6 +34,14 @@ export const VERSION = "0.1.0";
 
 /** Bytes of outer IPv4 + UDP header: flannel0's MTU is the underlay's minus this. */
 const UDP_OVERHEAD = 28;
+/**
+ * flannel0's MTU: the underlay's minus the outer headers, and no more than
+ * the largest UDP payload (loopback's 65,536 would give 65,508).
+ */
+export function overlayMtu(underlayMtu: number): number {
+  return Math.min(underlayMtu - UDP_OVERHEAD, MAX_RUN_BYTES);
+}
+
 /** How often this host's own addresses are re-read for the local-source check. */
 const LOCAL_ADDRESS_REFRESH_MS = 10_000;
 
@@ -149,7 +157,7 @@ export class Daemon {
     this.ready.rules = true;
     if (opts.ipMasq || opts.iptablesForwardRules) this.scheduleResync(config, lease);
 
-    const mtu = iface.mtu - UDP_OVERHEAD;
+    const mtu = overlayMtu(iface.mtu);
     await writeSubnetEnv(opts.subnetFile, { network: config.network, subnet: lease.subnet, mtu, ipMasq: opts.ipMasq });
     this.ready.subnetEnv = true;
     log.info({ path: opts.subnetFile }, "wrote subnet file");
@@ -158,7 +166,7 @@ export class Daemon {
   }
 
   private async startDataplane(iface: ExternalInterface, lease: Lease, config: NetworkConfig): Promise<void> {
-    const mtu = iface.mtu - UDP_OVERHEAD;
+    const mtu = overlayMtu(iface.mtu);
     const port = this.opts.port || config.backend.port;
     const offload = this.opts.offload;
     this.device = TunDevice.open("flannel%d", { offload });
@@ -274,6 +282,7 @@ export class Daemon {
       transportSendRetries: () => this.transport?.sendRetries ?? 0,
       busyPoll: () => busyPollStats(),
       table: this.table,
+      transportGsoFallbacks: () => this.transport?.gsoFallbacks ?? 0,
     });
     this.health = startHealthServer({
       ip: this.opts.healthzIp,

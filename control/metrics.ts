@@ -23,6 +23,8 @@ export interface MetricSources {
   busyPoll?(): { spins: number; caught: number; waitedNs: number };
   /** How many forwarding tables the engine has been given, and when the last one was (ms since the epoch). */
   readonly table?: { readonly generation: number; readonly swappedAt: number };
+  /** UDP GSO runs the kernel refused; each sent its peer's runs datagram by datagram for a while. */
+  transportGsoFallbacks(): number;
 }
 
 /**
@@ -113,6 +115,15 @@ export function createMetrics(src: MetricSources): Registry {
     collect() {
       this.reset();
       setTotal(this, {}, (src.busyPoll?.().waitedNs ?? 0) / 1e9);
+    },
+  });
+  new Counter({
+    name: "weft_gso_fallbacks_total",
+    help: "UDP GSO runs the kernel refused (path MTU, no checksum offload); each sent its peer's runs datagram by datagram for a while",
+    registers: [registry],
+    collect() {
+      this.reset();
+      setTotal(this, {}, src.transportGsoFallbacks());
     },
   });
   new Counter({

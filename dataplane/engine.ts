@@ -63,7 +63,7 @@ export interface EngineOptions {
   readonly transport: Transport;
   /** flannel0's address: the source of every ICMP error weft sends. */
   readonly localAddr: number;
-  /** flannel0's MTU: larger packets from the tunnel are dropped (Fragmentation Needed when DF). */
+  /** flannel0's MTU (capped at 65,507): larger packets are dropped (from the tunnel: Fragmentation Needed when DF). */
   readonly mtu: number;
   /** Accept datagrams only from a lease's PublicIP (default true; off for NAT'd peers). */
   readonly peerCheck?: boolean;
@@ -189,7 +189,9 @@ export class Engine {
     this.device = opts.device;
     this.transport = opts.transport;
     this.localAddr = opts.localAddr;
-    this.mtu = opts.mtu;
+    // No inner packet longer than the largest UDP payload fits a datagram
+    // (an underlay MTU of 65,536, loopback's, would otherwise allow 65,508).
+    this.mtu = Math.min(opts.mtu, MAX_RUN_BYTES);
     this.peerCheck = opts.peerCheck ?? true;
     this.strictInnerSource = opts.strictInnerSource ?? false;
     this.coalesce = (opts.coalesce ?? true) && this.device.gso;
@@ -494,7 +496,8 @@ export class Engine {
     const addr = this.table.peerAddr[id];
     const port = this.table.peerPort[id];
     const maxRun = this.transport.gsoMaxSegments;
-    const per = maxRun > 1 ? Math.min(maxRun, Math.floor(MAX_RUN_BYTES / stride)) : 1;
+    // stride <= mtu <= MAX_RUN_BYTES: at least one segment per entry.
+    const per = maxRun > 1 ? Math.max(1, Math.min(maxRun, Math.floor(MAX_RUN_BYTES / stride))) : 1;
     for (let k = 0; k < segs; k += per) {
       const n = Math.min(per, segs - k);
       out.offsets[staged] = off + k * stride;

@@ -186,6 +186,7 @@ export class FakeTransport extends FakeEndpoint implements Transport {
   entries = 0;
   sendErrors = 0;
   sendRetries = 0;
+  gsoFallbacks = 0;
   gsoMaxSegments: number;
   private readonly record: boolean;
 

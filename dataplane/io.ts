@@ -109,9 +109,12 @@ export interface Transport extends Source {
   readonly localPort: number;
   /**
    * Datagrams one run entry may carry; 0 = no runs (every entry one datagram).
-   * Drops to 0 for good when the kernel refuses a run at send time.
+   * A run the kernel refuses at send time goes out datagram by datagram, and
+   * so do that peer's runs for a while (gsoFallbacks counts the refusals).
    */
   readonly gsoMaxSegments: number;
+  /** Runs the kernel refused (EINVAL/EIO), each making its peer fall back to datagrams for a while. */
+  readonly gsoFallbacks: number;
   /** segSize[i] > 0: entry i is a run of datagrams of that size (see above). */
   send(
     bytes: Uint8Array,
@@ -176,6 +179,12 @@ export interface UdpOptions {
   bufferBytes?: number;
   /** UDP GRO and GSO where the kernel has them (slotSize then defaults to GRO_SLOT_SIZE). */
   offload?: boolean;
+  /**
+   * After the kernel refused a run to a peer (a lower path MTU, no checksum
+   * offload on its route), that peer's runs go datagram by datagram for this
+   * long, then GSO is tried again (default 30000; 0: at once; at most a day).
+   */
+  gsoRetryMs?: number;
 }
 
 const DEFAULT_CAPACITY = 64;
@@ -376,6 +385,7 @@ export class UdpTransport extends NativeEndpoint<NativeUdpSocket> implements Tra
     const state = new Uint32Array(UDP_STATE.WORDS);
     const native = new addon.UdpSocket(addr >>> 0, port, { ...rx, state }, opts.bufferBytes ?? DEFAULT_BUFFER_BYTES, {
       offload,
+      gsoRetryMs: opts.gsoRetryMs,
     });
     return new UdpTransport(rx, native, state);
   }
@@ -428,6 +438,10 @@ export class UdpTransport extends NativeEndpoint<NativeUdpSocket> implements Tra
 
   get sendRetries(): number {
     return this.native.sendRetries;
+  }
+
+  get gsoFallbacks(): number {
+    return this.native.gsoFallbacks;
   }
 
   /**

@@ -17,6 +17,7 @@ describe("metrics", () => {
       deviceWriteErrors: () => 1,
       transportSendErrors: () => 3,
       transportSendRetries: () => 4,
+      transportGsoFallbacks: () => 8,
     });
     for (let scrape = 0; scrape < 3; scrape++) {
       const text = await registry.metrics();
@@ -26,6 +27,7 @@ describe("metrics", () => {
       assert.match(text, /^weft_packets_total\{direction="tx",stage="out"\} 7$/m);
       assert.match(text, /^weft_leases 2$/m);
       assert.match(text, /^weft_send_retries_total 4$/m);
+      assert.match(text, /^weft_gso_fallbacks_total 8$/m);
       assert.match(text, /^weft_leases_ignored 6$/m);
     }
   });
@@ -41,6 +43,7 @@ describe("metrics", () => {
       deviceWriteErrors: () => 0,
       transportSendErrors: () => 0,
       transportSendRetries: () => 0,
+      transportGsoFallbacks: () => 0,
       table,
     });
     assert.match(await registry.metrics(), /^weft_table_generation 0$/m);

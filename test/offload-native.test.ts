@@ -207,60 +207,135 @@ describe("UDP GSO and GRO on 127.0.0.1", () => {
     assert.deepEqual(datagrams(slots), expect);
   });
 
+  /** Sends one run entry of `r` to port `to` from tx. */
+  function sendRun(tx: UdpTransport, r: ReturnType<typeof run>, size: number, to: number): number {
+    return tx.send(
+      r.bytes,
+      Uint32Array.of(0),
+      Uint32Array.of(r.total),
+      Uint32Array.of(LOOPBACK),
+      Uint16Array.of(to),
+      0,
+      1,
+      Uint16Array.of(size),
+    );
+  }
+
   it(
-    "turns UDP GSO off for good when the kernel refuses a run, and still delivers every datagram",
+    "a run the kernel refuses goes out datagram by datagram, and so do that peer's runs for gsoRetryMs, not others'",
     TIMEOUT,
     async (t) => {
-      const tx = UdpTransport.bind(LOOPBACK, 0, { offload: true });
-      const rx = UdpTransport.bind(LOOPBACK, 0);
+      const tx = UdpTransport.bind(LOOPBACK, 0, { offload: true, gsoRetryMs: 3_600_000 });
+      const rxA = UdpTransport.bind(LOOPBACK, 0, { offload: true });
+      const rxB = UdpTransport.bind(LOOPBACK, 0, { offload: true });
       t.after(() => {
         tx.close();
-        rx.close();
+        rxA.close();
+        rxB.close();
       });
-      const slots = collect(rx);
+      const slotsA = collect(rxA);
+      const slotsB = collect(rxB);
       // More segments than any kernel's UDP_MAX_SEGMENTS: EINVAL.
-      const { bytes, total, expect } = run(300, 10, 10);
-      const sent = tx.send(
-        bytes,
-        Uint32Array.of(0),
-        Uint32Array.of(total),
-        Uint32Array.of(LOOPBACK),
-        Uint16Array.of(rx.localPort),
-        0,
-        1,
-        Uint16Array.of(10),
-      );
-      assert.equal(sent, 1);
-      assert.equal(tx.gsoMaxSegments, 0, "the fallback is remembered");
-      await until(() => slots.length >= 300);
-      assert.deepEqual(datagrams(slots), expect);
+      const refused = run(300, 10, 10);
+      assert.equal(sendRun(tx, refused, 10, rxA.localPort), 1);
+      await until(() => datagrams(slotsA).length >= 300);
+      assert.deepEqual(datagrams(slotsA), refused.expect);
+      assert.equal(tx.gsoFallbacks, 1);
+      assert.equal(tx.gsoMaxSegments, 64, "the socket keeps UDP GSO for everyone");
       assert.equal(tx.sendErrors, 0);
 
-      // A later run goes out datagram by datagram from the start. When the
-      // kernel is out of memory before its first datagram, the run is not
-      // consumed (and not a drop): it is retried whole.
+      // Another peer's run still leaves as one GSO entry (its receiver's GRO
+      // slot says so); A's next run goes out datagram by datagram.
+      const small = run(10, 100, 50);
+      assert.equal(sendRun(tx, small, 100, rxB.localPort), 1);
+      await until(() => datagrams(slotsB).length >= 10);
+      assert.deepEqual(datagrams(slotsB), small.expect);
+      assert.equal(slotsB[0]?.segSize, 100, "B's run went out as one GSO entry");
+      const before = slotsA.length;
+      assert.equal(sendRun(tx, small, 100, rxA.localPort), 1);
+      await until(() => datagrams(slotsA).length >= 310);
+      assert.deepEqual(datagrams(slotsA).slice(300), small.expect);
+      assert.ok(
+        slotsA.slice(before).every((s) => s.segSize === 0),
+        "A's run went out datagram by datagram",
+      );
+      assert.equal(tx.gsoFallbacks, 1);
+
+      // A later run to A is not consumed (and not a drop) when the kernel is
+      // out of memory before its first datagram: it is retried whole.
       const again = run(3, 10, 10);
-      const sendAgain = () =>
-        tx.send(
-          again.bytes,
-          Uint32Array.of(0),
-          Uint32Array.of(again.total),
-          Uint32Array.of(LOOPBACK),
-          Uint16Array.of(rx.localPort),
-          0,
-          1,
-          Uint16Array.of(10),
-        );
       tx.injectSendErrors(os.errno.ENOBUFS, 1);
-      assert.equal(sendAgain(), 0, "nothing consumed");
+      assert.equal(sendRun(tx, again, 10, rxA.localPort), 0, "nothing consumed");
       assert.equal(tx.sendRetries, 1);
       assert.equal(tx.sendErrors, 0, "not a drop");
-      assert.equal(sendAgain(), 1, "the retry sends the run");
-      await until(() => slots.length >= 303);
-      assert.deepEqual(datagrams(slots).slice(300), again.expect);
+      assert.equal(sendRun(tx, again, 10, rxA.localPort), 1, "the retry sends the run");
+      await until(() => datagrams(slotsA).length >= 313);
+      assert.deepEqual(datagrams(slotsA).slice(310), again.expect);
       assert.equal(tx.sendErrors, 0);
     },
   );
+
+  it("one send of runs to two peers, the first refused, delivers every run to its own peer", TIMEOUT, async (t) => {
+    const tx = UdpTransport.bind(LOOPBACK, 0, { offload: true });
+    const rxA = UdpTransport.bind(LOOPBACK, 0);
+    const rxB = UdpTransport.bind(LOOPBACK, 0);
+    t.after(() => {
+      tx.close();
+      rxA.close();
+      rxB.close();
+    });
+    const slotsA = collect(rxA);
+    const slotsB = collect(rxB);
+    const refused = run(300, 10, 10);
+    const toA = run(4, 10, 10);
+    const toB = run(5, 20, 20);
+    const bytes = new Uint8Array(refused.total + toA.total + toB.total);
+    bytes.set(refused.bytes, 0);
+    bytes.set(toA.bytes, refused.total);
+    bytes.set(toB.bytes, refused.total + toA.total);
+    const sent = tx.send(
+      bytes,
+      Uint32Array.of(0, refused.total, refused.total + toA.total),
+      Uint32Array.of(refused.total, toA.total, toB.total),
+      Uint32Array.of(LOOPBACK, LOOPBACK, LOOPBACK),
+      Uint16Array.of(rxA.localPort, rxA.localPort, rxB.localPort),
+      0,
+      3,
+      Uint16Array.of(10, 10, 20),
+    );
+    assert.equal(sent, 3);
+    await until(() => slotsA.length >= 304 && slotsB.length >= 5);
+    assert.deepEqual(datagrams(slotsA), [...refused.expect, ...toA.expect]);
+    assert.deepEqual(datagrams(slotsB), toB.expect);
+  });
+
+  it("after gsoRetryMs the peer's runs try UDP GSO again", TIMEOUT, async (t) => {
+    const tx = UdpTransport.bind(LOOPBACK, 0, { offload: true, gsoRetryMs: 0 });
+    const rx = UdpTransport.bind(LOOPBACK, 0, { offload: true });
+    t.after(() => {
+      tx.close();
+      rx.close();
+    });
+    const slots = collect(rx);
+    assert.equal(sendRun(tx, run(300, 10, 10), 10, rx.localPort), 1);
+    await until(() => datagrams(slots).length >= 300);
+    assert.equal(tx.gsoFallbacks, 1);
+    const before = slots.length;
+    const small = run(10, 100, 50);
+    assert.equal(sendRun(tx, small, 100, rx.localPort), 1);
+    await until(() => datagrams(slots).length >= 310);
+    assert.equal(slots[before]?.segSize, 100, "the run went out as one GSO entry again");
+    assert.equal(tx.gsoFallbacks, 1);
+  });
+
+  it("refuses a gsoRetryMs that is negative, fractional or longer than a day, naming it", () => {
+    for (const gsoRetryMs of [-1, 1.5, 86_400_001]) {
+      assert.throws(() => UdpTransport.bind(LOOPBACK, 0, { offload: true, gsoRetryMs }), {
+        name: "RangeError",
+        message: "gsoRetryMs must be an integer in 0..86400000",
+      });
+    }
+  });
 });
 
 describe("TUN offloads in a network namespace", () => {

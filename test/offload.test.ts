@@ -3,6 +3,8 @@
 // offload paths over the in-memory fakes.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { Worker } from "node:worker_threads";
+import { overlayMtu } from "../control/daemon.js";
 import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../dataplane/addr.js";
 import { Drop } from "../dataplane/counters.js";
 import { Engine } from "../dataplane/engine.js";
@@ -672,5 +674,42 @@ describe("engine with offloads (fakes)", () => {
       assert.equal(r.device.written.length, 8);
       assert.ok(r.device.writtenGso.every((g) => g === 0));
     }
+  });
+
+  it("stages segments longer than a UDP payload may be as drops, not an endless loop (MTU from loopback's 65,536)", async () => {
+    /** Runs the super-packet in a worker; a staging that never ends is stopped after 30 s and reported. */
+    const run = (gsoSize: number, payload: number) =>
+      new Promise<{ inPackets: number; outPackets: number; dropped: number; sent: number[]; entries: number }>(
+        (resolve, reject) => {
+          const worker = new Worker(new URL("./helpers/jumbo-stride.js", import.meta.url), {
+            workerData: { gsoSize, payload, mtu: 65536 - 28 },
+          });
+          const guard = setTimeout(() => {
+            void worker.terminate();
+            reject(new Error(`staging a stride of ${40 + gsoSize} never finished`));
+          }, 30_000);
+          worker.once("message", (m) => {
+            clearTimeout(guard);
+            void worker.terminate();
+            resolve(m);
+          });
+          worker.once("error", (e) => {
+            clearTimeout(guard);
+            reject(e);
+          });
+        },
+      );
+    // Stride 65,508: one byte more than a datagram carries.
+    const over = await run(65468, 65490);
+    assert.deepEqual(over, { inPackets: 2, outPackets: 0, dropped: 2, sent: [], entries: 0 });
+    // Stride 65,507: each segment is one datagram of its own.
+    const fits = await run(65467, 65490);
+    assert.deepEqual(fits, { inPackets: 2, outPackets: 2, dropped: 0, sent: [65507, 63], entries: 2 });
+  });
+
+  it("weftd derives flannel0's MTU from the underlay's, never above the largest UDP payload", () => {
+    assert.equal(overlayMtu(1500), 1472);
+    assert.equal(overlayMtu(9000), 8972);
+    assert.equal(overlayMtu(65536), 65507);
   });
 });

@@ -3,7 +3,7 @@
 // module only finds the binary, loads it on first use and declares its types.
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 /** Errors from the addon name the syscall and errno: "bind 198.18.0.1:8285: EADDRINUSE (...)". */
@@ -73,7 +73,7 @@ export interface NativeDatagramArena {
 
 /** Where the UDP socket keeps its state in arena.state. */
 export const UDP_STATE = {
-  /** Segments one send entry may carry (UDP GSO); 0 when the kernel lacks or refused it. */
+  /** Segments one send entry may carry (UDP GSO); 0 when the kernel lacks it. */
   GSO_SEGMENTS: 0,
   /** 1: the last send stopped short for want of kernel memory; writability will not tell when to retry. */
   RETRY_LATER: 1,
@@ -107,6 +107,8 @@ export interface NativeUdpSocket extends NativeSource {
   readonly sendErrors: number;
   /** Sends stopped short by ENOBUFS/ENOMEM, to be retried after a pause. */
   readonly sendRetries: number;
+  /** Runs the kernel refused (EINVAL/EIO); each sent its peer's runs datagram by datagram for gsoRetryMs. */
+  readonly gsoFallbacks: number;
   /** Tests: the next `count` sendmmsg calls fail with `errno` without reaching the kernel. */
   injectSendErrors(errno: number, count: number): void;
   readonly localPort: number;
@@ -163,7 +165,7 @@ export interface Addon {
     port: number,
     arena: NativeDatagramArena,
     bufferBytes: number,
-    opts?: { offload?: boolean },
+    opts?: { offload?: boolean; gsoRetryMs?: number },
   ) => NativeUdpSocket;
   /** Opens a TUN queue (IFF_TUN|IFF_NO_PI) in the caller's network namespace; name is the kernel's. */
   openTun(template: string, flags?: TunFlags): { fd: number; name: string; offloads: number };
@@ -229,9 +231,19 @@ function findPackageRoot(from: string): string | null {
 
 let loaded: Addon | null = null;
 
-/** Loads weft.node once; throws a clear error when it was never built. */
+/**
+ * Loads weft.node once; throws a clear error when it was never built.
+ * WEFT_ADDON names another build of it (the sanitizer build the ASan test
+ * run uses, see test/helpers/asan.ts).
+ */
 export function loadAddon(): Addon {
   if (loaded !== null) return loaded;
+  const other = process.env.WEFT_ADDON;
+  if (other !== undefined && other !== "") {
+    if (!existsSync(other)) throw new Error(`WEFT_ADDON names ${other}, which does not exist`);
+    loaded = createRequire(import.meta.url)(resolve(other)) as Addon;
+    return loaded;
+  }
   const here = dirname(fileURLToPath(import.meta.url));
   const root = findPackageRoot(here);
   if (root === null) {

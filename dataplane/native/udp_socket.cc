@@ -56,6 +56,8 @@ Napi::Function UdpSocket::Init(Napi::Env env) {
       InstanceAccessor("sendErrors", &UdpSocket::SendErrors, nullptr));
   members.push_back(
       InstanceAccessor("sendRetries", &UdpSocket::SendRetries, nullptr));
+  members.push_back(InstanceAccessor("gsoFallbacks",
+                                     &UdpSocket::GsoFallbacksGetter, nullptr));
   members.push_back(
       InstanceMethod("injectSendErrors", &UdpSocket::InjectSendErrors));
   members.push_back(
@@ -81,7 +83,14 @@ UdpSocket::UdpSocket(const Napi::CallbackInfo& info) : PollSource(info) {
   }
   bool offload = false;
   if (info[4].IsObject()) {
-    offload = info[4].As<Napi::Object>().Get("offload").ToBoolean();
+    Napi::Object opts = info[4].As<Napi::Object>();
+    offload = opts.Get("offload").ToBoolean();
+    Napi::Value retry = opts.Get("gsoRetryMs");
+    uint32_t retry_ms = 0;
+    if (!retry.IsUndefined()) {
+      if (!GetUint(env, retry, "gsoRetryMs", kMaxGsoRetryMs, &retry_ms)) return;
+      fallbacks_.set_retry_ns(uint64_t{retry_ms} * 1'000'000);
+    }
   }
   if (offload && seg_size_ == nullptr) {
     ThrowTypeError(env, "offload needs arena.segSize");
@@ -357,21 +366,31 @@ Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
     uint32_t seg = has_seg ? seg_size.data[i] : 0;
     return seg != 0 && lengths.data[i] > seg ? seg : 0;
   };
+  auto destination = [&](uint32_t i) {
+    sockaddr_in to = {};
+    to.sin_family = AF_INET;
+    to.sin_addr.s_addr = htonl(dst_addr.data[i]);
+    to.sin_port = htons(dst_port.data[i]);
+    return to;
+  };
   const uint32_t chunk = static_cast<uint32_t>(tx_msgs_.size());
   uint32_t done = 0;
   SetRetryLater(false);
   while (done < count) {
-    // Fill up to `chunk` messages; a run entry stops the chunk once GSO was
-    // refused, and goes out datagram by datagram below.
+    // Fill up to `chunk` messages; a run entry stops the chunk when the
+    // socket has no GSO or its peer fell back, and goes out datagram by
+    // datagram below.
     uint32_t n = 0;
     while (n < chunk && done + n < count) {
       uint32_t i = start + done + n;
       uint32_t seg = run_segment(i);
-      if (seg != 0 && !gso_) break;
+      tx_to_[n] = destination(i);
+      if (seg != 0 && (!gso_ || fallbacks_.Active(tx_to_[n].sin_addr.s_addr,
+                                                  tx_to_[n].sin_port))) {
+        break;
+      }
       tx_iov_[n].iov_base = bytes.data + offsets.data[i];
       tx_iov_[n].iov_len = lengths.data[i];
-      tx_to_[n].sin_addr.s_addr = htonl(dst_addr.data[i]);
-      tx_to_[n].sin_port = htons(dst_port.data[i]);
       msghdr& h = tx_msgs_[n].msg_hdr;
       if (seg != 0) {
         h.msg_control = &tx_ctl_[size_t{n} * kTxCtlWords];
@@ -391,7 +410,7 @@ Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
     if (n == 0) {
       uint32_t i = start + done;
       if (!SendSegments(bytes.data + offsets.data[i], lengths.data[i],
-                        run_segment(i), tx_to_[0])) {
+                        run_segment(i), destination(i))) {
         return Napi::Number::New(env, done);
       }
       done++;
@@ -415,11 +434,13 @@ Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
         }
         // sendmmsg failed on its first message. A run the kernel will not
         // segment (EIO: no checksum offload on the route; EINVAL: segment
-        // too large for the path) turns UDP GSO off for good and goes out
-        // datagram by datagram; any other failure drops that message.
+        // too large for the path) goes out datagram by datagram, and so do
+        // that peer's runs for a while (GsoFallbacks); any other failure
+        // drops that message.
         if (tx_msgs_[sent].msg_hdr.msg_controllen != 0 &&
             (errno == EIO || errno == EINVAL)) {
-          SetGso(false);
+          fallbacks_.Record(tx_to_[sent].sin_addr.s_addr,
+                            tx_to_[sent].sin_port);
           uint32_t i = start + done + sent;
           if (!SendSegments(bytes.data + offsets.data[i], lengths.data[i],
                             run_segment(i), tx_to_[sent])) {
@@ -491,6 +512,10 @@ bool UdpSocket::SendSegments(const uint8_t* data, uint32_t len, uint32_t seg,
 
 Napi::Value UdpSocket::SendErrors(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), send_errors_);
+}
+
+Napi::Value UdpSocket::GsoFallbacksGetter(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), fallbacks_.count());
 }
 
 Napi::Value UdpSocket::SendRetries(const Napi::CallbackInfo& info) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "args.h"
+#include "gso_fallback.h"
 #include "poll_source.h"
 
 namespace weft {
@@ -24,13 +25,17 @@ class UdpSocket : public PollSource<UdpSocket> {
   static constexpr uint32_t kStateGsoSegments = 0;
   static constexpr uint32_t kStateRetryLater = 1;
   static constexpr uint32_t kStateWords = 2;
+  // The longest a peer's runs may go datagram by datagram (a day).
+  static constexpr uint32_t kMaxGsoRetryMs = 86'400'000;
 
   static Napi::Function Init(Napi::Env env);
 
   // new UdpSocket(bindAddr (host order), port, arena {bytes, lengths,
   // srcAddr, srcPort, truncated, segSize?, state, slotSize, capacity},
-  // bufferBytes, {offload}?). Offload asks for UDP_GRO (needs arena.segSize)
-  // and probes UDP_SEGMENT; either may be refused by an old kernel.
+  // bufferBytes, {offload, gsoRetryMs}?). Offload asks for UDP_GRO (needs
+  // arena.segSize) and probes UDP_SEGMENT; either may be refused by an old
+  // kernel. gsoRetryMs (default 30 s): how long a peer whose run the kernel
+  // refused gets its runs sent datagram by datagram.
   // arena.state (Uint32Array, kStateWords) is kept current for JavaScript
   // to read without a call: [kStateGsoSegments] segments one send entry may
   // carry (0: no UDP GSO), [kStateRetryLater] 1 when ENOBUFS/ENOMEM stopped
@@ -51,6 +56,7 @@ class UdpSocket : public PollSource<UdpSocket> {
   Napi::Value Send(const Napi::CallbackInfo& info);
   Napi::Value SendErrors(const Napi::CallbackInfo& info);
   Napi::Value SendRetries(const Napi::CallbackInfo& info);
+  Napi::Value GsoFallbacksGetter(const Napi::CallbackInfo& info);
   // injectSendErrors(errno, count): the next `count` sendmmsg calls fail
   // with errno without reaching the kernel (tests of the error paths).
   Napi::Value InjectSendErrors(const Napi::CallbackInfo& info);
@@ -99,6 +105,7 @@ class UdpSocket : public PollSource<UdpSocket> {
   uint32_t* state_ = nullptr;
   BufferWatch state_watch_;
   BoundArrays tx_bound_;
+  GsoFallbacks fallbacks_;
   double send_retries_ = 0;
   int inject_errno_ = 0;
   uint32_t inject_count_ = 0;
