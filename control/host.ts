@@ -161,6 +161,23 @@ async function ip(...args: string[]): Promise<void> {
 }
 
 /**
+ * accept_local=1 on the device. Left alone when already set: in a container /proc/sys
+ * is read-only, and there `net.ipv4.conf.default.accept_local=1` (docker --sysctl)
+ * makes the new device start with it.
+ */
+function setAcceptLocal(name: string): void {
+  const path = `/proc/sys/net/ipv4/conf/${name}/accept_local`;
+  if (readFileSync(path, "utf8").trim() === "1") return;
+  try {
+    writeFileSync(path, "1");
+  } catch (err) {
+    throw new HostError(
+      `cannot set net.ipv4.conf.${name}.accept_local=1 (${(err as Error).message}); in a container, start it with the sysctl net.ipv4.conf.default.accept_local=1`,
+    );
+  }
+}
+
+/**
  * flannel0 as flannel sets it up: the lease's network address as a /32, the
  * overlay MTU, up, and one route for the whole Network. Also accept_local,
  * because the ICMP errors weft writes into flannel0 come from flannel0's own
@@ -194,7 +211,7 @@ export async function configureTun(
     if (!/File exists/.test(stderr))
       throw new HostError(`ip route add ${formatPrefix(network)} dev ${name}: ${stderr.trim()}`);
   }
-  writeFileSync(`/proc/sys/net/ipv4/conf/${name}/accept_local`, "1");
+  setAcceptLocal(name);
   return capped;
 }
 
