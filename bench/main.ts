@@ -1,22 +1,25 @@
-// npm run bench -- <replay|micro|lab> [options]
+// npm run bench -- <replay|micro|lab|scale> [options]
 //
 //   replay   traces through the engine over in-memory fakes, beside flannel's lookup
 //   micro    tinybench: lookup, validation, TTL, ICMP, staging (packets/s)
 //   lab      the BENCH.md topology in namespaces: direct, kernel vxlan, weft
 //   scrape   TCP through weft while clients flood /metrics
+//   scale    one weftd against 100–10,000 peers: start-up, churn, memory
 //
 // Each prints a table and writes bench/results/<kind>-<timestamp>.json.
 
 import { runLab } from "./lab/main.js";
 import { runMicro } from "./micro.js";
 import { runReplay } from "./replay.js";
+import { runScale } from "./scale/main.js";
 import { runScrape } from "./scrape.js";
 
-const USAGE = `usage: npm run bench -- <replay|micro|lab|scrape> [options]   (--help after a command for its options)
+const USAGE = `usage: npm run bench -- <replay|micro|lab|scrape|scale> [options]   (--help after a command for its options)
   replay [trace.pcap …]   in-process replay through the engine and flannel's lookup
   micro                   microbenchmarks of the hot-path pieces
   lab                     end-to-end in network namespaces: direct, vxlan, weft
-  scrape                  TCP through weft while clients flood /metrics`;
+  scrape                  TCP through weft while clients flood /metrics
+  scale                   the control plane at 100 to 10,000 peers: start-up, lease churn, memory`;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -29,6 +32,8 @@ async function main(argv: string[]): Promise<number> {
       return runLab(rest);
     case "scrape":
       return runScrape(rest);
+    case "scale":
+      return runScale(rest);
     case undefined:
     case "help":
     case "--help":

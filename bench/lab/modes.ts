@@ -207,7 +207,7 @@ function inNs(tool: "ip" | "bridge", h: LabHost, words: string): Promise<string>
   return sh(tool, ["-n", h.ns, ...words.split(" ")]);
 }
 
-async function waitReachable(env: Env): Promise<void> {
+export async function waitReachable(env: Env): Promise<void> {
   for (let i = 0; i < 30; i++) {
     const r = await nsSpawn(env.p1.ns, "ping", ["-c", "1", "-W", "1", env.p2.ip], 5000);
     if (r.code === 0) return;

@@ -57,7 +57,7 @@ export interface RepFigures {
   ping_lost: number;
 }
 
-interface TcpResult {
+export interface TcpResult {
   gbps: number;
   bytes: number;
   retransmits: number;
@@ -65,7 +65,8 @@ interface TcpResult {
   cpuSPerGb: number | null;
 }
 
-async function tcp(env: Env, seconds: number): Promise<TcpResult> {
+/** iperf3 single stream p1 → p2 for `seconds`; with daemons, their CPU per GB. */
+export async function tcp(env: Env, seconds: number): Promise<TcpResult> {
   const server = track(
     spawn("ip", ["netns", "exec", env.p2.ns, "iperf3", "-s", "-1", "-p", String(IPERF_PORT)], {
       stdio: ["ignore", "ignore", "pipe"],

@@ -1,0 +1,206 @@
+// `npm run bench -- scale`: what the control plane costs as the cluster
+// grows. For each registry mode and peer count, from scratch: start to ready,
+// CPU to ready, memory after start, CPU per lease change and the time a
+// change takes to reach the forwarding table under steady churn, and TCP
+// through weft with and without that churn (run.ts). Table, JSON, and an SVG
+// of each cost against peers (chart.ts). Peers are made up (peers.ts) and
+// written to the registry by driver.ts from inside the lab.
+
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { live } from "../lab/children.js";
+import { cleanup, exitCleanup, ownNamespaces, releaseLock, takeLock } from "../lab/cleanup.js";
+import { positiveInt } from "../replay.js";
+import { fmt, formatTable, machineInfo, machineLine, Progress, RESULTS_DIR, writeResult } from "../report.js";
+import { scaleChartSvg } from "./chart.js";
+import { MAX_PEERS } from "./peers.js";
+import { measure, type RegistryKind, type ScaleOptions, type ScalePoint } from "./run.js";
+
+const DEFAULT_PREFIX = "wscale";
+
+const USAGE = `usage: npm run bench -- scale [options]   (root: builds network namespaces ${DEFAULT_PREFIX}-*, or --prefix P)
+  --peers LIST        peer counts (default 100,1000,5000,10000; at most ${MAX_PEERS})
+  --modes LIST        registries, from file,etcd (default file,etcd; etcd needs etcd-server and etcd-client)
+  --rate N            lease changes per second during churn (default 10)
+  --churn-seconds S   seconds of churn (half adds, half removes), after as many of polling alone (default 10)
+  --settle-seconds S  after ready, before memory is read (default 5)
+  --tcp-seconds S     TCP through weft without churn, then with it, S seconds each (default 5)
+  --no-tcp            skip the second host and the TCP runs
+  --poll-ms N         how often the table is looked at during churn (default 25; its CPU is measured alone and subtracted)
+  --prefix P          namespace prefix, [a-z0-9]{1,8} (default ${DEFAULT_PREFIX})
+  --out-dir DIR       where JSON and SVG go (default ${RESULTS_DIR})`;
+
+function parseList<T>(text: string, parse: (s: string) => T): T[] {
+  return text.split(",").map((s) => parse(s.trim().replace(/_/g, "")));
+}
+
+export async function runScale(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      peers: { type: "string" },
+      modes: { type: "string" },
+      rate: { type: "string" },
+      "churn-seconds": { type: "string" },
+      "settle-seconds": { type: "string" },
+      "tcp-seconds": { type: "string" },
+      "no-tcp": { type: "boolean", default: false },
+      "poll-ms": { type: "string" },
+      prefix: { type: "string" },
+      "out-dir": { type: "string" },
+      help: { type: "boolean", default: false },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  const peers = parseList(values.peers ?? "100,1000,5000,10000", (s) => {
+    const n = Number(s);
+    if (!Number.isInteger(n) || n < 1 || n > MAX_PEERS)
+      throw new Error(`--peers: ${JSON.stringify(s)} is not a count from 1 to ${MAX_PEERS}`);
+    return n;
+  });
+  const modes = parseList(values.modes ?? "file,etcd", (s) => {
+    if (s !== "file" && s !== "etcd") throw new Error(`--modes: ${JSON.stringify(s)} is not one of file, etcd`);
+    return s as RegistryKind;
+  });
+  const o: ScaleOptions = {
+    rate: positiveInt(values.rate, "--rate", 10),
+    churnSeconds: positiveInt(values["churn-seconds"], "--churn-seconds", 10),
+    settleSeconds: positiveInt(values["settle-seconds"], "--settle-seconds", 5),
+    tcpSeconds: positiveInt(values["tcp-seconds"], "--tcp-seconds", 5),
+    pollMs: positiveInt(values["poll-ms"], "--poll-ms", 25),
+    noTcp: values["no-tcp"] === true,
+  };
+  live.prefix = values.prefix ?? DEFAULT_PREFIX;
+  if (!/^[a-z0-9]{1,8}$/.test(live.prefix))
+    throw new Error(`--prefix: ${JSON.stringify(live.prefix)} must be 1 to 8 of a-z and 0-9`);
+  if (process.getuid?.() !== 0) throw new Error("bench scale needs root (it creates network namespaces)");
+  const machine = machineInfo();
+  takeLock();
+  const stale = await ownNamespaces();
+  if (stale.length > 0) {
+    releaseLock();
+    throw new Error(
+      `namespaces ${stale.join(", ")} exist: another run is using prefix ${live.prefix}, or a killed run left them (remove with: npm run bench -- lab --cleanup --prefix ${live.prefix})`,
+    );
+  }
+  const onSignal = (sig: NodeJS.Signals) => {
+    process.stderr.write(`\nbench scale: ${sig}, cleaning up\n`);
+    cleanup().finally(() => process.exit(130));
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  process.once("SIGHUP", onSignal);
+  process.once("exit", () => {
+    exitCleanup();
+    releaseLock();
+  });
+
+  const points: ScalePoint[] = [];
+  const progress = new Progress(modes.length * peers.length);
+  try {
+    for (const mode of modes) {
+      for (const n of peers) {
+        progress.step(`${mode} registry, ${n.toLocaleString("en")} peers`);
+        const dir = mkdtempSync(join(tmpdir(), `weft-bench-scale-${mode}-`));
+        try {
+          points.push(await measure(mode, n, o, dir));
+        } finally {
+          await cleanup();
+        }
+      }
+    }
+  } finally {
+    progress.finish();
+    await cleanup();
+  }
+
+  const path = writeResult(
+    "scale",
+    {
+      kind: "scale",
+      machine,
+      options: {
+        peers,
+        modes,
+        rate: o.rate,
+        churn_seconds: o.churnSeconds,
+        settle_seconds: o.settleSeconds,
+        tcp_seconds: o.noTcp ? null : o.tcpSeconds,
+        poll_ms: o.pollMs,
+        network: "10.0.0.0/8, /24 leases; made-up peers in the registry before weftd starts",
+      },
+      units: {
+        ready_s: "s from spawning weftd to its subnet.env's mtime",
+        cpu_to_ready_s: "CPU s (user+sys) of weftd at that moment",
+        memory_after_start: "MiB after --settle-seconds",
+        cpu_per_change_ms: "weftd CPU ms per lease change: (churn CPU - polling-alone CPU rate × churn time) ÷ changes",
+        change_to_table_ms:
+          "ms from the start of a change's write to weft_table_swapped_at_seconds of the table that held it",
+        tcp_churn_ratio: "iperf3 p1 → p2 through weft during churn ÷ without",
+      },
+      points,
+    },
+    { dir: values["out-dir"] },
+  );
+  const svgPath = path.replace(/\.json$/, ".svg");
+  writeFileSync(
+    svgPath,
+    scaleChartSvg(
+      "weft control plane against cluster size (bench scale)",
+      `${o.rate} lease changes/s; ${machineLine(machine)}`,
+      [
+        { title: "CPU per lease change", unit: "ms", value: (p) => p.cpu_per_change_ms },
+        { title: "change → table, p99", unit: "ms", value: (p) => p.change_to_table_p99_ms },
+        { title: "start to ready", unit: "s", value: (p) => p.ready_s },
+        { title: "CPU to ready", unit: "s", value: (p) => p.cpu_to_ready_s },
+        { title: "RSS after start", unit: "MiB", value: (p) => p.memory_after_start.rss_mb },
+      ],
+      points,
+    ),
+  );
+  process.stdout.write(`${scaleReport(points, o, machineLine(machine)).join("\n")}\nJSON: ${path}\nSVG:  ${svgPath}\n`);
+  return 0;
+}
+
+export function scaleReport(points: readonly ScalePoint[], o: ScaleOptions, machine: string): string[] {
+  const rows = points.map((p) => [
+    p.mode,
+    p.peers.toLocaleString("en"),
+    fmt(p.ready_s, 2),
+    fmt(p.cpu_to_ready_s, 2),
+    `${fmt(p.memory_after_start.rss_mb, 1)} / ${fmt(p.memory_after_start.anon_mb, 1)}`,
+    String(p.log_lines_at_start),
+    fmt(p.cpu_per_change_ms, 2),
+    `${fmt(p.change_to_table_p50_ms, 0)} / ${fmt(p.change_to_table_p99_ms, 0)}`,
+    String(p.changes_unseen),
+    p.tcp_gbps === null ? "-" : `${fmt(p.tcp_gbps, 2)} / ${fmt(p.tcp_churn_gbps, 2)}`,
+    p.tcp_churn_ratio === null ? "-" : `${fmt(p.tcp_churn_ratio, 2)}×`,
+  ]);
+  return [
+    `bench scale — ${machine}`,
+    `one weftd in a namespace, Network 10.0.0.0/8 with /24 leases, peers in the registry before it starts; churn: ${o.rate} changes/s for ${o.churnSeconds} s (adds, then removes), after ${o.churnSeconds} s of polling alone; TCP ${o.noTcp ? "skipped" : `${o.tcpSeconds} s through weft to a second host, without and with churn`}`,
+    "",
+    formatTable(
+      [
+        "registry",
+        "peers",
+        "ready s",
+        "CPU to ready s",
+        "RSS / anon MiB",
+        "log lines",
+        "CPU/change ms",
+        "change→table p50/p99 ms",
+        "unseen",
+        "TCP Gbit/s plain / churn",
+        "churn ÷ plain",
+      ],
+      rows,
+    ),
+    "",
+  ];
+}

@@ -1,0 +1,245 @@
+// One scale measurement: a registry holding `peers` made-up peers, then
+//
+//   1. weftd on h1 alone: start → subnet.env written (ready), its CPU to that
+//      moment, memory after a settle, log lines written at start;
+//   2. churn at a steady rate (adds, then removes) after an equal window of
+//      polling alone: weftd CPU per change (churn minus baseline), and per
+//      change the time from its write to the table that held it;
+//   3. weftd on h2 too, a pod on each host: TCP p1 → p2 through weft without
+//      churn, then with churn at the same rate.
+//
+// Everything in namespaces <prefix>-h1, -h2, -p1, -p2 (lab/topology.ts); with
+// etcd, etcd runs in h1 on the underlay address, reached by both weftds.
+
+import { spawn } from "node:child_process";
+import { readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { writeSubnetEnv } from "../../control/subnet-env.js";
+import { parsePrefix } from "../../dataplane/addr.js";
+import { startLabEtcd } from "../../lab/etcd.js";
+import { cpuSeconds, type Memory, memoryOf } from "../../lab/proc.js";
+import { Lab, type LabHost } from "../../lab/topology.js";
+import { live, sleep, track } from "../lab/children.js";
+import { type Env, METRICS_PORT, waitReachable } from "../lab/modes.js";
+import { tcp } from "../lab/workloads.js";
+import { percentile } from "../report.js";
+import type { ChurnCommand, ChurnResult, RegistrySpec, SeedCommand } from "./driver.js";
+import { HOST_SUBNET_THIRD_OCTET, SCALE_CONFIG, SCALE_NETWORK } from "./peers.js";
+
+export type RegistryKind = "file" | "etcd";
+
+export interface ScaleOptions {
+  /** Churn: changes per second, and seconds of it (half adds, half removes). */
+  rate: number;
+  churnSeconds: number;
+  settleSeconds: number;
+  tcpSeconds: number;
+  pollMs: number;
+  /** Skip the two-host TCP part. */
+  noTcp: boolean;
+}
+
+export interface ScalePoint {
+  mode: RegistryKind;
+  peers: number;
+  seed_seconds: number;
+  ready_s: number;
+  cpu_to_ready_s: number;
+  memory_after_start: Memory;
+  log_lines_at_start: number;
+  changes: number;
+  cpu_per_change_ms: number;
+  cpu_baseline_pct: number;
+  change_to_table_p50_ms: number;
+  change_to_table_p99_ms: number;
+  change_to_table_max_ms: number;
+  changes_unseen: number;
+  tcp_gbps: number | null;
+  tcp_churn_gbps: number | null;
+  tcp_churn_ratio: number | null;
+  tcp_churn_changes_seen: number | null;
+}
+
+const DRIVER = new URL("./driver.js", import.meta.url).pathname;
+
+/** Runs the driver in `ns`; `onLine` sees each JSON line as it comes; resolves with the last. */
+function driver<T>(
+  ns: string,
+  command: SeedCommand | ChurnCommand,
+  onLine: (o: { phase?: string }) => void = () => {},
+) {
+  return new Promise<T>((resolve, reject) => {
+    const child = track(
+      spawn("ip", ["netns", "exec", ns, process.execPath, DRIVER, JSON.stringify(command)], {
+        stdio: ["ignore", "pipe", "pipe"],
+      }),
+    );
+    let buffered = "";
+    let last: unknown = null;
+    let stderr = "";
+    child.stdout?.setEncoding("utf8").on("data", (d: string) => {
+      buffered += d;
+      for (let nl = buffered.indexOf("\n"); nl >= 0; nl = buffered.indexOf("\n")) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        if (line.trim() === "") continue;
+        last = JSON.parse(line);
+        onLine(last as { phase?: string });
+      }
+    });
+    child.stderr?.setEncoding("utf8").on("data", (d: string) => {
+      if (stderr.length < 8000) stderr += d;
+    });
+    child.once("error", reject);
+    child.once("close", (code) => {
+      if (code === 0 && last !== null) resolve(last as T);
+      else reject(new Error(`scale driver ${command.command} failed (exit ${code}): ${stderr.trim()}`));
+    });
+  });
+}
+
+/** Writes the subnet.env a previous run would have left, so weftd asks for this lease again. */
+async function previousLease(lab: Lab, h: LabHost): Promise<void> {
+  const third = HOST_SUBNET_THIRD_OCTET[h.index - 1] as number;
+  await writeSubnetEnv(lab.subnetFile(h), {
+    network: parsePrefix(SCALE_NETWORK) as NonNullable<ReturnType<typeof parsePrefix>>,
+    subnet: parsePrefix(`10.244.${third}.0/24`) as NonNullable<ReturnType<typeof parsePrefix>>,
+    mtu: 1472,
+    ipMasq: false,
+  });
+}
+
+/** Starts weftd on `h` and waits for its subnet.env; returns the ms to it and the CPU seconds spent. */
+async function startTimed(lab: Lab, h: LabHost, extra: readonly string[]): Promise<{ readyMs: number; cpu: number }> {
+  const path = lab.subnetFile(h);
+  const t0 = Date.now();
+  const child = lab.startWeft(h, ["--healthz-port", String(METRICS_PORT), "--healthz-ip", "127.0.0.1", ...extra]);
+  for (;;) {
+    const mtime = statSync(path).mtimeMs;
+    if (mtime >= t0) {
+      const cpu = cpuSeconds(child.pid as number);
+      return { readyMs: mtime - t0, cpu };
+    }
+    if (child.exitCode !== null) throw new Error(`weftd on ${h.ns} exited with ${child.exitCode}: ${lab.logTail(h)}`);
+    if (Date.now() - t0 > 120_000) throw new Error(`weftd on ${h.ns} not ready in 120 s: ${lab.logTail(h)}`);
+    await sleep(5);
+  }
+}
+
+function weftPid(h: LabHost): number {
+  const pid = h.weft?.pid;
+  if (pid === undefined || h.weft?.exitCode !== null) throw new Error(`weftd on ${h.ns} is not running`);
+  return pid;
+}
+
+interface ChurnFigures {
+  result: ChurnResult;
+  cpuPerChangeMs: number;
+  baselinePct: number;
+}
+
+/** Churn with a baseline window before it; CPU of `pid` sampled at each phase line. */
+async function churnMeasured(ns: string, pid: number, command: ChurnCommand): Promise<ChurnFigures> {
+  const marks: { phase: string; cpu: number; t: number }[] = [];
+  const result = await driver<ChurnResult>(ns, command, (o) => {
+    if (o.phase !== undefined) marks.push({ phase: o.phase, cpu: cpuSeconds(pid), t: performance.now() });
+  });
+  const [b, c, d] = marks as [(typeof marks)[0], (typeof marks)[0], (typeof marks)[0]];
+  const baselineRate = (c.cpu - b.cpu) / ((c.t - b.t) / 1000);
+  const churnCpu = d.cpu - c.cpu - baselineRate * ((d.t - c.t) / 1000);
+  return {
+    result,
+    cpuPerChangeMs: (1000 * churnCpu) / command.changes,
+    baselinePct: 100 * baselineRate,
+  };
+}
+
+export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions, dir: string): Promise<ScalePoint> {
+  const lab = await Lab.create({ prefix: live.prefix, hosts: 2, dir });
+  live.lab = lab;
+  const [h1, h2] = lab.hosts as [LabHost, LabHost];
+  let spec: RegistrySpec;
+  let extra: string[] = [];
+  if (mode === "etcd") {
+    const etcd = await startLabEtcd({ ns: h1.ns, ip: h1.underlayIp, dir: lab.dir, spawned: () => {} });
+    track(etcd.child);
+    spec = { kind: "etcd", endpoint: etcd.endpoint, config: SCALE_CONFIG };
+    extra = ["--etcd-endpoints", etcd.endpoint];
+  } else {
+    lab.writeRegistryConfig(SCALE_CONFIG);
+    spec = { kind: "file", dir: lab.registryDir };
+  }
+  const seeded = await driver<{ seconds: number }>(h1.ns, { command: "seed", registry: spec, peers });
+  for (const h of [h1, h2]) await previousLease(lab, h);
+
+  // 1. Start-up, weftd alone.
+  const start = await startTimed(lab, h1, extra);
+  await sleep(o.settleSeconds * 1000);
+  const pid1 = weftPid(h1);
+  const memory = memoryOf(pid1);
+  const logLines = readFileSync(join(h1.dir, "weftd.log"), "utf8")
+    .split("\n")
+    .filter((l) => l !== "").length;
+
+  // 2. Churn on h1 alone, after a baseline of polling alone.
+  const changes = Math.max(2, Math.round(o.rate * o.churnSeconds));
+  const churn = await churnMeasured(h1.ns, pid1, {
+    command: "churn",
+    registry: spec,
+    firstIndex: peers,
+    baselineSeconds: o.churnSeconds,
+    changes,
+    rate: o.rate,
+    pollMs: o.pollMs,
+    metricsPort: METRICS_PORT,
+  });
+  const lat = churn.result.latencies_ms.filter((x): x is number => x !== null);
+
+  // 3. TCP through weft, without and with churn.
+  let tcpPlain: number | null = null;
+  let tcpChurn: number | null = null;
+  let tcpSeen: number | null = null;
+  if (!o.noTcp) {
+    await startTimed(lab, h2, extra);
+    const e1 = { network: SCALE_NETWORK, subnet: "10.244.1.1/24", mtu: 1472 };
+    const e2 = { network: SCALE_NETWORK, subnet: "10.244.2.1/24", mtu: 1472 };
+    const p1 = await lab.addPod(h1, e1);
+    const p2 = await lab.addPod(h2, e2);
+    const env: Env = { mode: "weft", lab, h1, h2, p1, p2, mtu: 1472, proxies: [] };
+    await waitReachable(env);
+    tcpPlain = (await tcp(env, o.tcpSeconds)).gbps;
+    const during = driver<ChurnResult>(h1.ns, {
+      command: "churn",
+      registry: spec,
+      firstIndex: peers + changes,
+      baselineSeconds: 0,
+      changes: Math.max(2, Math.round(o.rate * o.tcpSeconds)),
+      rate: o.rate,
+      pollMs: o.pollMs,
+      metricsPort: METRICS_PORT,
+    });
+    tcpChurn = (await tcp(env, o.tcpSeconds)).gbps;
+    const r = await during;
+    tcpSeen = r.latencies_ms.length - r.unseen;
+  }
+  return {
+    mode,
+    peers,
+    seed_seconds: seeded.seconds,
+    ready_s: start.readyMs / 1000,
+    cpu_to_ready_s: start.cpu,
+    memory_after_start: memory,
+    log_lines_at_start: logLines,
+    changes,
+    cpu_per_change_ms: churn.cpuPerChangeMs,
+    cpu_baseline_pct: churn.baselinePct,
+    change_to_table_p50_ms: percentile(lat, 50),
+    change_to_table_p99_ms: percentile(lat, 99),
+    change_to_table_max_ms: Math.max(...lat),
+    changes_unseen: churn.result.unseen,
+    tcp_gbps: tcpPlain,
+    tcp_churn_gbps: tcpChurn,
+    tcp_churn_ratio: tcpPlain !== null && tcpChurn !== null && tcpPlain > 0 ? tcpChurn / tcpPlain : null,
+    tcp_churn_changes_seen: tcpSeen,
+  };
+}

@@ -1,0 +1,78 @@
+// The scale bench's made-up cluster and its report, not its speed: every
+// made-up peer gets its own lease in 10/8 outside the real hosts' 10.244/16
+// and a unicast underlay address in 198.19/16; the report's table and chart
+// carry every point.
+
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { scaleChartSvg } from "../bench/scale/chart.js";
+import { scaleReport } from "../bench/scale/main.js";
+import { MAX_PEERS, peerPublicIp, peerSubnet } from "../bench/scale/peers.js";
+import type { ScalePoint } from "../bench/scale/run.js";
+import { formatIpv4, formatPrefix, isMartian, prefixesOverlap } from "../dataplane/addr.js";
+
+describe("bench scale peers", () => {
+  it("gives 10,000 peers distinct /24 leases in 10/8, none in 10.244/16", () => {
+    const seen = new Set<string>();
+    const pods = { base: ((10 << 24) | (244 << 16)) >>> 0, len: 16 };
+    for (let i = 0; i < 10_000; i++) {
+      const s = peerSubnet(i);
+      assert.equal(s.len, 24);
+      assert.equal(s.base >>> 24, 10, formatPrefix(s));
+      assert.equal(prefixesOverlap(s, pods), false, formatPrefix(s));
+      seen.add(formatPrefix(s));
+    }
+    assert.equal(seen.size, 10_000);
+    assert.throws(() => peerSubnet(MAX_PEERS), /peer index \d+ is outside 0\.\.\d+/);
+  });
+
+  it("gives each peer a unicast underlay address in 198.19.0.0/16, never .0 or .255", () => {
+    const seen = new Set<number>();
+    for (let i = 0; i < 10_000; i++) {
+      const ip = peerPublicIp(i);
+      assert.equal(ip >>> 16, (198 << 8) | 19, formatIpv4(ip));
+      assert.ok((ip & 0xff) !== 0 && (ip & 0xff) !== 255, formatIpv4(ip));
+      assert.equal(isMartian(ip), false);
+      seen.add(ip);
+    }
+    assert.equal(seen.size, 10_000);
+  });
+});
+
+describe("bench scale report", () => {
+  const point = (mode: "file" | "etcd", peers: number, cpu: number): ScalePoint => ({
+    mode,
+    peers,
+    seed_seconds: 1,
+    ready_s: 0.5,
+    cpu_to_ready_s: 0.6,
+    memory_after_start: { rss_mb: 68, peak_rss_mb: 70, anon_mb: 24, pss_mb: 30 },
+    log_lines_at_start: peers + 10,
+    changes: 100,
+    cpu_per_change_ms: cpu,
+    cpu_baseline_pct: 1,
+    change_to_table_p50_ms: 20,
+    change_to_table_p99_ms: 90,
+    change_to_table_max_ms: 95,
+    changes_unseen: 0,
+    tcp_gbps: 4,
+    tcp_churn_gbps: 3,
+    tcp_churn_ratio: 0.75,
+    tcp_churn_changes_seen: 50,
+  });
+  const points = [point("file", 100, 3.5), point("file", 5000, 70), point("etcd", 100, 4)];
+  const o = { rate: 10, churnSeconds: 10, settleSeconds: 5, tcpSeconds: 5, pollMs: 25, noTcp: false };
+
+  it("has a table row per point with its cost per change and the TCP ratio", () => {
+    const text = scaleReport(points, o, "machine").join("\n");
+    assert.match(text, /^file\s+5,000\s.*\s70\.00\s.*0\.75×$/m);
+    assert.equal(text.split("\n").filter((l) => /^(file|etcd)\s/.test(l)).length, 3);
+  });
+
+  it("draws one line per registry mode in each panel", () => {
+    const svg = scaleChartSvg("t", "s", [{ title: "CPU", unit: "ms", value: (p) => p.cpu_per_change_ms }], points);
+    assert.match(svg, /^<svg [^>]*>/);
+    assert.equal(svg.match(/<polyline /g)?.length, 1, "file has two points, etcd one");
+    assert.equal(svg.match(/<circle /g)?.length, 3);
+  });
+});
