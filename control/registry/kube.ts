@@ -220,7 +220,10 @@ export class KubeRegistry implements Registry {
     this.nodes.clear();
     for (const item of items) this.nodes.set(nodeName(item as KubeNode), item as KubeNode);
     this.revision++;
-    if (this.ownReady !== null) return this.checkOwn();
+    if (this.ownReady !== null) {
+      this.checkOwn();
+      return;
+    }
     this.handlers?.onResync(this.listing());
     if (hadOwn && !this.nodes.has(this.opts.nodeName) && this.own !== null)
       this.handlers?.onEvent({ type: "delete", subnet: this.own });
@@ -233,7 +236,10 @@ export class KubeRegistry implements Registry {
     if (type === "DELETED") this.nodes.delete(name);
     else this.nodes.set(name, node);
     this.revision++;
-    if (this.ownReady !== null) return this.checkOwn();
+    if (this.ownReady !== null) {
+      this.checkOwn();
+      return;
+    }
     const h = this.handlers;
     if (h === null) return;
     if (name === this.opts.nodeName) {
@@ -261,20 +267,33 @@ export class KubeRegistry implements Registry {
     const name = this.opts.nodeName;
     const node = this.nodes.get(name);
     const cidr = node === undefined ? null : podCidr(node);
-    if (node === undefined) return this.waitFor(`Node ${name} to be registered`);
-    if (cidr === null) return this.waitFor(`spec.podCIDR of Node ${name} to be assigned`);
+    if (node === undefined) {
+      this.waitFor(`Node ${name} to be registered`);
+      return;
+    }
+    if (cidr === null) {
+      this.waitFor(`spec.podCIDR of Node ${name} to be assigned`);
+      return;
+    }
     const fail = (message: string) => {
       this.ownReady?.reject(new ConfigError(message));
       this.ownReady = null;
     };
-    if (typeof cidr === "string") return fail(`Node ${name}: ${cidr}`);
+    if (typeof cidr === "string") {
+      fail(`Node ${name}: ${cidr}`);
+      return;
+    }
     if (!prefixContains(this.network, cidr.base) || cidr.len < this.network.len) {
-      return fail(
+      fail(
         `Node ${name}: spec.podCIDR ${formatPrefix(cidr)} is outside Network ${formatPrefix(this.network)} of ${this.opts.netConfPath}`,
       );
+      return;
     }
     const override = publicIpOverride(node, this.opts.annotationPrefix);
-    if (typeof override === "string") return fail(`Node ${name}: ${override}`);
+    if (typeof override === "string") {
+      fail(`Node ${name}: ${override}`);
+      return;
+    }
     this.own = cidr;
     this.published = override ?? this.opts.localPublicIp;
     if (this.waiting !== null) this.opts.log.info({ podCIDR: formatPrefix(cidr) }, `Node ${name} has its podCIDR`);
