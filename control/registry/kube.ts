@@ -150,11 +150,14 @@ export class KubeRegistry implements Registry {
     throw new Error("in kube mode the lease is the node's podCIDR; weftd does not create one");
   }
 
-  async updateLease(lease: Lease): Promise<Lease> {
-    const node = this.nodes.get(this.opts.nodeName) ?? {};
-    const body = annotationPatch(node, this.opts.annotationPrefix, this.published);
+  /** The manager "reuses" our lease; publishing is all there is to do (the address is the registry's own choice). */
+  async updateLease(lease: Lease, _publicIp?: number, _ttlSeconds?: number): Promise<Lease> {
+    const name = this.opts.nodeName;
+    const body = annotationPatch(this.nodes.get(name) ?? {}, this.opts.annotationPrefix, this.published);
     if (body !== null) {
-      await this.patchStatus(body);
+      // The answer is the node as patched: a second call before the watch reports it sends nothing.
+      const patched = (await this.patchStatus(body)) as KubeNode;
+      if (nodeName(patched) === name) this.nodes.set(name, patched);
       this.opts.log.info(
         { node: this.opts.nodeName, publicIp: formatIpv4(this.published) },
         "published the node's annotations",
