@@ -194,7 +194,7 @@ export class Informer {
   }
 
   private setConnected(connected: boolean, err?: Error): void {
-    if (this.connected === connected && connected) return;
+    if (this.connected === connected) return;
     this.connected = connected;
     this.handlers.onConnection?.(connected, err);
   }

@@ -13,6 +13,9 @@
 //   {"id":2,"op":"start"}     listen again on the same address
 //   {"id":3,"op":"expire"}    compact history; open watches get 410 Expired
 //   {"id":4,"op":"token","token":"…"}              rotate flannel's token
+//   {"id":6,"op":"node","node":{…}}           create or replace a Node directly in the
+//                             store (works while stopped: a change during an outage)
+//   {"id":7,"op":"delete-node","name":"…"}
 //   {"id":5,"op":"request","method":"POST","path":"/api/v1/nodes","body":"…","contentType":"…"}
 //                             an admin request, answered {"status":…,"body":…}
 
@@ -101,6 +104,13 @@ const commands: Record<string, (c: Record<string, string>) => Promise<unknown>> 
     writeFileSync(tokenFile, c.token as string);
     server.setTokens({ [c.token as string]: FLANNEL_USER });
   },
+  node: async (c) => {
+    const node = c.node as unknown as { metadata: { name: string } };
+    const name = node.metadata.name;
+    if (server.store.get("nodes", name) === undefined) server.store.create("nodes", name, node);
+    else server.store.replace("nodes", name, node);
+  },
+  "delete-node": async (c) => void server.store.delete("nodes", c.name as string),
   request: (c) => adminRequest(c.method as string, c.path as string, c.body, c.contentType),
 };
 

@@ -24,6 +24,9 @@ export interface Standin {
   /** Compacts history: open watches get 410 Expired. */
   expire(): Promise<void>;
   rotateToken(token: string): Promise<void>;
+  /** Creates or replaces a Node in the store, also while stopped. */
+  putNode(node: Doc): Promise<void>;
+  deleteNode(name: string): Promise<void>;
   /** An admin request; JSON bodies are sent as application/json unless told. */
   request(method: string, path: string, body?: unknown, contentType?: string): Promise<{ status: number; body: Doc }>;
   /** Every request served so far. */
@@ -94,6 +97,8 @@ export async function startStandin(opts: {
     start: () => command("start"),
     expire: () => command("expire"),
     rotateToken: (token) => command("token", { token }),
+    putNode: (node) => command("node", { node }),
+    deleteNode: (name) => command("delete-node", { name }),
     async request(method, path, body, contentType) {
       const text = body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body);
       const r = await command("request", { method, path, body: text, contentType });
