@@ -13,7 +13,10 @@ export const TUN_PATH = "/dev/net/tun";
 export function ensureTunDevice(path = TUN_PATH): boolean {
   if (existsSync(path)) return false;
   try {
-    mkdirSync(path.slice(0, path.lastIndexOf("/")), { recursive: true });
+    // Not recursive: Node's recursive mkdir loops forever where mkdir keeps
+    // answering ENOENT (under /proc); /dev exists wherever this runs.
+    const parent = path.slice(0, path.lastIndexOf("/"));
+    if (!existsSync(parent)) mkdirSync(parent);
     execFileSync("mknod", ["-m", "0666", path, "c", "10", "200"], { stdio: ["ignore", "ignore", "pipe"] });
   } catch (err) {
     const why = String((err as { stderr?: Buffer }).stderr ?? (err as Error).message).trim();
