@@ -65,7 +65,7 @@ describe("deploy/kube-weft.yml and deploy/Dockerfile", () => {
         "-f",
         MANIFEST,
       ]);
-      const items = (parseAllDocuments(stdout)[0]?.toJS() as Doc).items as Doc[];
+      const items = (parseAllDocuments(stdout)[0] as Doc).toJS().items as Doc[];
       assert.deepEqual(
         items.map((i) => i.kind),
         ["Namespace", "ClusterRole", "ClusterRoleBinding", "ServiceAccount", "ConfigMap", "DaemonSet"],

@@ -145,13 +145,13 @@ describe("kube mode against the stand-in API server", () => {
   });
 
   it("kubeconfig with client certificate files, and with a token file", async () => {
-    const cert = pki.issue("weftd", "admin");
+    pki.issue("weftd", "admin");
     const file = join(pki.dir, "certs.kubeconfig");
     writeFileSync(
       file,
       [
         "apiVersion: v1",
-        "clusters: [{name: c, cluster: {server: " + server.url + ", certificate-authority: ca.crt}}]",
+        `clusters: [{name: c, cluster: {server: ${server.url}, certificate-authority: ca.crt}}]`,
         "users: [{name: u, user: {client-certificate: weftd.crt, client-key: weftd.key}}]",
         "contexts: [{name: x, context: {cluster: c, user: u}}]",
         "current-context: x",
