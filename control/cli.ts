@@ -3,6 +3,8 @@
 // each also settable as FLANNELD_<FLAG> in the environment (flag wins).
 // Go's flag package semantics: a boolean takes `--x`, `--x=true|false`.
 
+import { normaliseAnnotationPrefix } from "./kube/node.js";
+
 export type FlagKind = "string" | "bool" | "int" | "list";
 
 interface FlagSpec {
@@ -81,7 +83,32 @@ export const FLAGS = {
   "kube-subnet-mgr": {
     kind: "bool",
     def: false,
-    help: "contact the Kubernetes API for subnet assignment (not supported yet)",
+    help: "take this node's subnet from its Node object (spec.podCIDR) and peers from all Nodes, as flanneld in kube-flannel.yml",
+  },
+  "kube-api-url": {
+    kind: "string",
+    def: "",
+    help: "Kubernetes API server URL (in a pod the service account still authenticates)",
+  },
+  "kubeconfig-file": {
+    kind: "string",
+    def: "",
+    help: "kubeconfig file: server, CA and credentials (default: in-cluster)",
+  },
+  "kube-annotation-prefix": {
+    kind: "string",
+    def: "flannel.alpha.coreos.com",
+    help: "prefix of the node annotations weftd writes and reads",
+  },
+  "net-config-path": {
+    kind: "string",
+    def: "/etc/kube-flannel/net-conf.json",
+    help: "network config file in kube mode",
+  },
+  "set-node-network-unavailable": {
+    kind: "bool",
+    def: true,
+    help: "set the node's NetworkUnavailable condition to False once the network is up (kube mode)",
   },
   v: { kind: "int", def: 0, help: "log level: 0 info, 1+ debug" },
   version: { kind: "bool", def: false, help: "print version and exit" },
@@ -117,6 +144,11 @@ export interface Options {
   adaptiveBusyPoll: boolean;
   busyPollDuty: number;
   kubeSubnetMgr: boolean;
+  kubeApiUrl: string;
+  kubeconfigFile: string;
+  kubeAnnotationPrefix: string;
+  netConfigPath: string;
+  setNodeNetworkUnavailable: boolean;
   verbosity: number;
   version: boolean;
   help: boolean;
@@ -247,6 +279,11 @@ function validate(o: Options): void {
     } catch {
       throw new UsageError(`flag --iface-regex: "${re}" is not a valid regular expression`);
     }
+  }
+  if (normaliseAnnotationPrefix(o.kubeAnnotationPrefix) === null) {
+    throw new UsageError(
+      `flag --kube-annotation-prefix: "${o.kubeAnnotationPrefix}" has more than one "/"; give a DNS prefix such as flannel.alpha.coreos.com`,
+    );
   }
   for (const e of o.etcdEndpoints) {
     if (!/^https?:\/\/[^/]+\/?$/.test(e))

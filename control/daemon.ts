@@ -24,9 +24,11 @@ import {
   localAddressesAtStart,
 } from "./host.js";
 import { ensureChain, forwardChain, masqChain } from "./iptables.js";
+import { ensureTunDevice } from "./kube/devtun.js";
 import { LeaseManager } from "./lease-manager.js";
 import { createMetrics } from "./metrics.js";
 import { FileRegistry } from "./registry/file.js";
+import type { KubeRegistry } from "./registry/kube.js";
 import { describeLease, type Lease, type Registry } from "./registry/registry.js";
 import { readSubnetEnv, writeSubnetEnv } from "./subnet-env.js";
 
@@ -79,6 +81,12 @@ export class Daemon {
   private readonly opts: Options;
   private readonly log: Log;
   private registry: Registry | null = null;
+  /** The registry again in kube mode, for what only Kubernetes has (NetworkUnavailable). */
+  private kube: KubeRegistry | null = null;
+  /** What start-up waits for (a podCIDR), reported by /readyz. */
+  private waitingFor: string | null = null;
+  /** Aborts a start-up that is still waiting (stop() during the podCIDR wait). */
+  private readonly starting = new AbortController();
   private manager: LeaseManager | null = null;
   private engine: Engine | null = null;
   private device: TunDevice | null = null;
@@ -115,16 +123,24 @@ export class Daemon {
     const { opts, log } = this;
     checkPrivileges();
     const iface = findExternalInterface(opts.iface, opts.ifaceRegex);
-    const publicIp = opts.publicIp === "" ? iface.addr : parseIpv4(opts.publicIp);
+    let publicIp = opts.publicIp === "" ? iface.addr : parseIpv4(opts.publicIp);
     if (publicIp < 0) throw new Error(`--public-ip "${opts.publicIp}" is not an IPv4 address`);
     log.info(
       { iface: iface.name, addr: formatIpv4(iface.addr), mtu: iface.mtu, publicIp: formatIpv4(publicIp) },
       "using interface",
     );
-    if (opts.kubeSubnetMgr) throw new Error("--kube-subnet-mgr is not supported yet: use etcd or --registry-dir");
     this.startHealth();
 
-    this.registry = await openRegistry(opts, log);
+    if (opts.kubeSubnetMgr) {
+      // Loaded only in kube mode; its lease is the node's podCIDR, waited for here.
+      const { openKubeRegistry } = await import("./kube/open.js");
+      this.kube = await openKubeRegistry(opts, log, publicIp, this.starting.signal, (what) => {
+        this.waitingFor = what;
+      });
+      // public-ip-overwrite on the node replaces the interface's address, as in flanneld.
+      publicIp = this.kube.publicIp;
+      this.registry = this.kube;
+    } else this.registry = await openRegistry(opts, log);
     log.info({ registry: this.registry.description }, "registry");
     const previous = await readSubnetEnv(opts.subnetFile);
     const manager = new LeaseManager({
@@ -161,6 +177,7 @@ export class Daemon {
     await writeSubnetEnv(opts.subnetFile, { network: config.network, subnet: lease.subnet, mtu, ipMasq: opts.ipMasq });
     this.ready.subnetEnv = true;
     log.info({ path: opts.subnetFile }, "wrote subnet file");
+    this.kube?.markNetworkAvailable();
     this.notifySystemd();
     log.info({ subnet: formatPrefix(lease.subnet), tun: this.device?.name }, "running");
   }
@@ -169,6 +186,7 @@ export class Daemon {
     const mtu = overlayMtu(iface.mtu);
     const port = this.opts.port || config.backend.port;
     const offload = this.opts.offload;
+    if (ensureTunDevice()) this.log.info("created /dev/net/tun");
     this.device = TunDevice.open("flannel%d", { offload });
     const capped = await configureTun(this.device.name, lease.subnet, mtu, config.network, {
       gsoMaxSegments: offload ? GRO_MAX_SEGMENTS : 0,
@@ -289,7 +307,7 @@ export class Daemon {
       port: this.opts.healthzPort,
       metrics,
       readiness: {
-        conditions: () => ({ ...this.ready }),
+        conditions: () => ({ ...this.ready, ...(this.waitingFor === null ? {} : { waiting: this.waitingFor }) }),
         ready: () => this.isReady && this.device !== null && linkIsUp(this.device.name),
       },
       onError: (err) => {
@@ -303,6 +321,7 @@ export class Daemon {
   async stop(code: number): Promise<void> {
     if (this.exitCode !== null) return;
     this.exitCode = code;
+    this.starting.abort();
     if (this.resyncTimer) clearTimeout(this.resyncTimer);
     if (this.addressTimer) clearInterval(this.addressTimer);
     this.engine?.stop();

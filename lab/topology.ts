@@ -190,7 +190,11 @@ export class Lab {
    * it its own session, so it outlives a lab that is kept running and is not
    * hit by the terminal's Ctrl-C while the lab tears down in order.
    */
-  startWeft(host: LabHost, extra: readonly string[] = [], opts: { detached?: boolean } = {}): ChildProcess {
+  startWeft(
+    host: LabHost,
+    extra: readonly string[] = [],
+    opts: { detached?: boolean; env?: Record<string, string> } = {},
+  ): ChildProcess {
     if (host.weft !== null && host.weft.exitCode === null) throw new Error(`weftd already runs on ${host.ns}`);
     // The launcher users run, so the lab gets weftd's Node settings too.
     const weftd = new URL("../../bin/weftd", import.meta.url).pathname;
@@ -203,14 +207,16 @@ export class Lab {
       host.iface,
       "--subnet-file",
       this.subnetFile(host),
-      ...(extra.some((a) => a.includes("etcd-endpoints")) ? [] : ["--registry-dir", this.registryDir]),
+      ...(extra.some((a) => a.includes("etcd-endpoints") || a.includes("kube-subnet-mgr"))
+        ? []
+        : ["--registry-dir", this.registryDir]),
       ...extra,
     ];
     const log = openSync(join(host.dir, "weftd.log"), "a");
     const child = spawn("ip", args, {
       stdio: ["ignore", log, log],
       detached: opts.detached ?? false,
-      env: { ...process.env, NODE: process.execPath },
+      env: { ...process.env, NODE: process.execPath, ...opts.env },
     });
     closeSync(log);
     host.weft = child;

@@ -1,0 +1,123 @@
+// The stand-in API server's objects: Nodes (cluster-scoped) and Pods
+// (namespaced), one global resourceVersion counter as etcd's revision is for a
+// real kube-apiserver, and the event history watches replay from. History
+// older than `compactedRv` is gone: a watch that asks for it gets 410 Expired,
+// as after etcd compaction.
+
+import { randomUUID } from "node:crypto";
+import { isObject } from "./patch.js";
+
+export type JsonObject = { [key: string]: unknown };
+export type Resource = "nodes" | "pods";
+export type EventType = "ADDED" | "MODIFIED" | "DELETED";
+
+export interface StoredEvent {
+  readonly resource: Resource;
+  readonly type: EventType;
+  readonly object: JsonObject;
+  readonly rv: number;
+}
+
+const KINDS: Record<Resource, string> = { nodes: "Node", pods: "Pod" };
+
+export class Conflict extends Error {}
+
+export class ObjectStore {
+  private rv = 1;
+  private compacted = 0;
+  private readonly objects: Record<Resource, Map<string, JsonObject>> = { nodes: new Map(), pods: new Map() };
+  private readonly history: StoredEvent[] = [];
+  private readonly listeners = new Set<(event: StoredEvent) => void>();
+
+  get resourceVersion(): number {
+    return this.rv;
+  }
+
+  /** Watches from a resourceVersion below this are answered with 410 Expired. */
+  get compactedRv(): number {
+    return this.compacted;
+  }
+
+  list(resource: Resource): JsonObject[] {
+    return [...this.objects[resource].values()].map((o) => structuredClone(o));
+  }
+
+  get(resource: Resource, key: string): JsonObject | undefined {
+    const found = this.objects[resource].get(key);
+    return found === undefined ? undefined : structuredClone(found);
+  }
+
+  create(resource: Resource, key: string, object: JsonObject): JsonObject {
+    if (this.objects[resource].has(key)) throw new Conflict(`${resource} "${key}" already exists`);
+    const meta = isObject(object.metadata) ? object.metadata : {};
+    const stored: JsonObject = {
+      ...object,
+      kind: KINDS[resource],
+      apiVersion: "v1",
+      metadata: {
+        ...meta,
+        uid: randomUUID(),
+        creationTimestamp: new Date().toISOString().replace(/\.\d+Z$/, "Z"),
+      },
+    };
+    return this.commit(resource, key, "ADDED", stored);
+  }
+
+  /** Replaces the object (after a patch or an update); a no-op change keeps its resourceVersion. */
+  replace(resource: Resource, key: string, object: JsonObject): JsonObject {
+    const old = this.objects[resource].get(key);
+    if (old === undefined) throw new Error(`${resource} "${key}" does not exist`);
+    const next = structuredClone(object);
+    const meta = next.metadata as JsonObject;
+    const oldMeta = old.metadata as JsonObject;
+    // Identity fields are the server's, whatever a patch said.
+    for (const k of ["name", "namespace", "uid", "creationTimestamp", "resourceVersion"]) {
+      if (oldMeta[k] === undefined) delete meta[k];
+      else meta[k] = oldMeta[k];
+    }
+    next.kind = old.kind;
+    next.apiVersion = old.apiVersion;
+    if (JSON.stringify(next) === JSON.stringify(old)) return structuredClone(old);
+    return this.commit(resource, key, "MODIFIED", next);
+  }
+
+  delete(resource: Resource, key: string): JsonObject | undefined {
+    const old = this.objects[resource].get(key);
+    if (old === undefined) return undefined;
+    this.objects[resource].delete(key);
+    this.rv++;
+    const object = structuredClone(old);
+    (object.metadata as JsonObject).resourceVersion = String(this.rv);
+    this.record({ resource, type: "DELETED", object, rv: this.rv });
+    return structuredClone(object);
+  }
+
+  /** Events of `resource` after `rv`, oldest first. */
+  since(resource: Resource, rv: number): StoredEvent[] {
+    return this.history.filter((e) => e.resource === resource && e.rv > rv);
+  }
+
+  /** Forgets all history up to now, as etcd compaction does. */
+  compact(): void {
+    this.compacted = this.rv;
+    this.history.length = 0;
+  }
+
+  subscribe(listener: (event: StoredEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private commit(resource: Resource, key: string, type: EventType, object: JsonObject): JsonObject {
+    this.rv++;
+    (object.metadata as JsonObject).resourceVersion = String(this.rv);
+    this.objects[resource].set(key, object);
+    this.record({ resource, type, object: structuredClone(object), rv: this.rv });
+    return structuredClone(object);
+  }
+
+  private record(event: StoredEvent): void {
+    this.history.push(event);
+    for (const listener of this.listeners) listener(event);
+  }
+}
