@@ -104,3 +104,30 @@ export function releaseLock(): void {
     // Not ours or already gone.
   }
 }
+
+/**
+ * Takes the lock, refuses to run over namespaces of this prefix that already
+ * exist, and cleans up on a signal or at exit. `name` is the bench's name in
+ * messages ("bench lab"), `cleanupHint` the command that removes leftovers.
+ */
+export async function claimRun(name: string, cleanupHint: string): Promise<void> {
+  takeLock();
+  const stale = await ownNamespaces();
+  if (stale.length > 0) {
+    releaseLock();
+    throw new Error(
+      `namespaces ${stale.join(", ")} exist: another run is using prefix ${live.prefix}, or a killed run left them (remove with: ${cleanupHint})`,
+    );
+  }
+  const onSignal = (sig: NodeJS.Signals) => {
+    process.stderr.write(`\n${name}: ${sig}, cleaning up\n`);
+    cleanup().finally(() => process.exit(130));
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  process.once("SIGHUP", onSignal);
+  process.once("exit", () => {
+    exitCleanup();
+    releaseLock();
+  });
+}

@@ -20,7 +20,7 @@ import { parseArgs } from "node:util";
 import { positiveInt } from "../replay.js";
 import { type MachineInfo, machineInfo, machineLine, Progress, RESULTS_DIR, writeResult } from "../report.js";
 import { DEFAULT_PREFIX, live } from "./children.js";
-import { cleanup, cleanupStale, exitCleanup, ownNamespaces, releaseLock, takeLock } from "./cleanup.js";
+import { claimRun, cleanup, cleanupStale, releaseLock, takeLock } from "./cleanup.js";
 import { chart, labJson } from "./figures.js";
 import { replayRun } from "./live-replay.js";
 import {
@@ -124,26 +124,10 @@ export async function runLab(argv: string[]): Promise<number> {
   }
   const holdMode = values.hold === undefined ? undefined : parseMode(values.hold, "--hold");
   const machine = machineInfo();
-  takeLock();
-  const stale = await ownNamespaces();
-  if (stale.length > 0) {
-    releaseLock();
-    throw new Error(
-      `namespaces ${stale.join(", ")} exist: another bench lab is running, or a killed run left them (remove with: npm run bench -- lab --cleanup${live.prefix === DEFAULT_PREFIX ? "" : ` --prefix ${live.prefix}`})`,
-    );
-  }
-
-  const onSignal = (sig: NodeJS.Signals) => {
-    process.stderr.write(`\nbench lab: ${sig}, cleaning up\n`);
-    cleanup().finally(() => process.exit(130));
-  };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
-  process.once("SIGHUP", onSignal);
-  process.once("exit", () => {
-    exitCleanup();
-    releaseLock();
-  });
+  await claimRun(
+    "bench lab",
+    `npm run bench -- lab --cleanup${live.prefix === DEFAULT_PREFIX ? "" : ` --prefix ${live.prefix}`}`,
+  );
 
   try {
     if (holdMode !== undefined) return await holdRun(holdMode, o);

@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { live } from "../lab/children.js";
-import { cleanup, exitCleanup, ownNamespaces, releaseLock, takeLock } from "../lab/cleanup.js";
+import { claimRun, cleanup } from "../lab/cleanup.js";
 import { positiveInt } from "../replay.js";
 import { fmt, formatTable, machineInfo, machineLine, Progress, RESULTS_DIR, writeResult } from "../report.js";
 import { scaleChartSvg } from "./chart.js";
@@ -80,25 +80,7 @@ export async function runScale(argv: string[]): Promise<number> {
     throw new Error(`--prefix: ${JSON.stringify(live.prefix)} must be 1 to 8 of a-z and 0-9`);
   if (process.getuid?.() !== 0) throw new Error("bench scale needs root (it creates network namespaces)");
   const machine = machineInfo();
-  takeLock();
-  const stale = await ownNamespaces();
-  if (stale.length > 0) {
-    releaseLock();
-    throw new Error(
-      `namespaces ${stale.join(", ")} exist: another run is using prefix ${live.prefix}, or a killed run left them (remove with: npm run bench -- lab --cleanup --prefix ${live.prefix})`,
-    );
-  }
-  const onSignal = (sig: NodeJS.Signals) => {
-    process.stderr.write(`\nbench scale: ${sig}, cleaning up\n`);
-    cleanup().finally(() => process.exit(130));
-  };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
-  process.once("SIGHUP", onSignal);
-  process.once("exit", () => {
-    exitCleanup();
-    releaseLock();
-  });
+  await claimRun("bench scale", `npm run bench -- lab --cleanup --prefix ${live.prefix}`);
 
   const points: ScalePoint[] = [];
   const progress = new Progress(modes.length * peers.length);
