@@ -284,12 +284,13 @@ describe("lease manager over the file registry", () => {
       assert.deepEqual(await readdir(join(dir, "leases")), ["10.244.10.0-24"]);
     });
 
-    test("a lease of another length blocks the subnets it overlaps", async () => {
+    test("a key covering several subnets does not block allocation; a narrower one blocks the subnet it sits in", async () => {
       const cfg = await config();
       const registry = await openRegistry();
       await registry.createLease(prefix("10.244.0.0/22"), HOST_B, 100);
+      await registry.createLease(prefix("10.244.1.128/25"), HOST_C, 100);
       const lease = await acquireLease(registry, cfg, { publicIp: HOST_A, random: () => 0 });
-      assert.equal(formatPrefix(lease.subnet), "10.244.4.0/24");
+      assert.equal(formatPrefix(lease.subnet), "10.244.2.0/24");
     });
 
     test("fails with out of subnets, naming the network, when every subnet is held", async () => {
@@ -384,8 +385,13 @@ process.stdin.once("data", async () => {
         const limit = 1 + Math.floor(random() * 60);
         const expected: number[] = [];
         const size = prefixSize(cfg.subnetLen);
+        // Only keys no wider than SubnetLen starting inside SubnetMin..SubnetMax can be this network's leases.
+        const blocking = leases.filter(
+          (l) =>
+            l.subnet.len >= cfg.subnetLen && l.subnet.base >= cfg.subnetMin && l.subnet.base < cfg.subnetMax + size,
+        );
         for (let base = cfg.subnetMin; base <= cfg.subnetMax && expected.length < limit; base += size) {
-          const clash = leases.some(
+          const clash = blocking.some(
             (l) => l.subnet.base < base + size && base < l.subnet.base + prefixSize(l.subnet.len),
           );
           if (!clash) expected.push(base);
@@ -760,7 +766,7 @@ process.stdin.once("data", async () => {
       assert.deepEqual(recorder.skipped, [
         { key: join(dir, "subnets", "10.244.30.0-24"), reason: "value is not JSON" },
       ]);
-      assert.ok(log.lines.some((line) => line.level === "warn" && line.msg === "skipping unreadable lease"));
+      assert.ok(log.lines.some((line) => line.level === "warn" && line.msg === "ignoring lease"));
       await (await openRegistry()).createLease(prefix("10.244.31.0/24"), HOST_B, 100);
       await recorder.until("the next peer", () => recorder.latest()?.includes("10.244.31.0/24 198.18.0.2") === true);
       assert.equal(recorder.revoked, 0);
