@@ -1,0 +1,50 @@
+// What /readyz and /metrics report for a running weftd: each condition of
+// flannel's readiness, and the node's figures read at scrape time. The HTTP
+// side (limits, pacing, caching) is health.ts's.
+
+import type { Server } from "node:http";
+import { startHealthServer } from "./health.js";
+import { linkIsUp } from "./host.js";
+import { createMetrics, type MetricSources } from "./metrics.js";
+
+/** Each condition flannel's readiness implies, set as start-up passes it. */
+export class Readiness {
+  lease = false;
+  tun = false;
+  rules = false;
+  subnetEnv = false;
+  /** flannel0's name once open: readiness also needs the link still up. */
+  tunName: string | null = null;
+
+  get all(): boolean {
+    return this.lease && this.tun && this.rules && this.subnetEnv;
+  }
+
+  conditions(): Record<string, boolean> {
+    return { lease: this.lease, tun: this.tun, rules: this.rules, subnetEnv: this.subnetEnv };
+  }
+
+  /** All conditions, and flannel0 still up now (someone may have deleted it). */
+  ready(): boolean {
+    return this.all && this.tunName !== null && linkIsUp(this.tunName);
+  }
+}
+
+export interface StatusServerOptions {
+  readonly ip: string;
+  readonly port: number;
+  readonly readiness: Readiness;
+  readonly metrics: MetricSources;
+  readonly onError: (err: Error) => void;
+}
+
+/** /healthz, /readyz and /metrics on --healthz-ip:--healthz-port. */
+export function startStatusServer(opts: StatusServerOptions): Server {
+  return startHealthServer({
+    ip: opts.ip,
+    port: opts.port,
+    metrics: createMetrics(opts.metrics),
+    readiness: { conditions: () => opts.readiness.conditions(), ready: () => opts.readiness.ready() },
+    onError: opts.onError,
+  });
+}
