@@ -11,13 +11,14 @@
 //
 // The port is resolved once (--port, else the config's Backend.Port) and
 // serves the socket and every table. Each peer added or removed is logged
-// here, once, from the manager's batches.
+// here, once, from the manager's batches; the first batch, however large,
+// is one table build and one line.
 
 import type { Ipv4Prefix } from "../dataplane/addr.js";
 import { Counters } from "../dataplane/counters.js";
 import { Engine } from "../dataplane/engine.js";
 import type { Device, Transport } from "../dataplane/io.js";
-import { LeaseTable } from "../dataplane/leases.js";
+import { LeaseTable, type PeerEdit, type PeerLease } from "../dataplane/leases.js";
 import type { NetworkConfig } from "./config.js";
 import { LeaseManager, type LeaseManagerOptions, type PeerBatch } from "./lease-manager.js";
 import { type Logger, silentLogger } from "./log.js";
@@ -164,13 +165,28 @@ export class Node {
     this.options.onFatal?.();
   }
 
+  /**
+   * The first batch is one table build and one summary line ("5000 peers";
+   * each peer at debug level); later ones edit a copy of the table (its
+   * cost follows the batch, not the cluster) and log each peer added or removed.
+   */
   private onPeers(batch: PeerBatch): void {
     const engine = this.engineRef;
     const config = this.config;
     if (engine === null || config === null) return;
+    const edits: PeerEdit[] = [];
+    for (const { before, after } of batch.changes) {
+      // A renewal (same PublicIP, new expiry) changes nothing that forwarding uses.
+      if (before !== null && after !== null && before.publicIp === after.publicIp) continue;
+      if (after !== null) edits.push({ subnet: after.subnet, publicIp: after.publicIp });
+      else if (before !== null) edits.push({ subnet: before.subnet, publicIp: null });
+    }
+    if (!batch.initial && edits.length === 0) return;
     let table: LeaseTable;
     try {
-      table = LeaseTable.build(config.network, config.subnetLen, [...this.manager.peers.values()], this.port);
+      table = batch.initial
+        ? LeaseTable.build(config.network, config.subnetLen, edits as PeerLease[], this.port)
+        : engine.leaseTable.with(edits);
     } catch (err) {
       // The manager hands over checked leases only; should one slip through,
       // forwarding goes on with the last good table rather than stopping.
@@ -178,10 +194,12 @@ export class Node {
       return;
     }
     engine.setTable(table);
+    if (batch.initial) this.log.info({ peers: table.size }, `${table.size} peers`);
+    const level = batch.initial ? "debug" : "info";
     for (const { before, after } of batch.changes) {
       if (before !== null && after !== null && before.publicIp === after.publicIp) continue;
-      if (before !== null) this.log.info({ lease: describeLease({ ...before, expiresAt: null }) }, "peer removed");
-      if (after !== null) this.log.info({ lease: describeLease({ ...after, expiresAt: null }) }, "peer added");
+      if (before !== null) this.log[level]({ lease: describeLease({ ...before, expiresAt: null }) }, "peer removed");
+      if (after !== null) this.log[level]({ lease: describeLease({ ...after, expiresAt: null }) }, "peer added");
     }
   }
 }

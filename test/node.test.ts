@@ -150,3 +150,100 @@ describe("a node over fakes (control/node.ts)", () => {
     assert.equal(b.transport.sent.length, 0, "no ICMP error toward a stranger");
   });
 });
+
+describe("a node joining a populated cluster", () => {
+  const PEERS = 200;
+  const peerSubnet = (i: number) => ({ base: parseIpv4("10.244.0.0") + (i + 10) * 256, len: 24 });
+  const peerIp = (i: number) => parseIpv4("198.18.1.0") + i;
+  let registry: MemoryRegistry;
+  let node: Node;
+  let lines: { level: string; obj: unknown; msg?: string }[];
+  let swaps: number;
+
+  beforeEach(async () => {
+    registry = new MemoryRegistry();
+    registry.setNetworkConfig(CONFIG);
+    for (let i = 0; i < PEERS; i++) await registry.createLease(peerSubnet(i), peerIp(i), 3600);
+    lines = [];
+    swaps = 0;
+    node = new Node({
+      registry,
+      publicIp: HOSTS[0] as number,
+      log: new Lines(lines),
+      manager: { random: () => 0 },
+      openDataplane: async () => ({
+        device: new FakeDevice("flannel0"),
+        transport: new FakeTransport(8285),
+        mtu: 1472,
+      }),
+    });
+    await node.start();
+    const engine = node.engine;
+    assert.ok(engine !== null);
+    const setTable = engine.setTable.bind(engine);
+    engine.setTable = (table) => {
+      swaps++;
+      setTable(table);
+    };
+  });
+  afterEach(async () => {
+    node.stop();
+    await registry.close();
+  });
+
+  const settled = async () => {
+    for (let i = 0; i < 4; i++) await new Promise((r) => setImmediate(r));
+  };
+  const owner = (subnetBase: number) => {
+    const table = node.engine?.leaseTable;
+    const id = table?.lookup(subnetBase + 1) ?? -1;
+    return id < 0 ? null : formatIpv4(table?.peerAddr[id] as number);
+  };
+
+  it("starts with one table of every peer, one summary line, and each peer at debug level", () => {
+    assert.equal(node.engine?.leaseTable.size, PEERS);
+    const info = lines.filter((l) => l.level === "info").map((l) => l.msg);
+    assert.deepEqual(
+      info.filter((m) => m?.includes("peer")),
+      [`${PEERS} peers`],
+    );
+    const debug = lines.filter((l) => l.level === "debug" && l.msg === "peer added");
+    assert.equal(debug.length, PEERS);
+    assert.deepEqual(debug[0]?.obj, { lease: "10.244.10.0/24 -> 198.18.1.0" });
+  });
+
+  it("applies a burst of changes as one table swap, losing none, and logs each change after the start once", async () => {
+    const subnet = peerSubnet;
+    await registry.deleteLease(subnet(0));
+    registry.put("10.244.11.0-24", '{"PublicIP":"198.18.9.1","PublicIPv6":null}', Date.now() + 60_000);
+    await registry.createLease({ base: parseIpv4("10.244.250.0"), len: 24 }, parseIpv4("198.18.9.2"), 60);
+    await registry.deleteLease(subnet(2));
+    await registry.createLease(subnet(2), parseIpv4("198.18.9.3"), 60);
+    // A renewal: a new expiry, the same PublicIP, nothing for the table.
+    await registry.updateLease({ subnet: subnet(3), publicIp: peerIp(3), expiresAt: 0 }, peerIp(3), 7200);
+    await settled();
+    assert.equal(swaps, 1);
+    assert.equal(owner(subnet(0).base), null);
+    assert.equal(owner(subnet(1).base), "198.18.9.1");
+    assert.equal(owner(parseIpv4("10.244.250.0")), "198.18.9.2");
+    assert.equal(owner(subnet(2).base), "198.18.9.3");
+    assert.equal(owner(subnet(3).base), formatIpv4(peerIp(3)));
+    assert.equal(node.engine?.leaseTable.size, PEERS);
+    const changes = lines
+      .filter((l) => l.level === "info" && (l.msg === "peer added" || l.msg === "peer removed"))
+      .map((l) => `${l.msg} ${(l.obj as { lease: string }).lease}`)
+      .sort();
+    assert.deepEqual(changes, [
+      "peer added 10.244.11.0/24 -> 198.18.9.1",
+      "peer added 10.244.12.0/24 -> 198.18.9.3",
+      "peer added 10.244.250.0/24 -> 198.18.9.2",
+      "peer removed 10.244.10.0/24 -> 198.18.1.0",
+      "peer removed 10.244.11.0/24 -> 198.18.1.1",
+      "peer removed 10.244.12.0/24 -> 198.18.1.2",
+    ]);
+    // Nothing but renewals: no swap at all.
+    await registry.updateLease({ subnet: subnet(4), publicIp: peerIp(4), expiresAt: 0 }, peerIp(4), 7200);
+    await settled();
+    assert.equal(swaps, 1);
+  });
+});

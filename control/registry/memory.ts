@@ -64,7 +64,8 @@ export class MemoryRegistry implements Registry {
   private readonly watches = new Set<MemoryWatch>();
   private reachable = true;
   private expiryTimer: NodeJS.Timeout | null = null;
-  private expiryTimerFor = Number.POSITIVE_INFINITY;
+  /** No key expires before this (a lower bound: a key removed early may leave it too low, costing one scan). */
+  private earliest = Number.POSITIVE_INFINITY;
 
   constructor(options: MemoryRegistryOptions = {}) {
     this.now = options.now ?? Date.now;
@@ -149,13 +150,21 @@ export class MemoryRegistry implements Registry {
     if (subnet !== null && typeof decodeLeaseValue(entry.value) === "number") this.record({ type: "delete", subnet });
   }
 
-  /** Removes every key whose expiry has passed, telling watchers. Runs before each call and on a timer. */
+  /**
+   * Removes every key whose expiry has passed, telling watchers. Runs before
+   * each call and on a timer; walks the keys only once the earliest expiry has passed.
+   */
   expire(): void {
     const now = this.now();
+    if (now <= this.earliest) return;
+    let earliest = Number.POSITIVE_INFINITY;
     for (const [name, entry] of this.keys) {
-      if (entry.expiresAt !== null && entry.expiresAt < now) this.remove(name);
+      if (entry.expiresAt === null) continue;
+      if (entry.expiresAt < now) this.remove(name);
+      else earliest = Math.min(earliest, entry.expiresAt);
     }
-    this.scheduleExpiry();
+    this.earliest = earliest;
+    this.armExpiry();
   }
 
   /** Makes the store unreachable (calls reject, watches report it) or brings it back (watches resync). */
@@ -208,7 +217,10 @@ export class MemoryRegistry implements Registry {
     this.keys.set(name, entry);
     const parsed = parseEntry(name, entry);
     this.record("reason" in parsed ? { type: "skipped", ...parsed } : { type: "put", lease: parsed });
-    if (entry.expiresAt !== null) this.scheduleExpiry();
+    if (entry.expiresAt !== null && entry.expiresAt < this.earliest) {
+      this.earliest = entry.expiresAt;
+      this.armExpiry();
+    }
   }
 
   private record(event: WatchItem): void {
@@ -219,21 +231,16 @@ export class MemoryRegistry implements Registry {
   }
 
   /** One timer for the earliest expiry; unref'd so a test's registry never holds the process. */
-  private scheduleExpiry(): void {
-    let earliest = Number.POSITIVE_INFINITY;
-    for (const entry of this.keys.values()) {
-      if (entry.expiresAt !== null && entry.expiresAt < earliest) earliest = entry.expiresAt;
-    }
-    if (earliest === this.expiryTimerFor) return;
+  private armExpiry(): void {
     if (this.expiryTimer !== null) clearTimeout(this.expiryTimer);
     this.expiryTimer = null;
-    this.expiryTimerFor = earliest;
-    if (earliest === Number.POSITIVE_INFINITY) return;
-    const delay = Math.min(LONGEST_TIMER_MS, Math.max(0, earliest + 1 - this.now()));
+    if (this.earliest === Number.POSITIVE_INFINITY) return;
+    const delay = Math.min(LONGEST_TIMER_MS, Math.max(0, this.earliest + 1 - this.now()));
     this.expiryTimer = setTimeout(() => {
       this.expiryTimer = null;
-      this.expiryTimerFor = Number.POSITIVE_INFINITY;
       this.expire();
+      // A capped delay, or a clock that went back: nothing was due yet, wait again.
+      if (this.expiryTimer === null) this.armExpiry();
     }, delay);
     this.expiryTimer.unref();
   }
