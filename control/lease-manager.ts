@@ -9,6 +9,7 @@
 
 import { formatIpv4, formatPrefix, type Ipv4Prefix, isMartian, prefixContains, prefixSize } from "../dataplane/addr.js";
 import { type NetworkConfig, parseNetworkConfig } from "./config.js";
+import { type Logger, silentLogger } from "./log.js";
 import {
   describeLease,
   type Lease,
@@ -18,15 +19,7 @@ import {
   type Watch,
 } from "./registry/registry.js";
 
-/** The subset of pino's API the control plane logs through. */
-export interface Logger {
-  debug(obj: unknown, msg?: string): void;
-  info(obj: unknown, msg?: string): void;
-  warn(obj: unknown, msg?: string): void;
-  error(obj: unknown, msg?: string): void;
-}
-
-const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+export type { Logger } from "./log.js";
 
 export const DEFAULT_LEASE_TTL_SECONDS = 86_400;
 export const DEFAULT_RENEW_MARGIN_MINUTES = 60;
@@ -184,8 +177,26 @@ function sameSubnet(a: Ipv4Prefix, b: Ipv4Prefix): boolean {
   return a.base === b.base && a.len === b.len;
 }
 
+function sameLease(a: Lease | null, b: Lease | null): boolean {
+  if (a === null || b === null) return a === b;
+  return a.publicIp === b.publicIp && a.expiresAt === b.expiresAt && sameSubnet(a.subnet, b.subnet);
+}
+
 function hasExpired(lease: Lease, now: number): boolean {
   return lease.expiresAt !== null && lease.expiresAt < now;
+}
+
+/** One peer key's change within a batch: added (before null), removed (after null) or rewritten. */
+export interface PeerChange {
+  readonly key: string;
+  readonly before: Lease | null;
+  readonly after: Lease | null;
+}
+
+export interface PeerBatch {
+  /** The first batch after start: every peer known, as one table build. */
+  readonly initial: boolean;
+  readonly changes: readonly PeerChange[];
 }
 
 export interface LeaseManagerOptions {
@@ -205,7 +216,13 @@ export interface LeaseManagerOptions {
   readonly monotonicNow?: () => number;
   readonly random?: () => number;
   readonly log?: Logger;
-  /** Every peer lease (never our own), after each change; bursts are coalesced. */
+  /**
+   * What changed among the peers (never our own lease): the first batch holds
+   * every peer, each later one what changed since the batch before. A burst
+   * of events within one event-loop turn is one batch, each key once.
+   */
+  readonly onPeers?: (batch: PeerBatch) => void;
+  /** Every peer lease, sorted, after each batch (costs a sort of all peers: for tests and small tools). */
   readonly onLeases?: (leases: readonly Lease[]) => void;
   /** Our own key was deleted or handed to another host; the manager has stopped. */
   readonly onRevoked?: () => void;
@@ -247,6 +264,9 @@ export class LeaseManager {
   private renewAt: number | null = null;
   private waitTimer: { timer: NodeJS.Timeout; wake: () => void } | null = null;
   private publishPending = false;
+  /** Keys changed since the last batch, with the lease each had then (null: none). */
+  private changedSince = new Map<string, Lease | null>();
+  private published = false;
   private isConnected = false;
   private stopped = false;
   private revoked = false;
@@ -305,6 +325,12 @@ export class LeaseManager {
    * others. Rejects with the ConfigError of a bad config: that needs an operator.
    */
   async start(): Promise<Lease> {
+    await this.acquire();
+    return this.follow();
+  }
+
+  /** The first half of start(): the network config and our lease, nothing watched yet. */
+  async acquire(): Promise<Lease> {
     const { registry } = this.options;
     const config = parseNetworkConfig(await this.waitForConfig());
     this.networkConfig = config;
@@ -327,7 +353,17 @@ export class LeaseManager {
     });
     this.throwIfStopped();
     this.ownLease = lease;
+    return lease;
+  }
 
+  /**
+   * The second half of start(): lists the peers, hands them over as the first
+   * batch (before this resolves) and watches for changes.
+   */
+  async follow(): Promise<Lease> {
+    const { registry } = this.options;
+    const lease = this.ownLease;
+    if (lease === null) throw new Error("lease manager: follow() before acquire()");
     const listing = await registry.getLeases();
     this.throwIfStopped();
     const listed = listing.leases.find((other) => sameSubnet(other.subnet, lease.subnet));
@@ -336,6 +372,7 @@ export class LeaseManager {
     }
     this.replacePeers(listing);
     this.isConnected = true;
+    this.publish();
     // Whatever a registry delivers, nothing thrown here may escape into its
     // timer or stream callback: that would end the process (every node of a
     // cluster at once, for one bad key). The last good table stays in force.
@@ -350,7 +387,6 @@ export class LeaseManager {
       onSkipped: (key, reason) => this.guard("unreadable lease", () => this.ignore(key, reason)),
     });
     this.scheduleRenewal();
-    this.schedulePublish();
     this.lastWallMs = this.now();
     this.lastMonotonicMs = this.monotonicNow();
     this.checkTimer = setInterval(() => {
@@ -471,13 +507,11 @@ export class LeaseManager {
     if (problem !== null) {
       this.ignore(key, problem);
       // A key that was routable and no longer is leaves the table.
-      if (this.peerLeases.delete(key)) this.schedulePublish();
+      this.setPeer(key, null);
       return;
     }
     this.ignored.delete(key);
-    this.peerLeases.set(key, lease);
-    this.log.debug({ lease: describeLease(lease) }, "peer lease added or changed");
-    this.schedulePublish();
+    this.setPeer(key, lease);
   }
 
   private problemOf(lease: Lease): string | null {
@@ -515,10 +549,7 @@ export class LeaseManager {
       return;
     }
     this.ignored.delete(subnetKey(subnet));
-    if (this.peerLeases.delete(subnetKey(subnet))) {
-      this.log.debug({ subnet: formatPrefix(subnet) }, "peer lease removed");
-      this.schedulePublish();
-    }
+    this.setPeer(subnetKey(subnet), null);
   }
 
   private onResync(listing: LeaseListing): void {
@@ -530,7 +561,6 @@ export class LeaseManager {
     }
     if (listed !== undefined) this.ownLease = listed;
     this.replacePeers(listing);
-    this.schedulePublish();
     if (own !== null && listed === undefined) void this.recreate(own);
   }
 
@@ -589,18 +619,33 @@ export class LeaseManager {
     this.options.onConnection?.(connected, error);
   }
 
+  /** Records a peer key's new lease (null: gone) and schedules the batch that reports it. */
+  private setPeer(key: string, lease: Lease | null): void {
+    const before = this.peerLeases.get(key) ?? null;
+    if (lease === null && before === null) return;
+    if (!this.changedSince.has(key)) this.changedSince.set(key, before);
+    if (lease === null) this.peerLeases.delete(key);
+    else this.peerLeases.set(key, lease);
+    this.schedulePublish();
+  }
+
+  /** A full listing replaces the peers; only keys that differ become changes (a resync is not a restart). */
   private replacePeers(listing: LeaseListing): void {
     const own = this.ownLease;
     const before = this.ignored;
     this.ignored = new Map();
-    this.peerLeases.clear();
     for (const { key, reason } of listing.skipped) this.ignore(key, reason, before);
+    const listed = new Map<string, Lease>();
     for (const lease of listing.leases) {
       if (own !== null && sameSubnet(lease.subnet, own.subnet)) continue;
       const key = subnetKey(lease.subnet);
       const problem = this.problemOf(lease);
       if (problem !== null) this.ignore(key, problem, before);
-      else this.peerLeases.set(key, lease);
+      else listed.set(key, lease);
+    }
+    for (const key of [...this.peerLeases.keys()]) if (!listed.has(key)) this.setPeer(key, null);
+    for (const [key, lease] of listed) {
+      if (!sameLease(this.peerLeases.get(key) ?? null, lease)) this.setPeer(key, lease);
     }
   }
 
@@ -612,18 +657,38 @@ export class LeaseManager {
     this.options.onRevoked?.();
   }
 
-  /** One snapshot per event-loop turn, however many events arrived in it. */
+  /** One batch per event-loop turn, however many events arrived in it. */
   private schedulePublish(): void {
-    if (this.publishPending) return;
+    if (this.publishPending || !this.published) return;
     this.publishPending = true;
     setImmediate(() => {
       this.publishPending = false;
-      if (this.stopped) return;
+      if (!this.stopped) this.publish();
+    });
+  }
+
+  /** Hands over what changed since the last batch; a key changed and changed back is no change. */
+  private publish(): void {
+    const initial = !this.published;
+    this.published = true;
+    const changes: PeerChange[] = [];
+    if (initial) {
+      for (const [key, lease] of this.peerLeases) changes.push({ key, before: null, after: lease });
+    } else {
+      for (const [key, before] of this.changedSince) {
+        const after = this.peerLeases.get(key) ?? null;
+        if (!sameLease(before, after)) changes.push({ key, before, after });
+      }
+    }
+    this.changedSince = new Map();
+    if (!initial && changes.length === 0) return;
+    this.guard("lease snapshot", () => this.options.onPeers?.({ initial, changes }));
+    if (this.options.onLeases !== undefined) {
       this.guard("lease snapshot", () => {
         const leases = [...this.peerLeases.values()].sort((a, b) => a.subnet.base - b.subnet.base);
         this.options.onLeases?.(leases);
       });
-    });
+    }
   }
 
   private scheduleRenewal(delayOverrideMs?: number): void {

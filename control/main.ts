@@ -2,7 +2,8 @@
 // anything an operator must fix, SIGINT/SIGTERM for a clean stop.
 
 import { parseOptions, UsageError, usage } from "./cli.js";
-import { createLogger, Daemon, VERSION } from "./daemon.js";
+import { Daemon, VERSION } from "./daemon.js";
+import { createLogger } from "./log.js";
 
 async function main(): Promise<number> {
   let opts: ReturnType<typeof parseOptions>;

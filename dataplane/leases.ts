@@ -2,8 +2,18 @@
 // disjoint and all SubnetLen long, so a destination's subnet is an index,
 // (dst - networkBase) >>> (32 - SubnetLen), into a typed array of peer ids:
 // the cost is the same for 1 or 65,536 leases (flannel's C proxy scans a list).
-// A table is immutable; the control plane builds a new one and the engine
-// swaps its reference between batches.
+//
+// A table is immutable: the engine swaps its reference between batches. A
+// lease change does not rebuild it; with() copies the flat arrays (a memcpy,
+// a few bytes per peer and 4 per slot) and edits the copy, so a change costs
+// microseconds at any cluster size where a rebuild walked every lease:
+//
+//   slot ──index──► id ──► peerAddr[id], peerPort[id]      (what the engine reads)
+//                   id ──► peerSlot[id]                    (to move or list an id)
+//   senders: PublicIP -> leases naming it                  (isPeer, the sender check)
+//
+// Ids stay dense (0..size-1): a removed id takes the last one's place, so the
+// engine's per-id scratch arrays are sized by `size`.
 
 import { formatPrefix, type Ipv4Prefix, prefixMask } from "./addr.js";
 
@@ -12,8 +22,20 @@ export interface PeerLease {
   readonly publicIp: number;
 }
 
-/** Above this many index slots (16 MiB of Int32) the table uses a Map instead. */
+/** One edit for with(): the subnet's new owner, or null to remove the lease. */
+export interface PeerEdit {
+  readonly subnet: Ipv4Prefix;
+  readonly publicIp: number | null;
+}
+
+/** Above this many index slots (16 MiB of Int32) the table uses a Map instead (edits then copy the Map). */
 const MAX_INDEX_SLOTS = 1 << 22;
+
+interface Shape {
+  readonly network: Ipv4Prefix;
+  readonly subnetLen: number;
+  readonly port: number;
+}
 
 export class LeaseTable {
   /** Peer address and port per lease id (the value lookup() returns). */
@@ -21,54 +43,142 @@ export class LeaseTable {
   readonly peerPort: Uint16Array;
   /** The udp backend's port, the same on every node. */
   readonly port: number;
-  readonly leases: readonly PeerLease[];
+  /** Leases in the table; ids are 0..size-1. */
+  readonly size: number;
+  private readonly shape: Shape;
   private readonly base: number;
   private readonly mask: number;
   private readonly shift: number;
+  private readonly peerSlot: Uint32Array;
   private readonly index: Int32Array | null;
   private readonly sparse: Map<number, number> | null;
-  private readonly senders: Set<number>;
+  private readonly senders: AddressCounts;
 
-  private constructor(network: Ipv4Prefix, subnetLen: number, leases: readonly PeerLease[], port: number) {
-    this.base = network.base;
-    this.mask = prefixMask(network.len);
-    this.shift = 32 - subnetLen;
-    this.leases = leases;
-    this.port = port;
-    this.peerAddr = new Uint32Array(leases.length);
-    this.peerPort = new Uint16Array(leases.length).fill(port);
-    this.senders = new Set();
-    const slots = 2 ** (subnetLen - network.len);
-    this.index = slots <= MAX_INDEX_SLOTS ? new Int32Array(slots).fill(-1) : null;
-    this.sparse = this.index === null ? new Map() : null;
-    for (let id = 0; id < leases.length; id++) {
-      const lease = leases[id] as PeerLease;
-      if (lease.subnet.len !== subnetLen || (lease.subnet.base & this.mask) >>> 0 !== this.base) {
-        throw new Error(`lease ${formatPrefix(lease.subnet)} is not a /${subnetLen} inside ${formatPrefix(network)}`);
-      }
-      this.peerAddr[id] = lease.publicIp;
-      this.senders.add(lease.publicIp);
-      const slot = (lease.subnet.base - this.base) >>> this.shift;
-      if (this.index !== null) this.index[slot] = id;
-      else this.sparse?.set(slot, id);
-    }
+  private constructor(
+    shape: Shape,
+    size: number,
+    arrays: { addr: Uint32Array; port: Uint16Array; slot: Uint32Array },
+    index: Int32Array | null,
+    sparse: Map<number, number> | null,
+    senders: AddressCounts,
+  ) {
+    this.shape = shape;
+    this.base = shape.network.base;
+    this.mask = prefixMask(shape.network.len);
+    this.shift = 32 - shape.subnetLen;
+    this.port = shape.port;
+    this.size = size;
+    this.peerAddr = arrays.addr.length === size ? arrays.addr : arrays.addr.subarray(0, size);
+    this.peerPort = arrays.port.length === size ? arrays.port : arrays.port.subarray(0, size);
+    this.peerSlot = arrays.slot.length === size ? arrays.slot : arrays.slot.subarray(0, size);
+    this.index = index;
+    this.sparse = sparse;
+    this.senders = senders;
   }
 
   /**
+   * The table for `leases`, lease i getting id i.
    * @param network the flannel Network; every lease must be a SubnetLen subnet of it
    * @param port the udp backend port, the same on every node (flannel does not advertise it)
    */
   static build(network: Ipv4Prefix, subnetLen: number, leases: readonly PeerLease[], port: number): LeaseTable {
-    return new LeaseTable(network, subnetLen, leases, port);
+    const shape = { network, subnetLen, port };
+    const slots = 2 ** (subnetLen - network.len);
+    const index = slots <= MAX_INDEX_SLOTS ? new Int32Array(slots).fill(-1) : null;
+    const empty = new LeaseTable(
+      shape,
+      0,
+      { addr: new Uint32Array(0), port: new Uint16Array(0), slot: new Uint32Array(0) },
+      index,
+      index === null ? new Map() : null,
+      AddressCounts.withRoom(0),
+    );
+    return empty.edit(leases, false);
   }
 
   /** A table that routes nothing (before the first lease snapshot). */
   static empty(): LeaseTable {
-    return new LeaseTable({ base: 0, len: 32 }, 32, [], 0);
+    return LeaseTable.build({ base: 0, len: 32 }, 32, [], 0);
   }
 
-  get size(): number {
-    return this.leases.length;
+  /**
+   * A new table with `edits` applied in order; this one is left as it was (the
+   * engine may be forwarding with it). Throws, changing nothing, when an edit
+   * names a subnet that is not a SubnetLen subnet of the network.
+   */
+  with(edits: readonly PeerEdit[]): LeaseTable {
+    return this.edit(edits, true);
+  }
+
+  /** with(), or (copy false: build() only, on a table nobody holds yet) in place. */
+  private edit(edits: readonly PeerEdit[], copy: boolean): LeaseTable {
+    const { network, subnetLen } = this.shape;
+    let puts = 0;
+    for (const edit of edits) {
+      const { subnet } = edit;
+      if (subnet.len !== subnetLen || (subnet.base & this.mask) >>> 0 !== this.base) {
+        throw new Error(`lease ${formatPrefix(subnet)} is not a /${subnetLen} inside ${formatPrefix(network)}`);
+      }
+      if (edit.publicIp !== null) puts++;
+    }
+    const room = this.size + puts;
+    const addr = new Uint32Array(room);
+    const port = new Uint16Array(room);
+    const slotOf = new Uint32Array(room);
+    addr.set(this.peerAddr);
+    port.set(this.peerPort);
+    slotOf.set(this.peerSlot);
+    const index = copy && this.index !== null ? this.index.slice() : this.index;
+    const sparse = copy && this.sparse !== null ? new Map(this.sparse) : this.sparse;
+    const senders = copy ? this.senders.copy(puts) : this.senders.grow(puts);
+    const idAt = (slot: number) => (index !== null ? (index[slot] as number) : (sparse?.get(slot) ?? -1));
+    const setSlot = (slot: number, id: number) => {
+      if (index !== null) index[slot] = id;
+      else if (id < 0) sparse?.delete(slot);
+      else sparse?.set(slot, id);
+    };
+    let size = this.size;
+    for (const { subnet, publicIp } of edits) {
+      const slot = (subnet.base - this.base) >>> this.shift;
+      const id = idAt(slot);
+      if (publicIp === null) {
+        if (id < 0) continue;
+        senders.remove(addr[id] as number);
+        setSlot(slot, -1);
+        const last = --size;
+        if (id !== last) {
+          // The last id fills the hole: ids stay 0..size-1.
+          addr[id] = addr[last] as number;
+          port[id] = port[last] as number;
+          slotOf[id] = slotOf[last] as number;
+          setSlot(slotOf[id] as number, id);
+        }
+      } else if (id >= 0) {
+        if (addr[id] === publicIp) continue;
+        senders.remove(addr[id] as number);
+        senders.add(publicIp);
+        addr[id] = publicIp;
+      } else {
+        const fresh = size++;
+        addr[fresh] = publicIp;
+        port[fresh] = this.port;
+        slotOf[fresh] = slot;
+        setSlot(slot, fresh);
+        senders.add(publicIp);
+      }
+    }
+    return new LeaseTable(this.shape, size, { addr, port, slot: slotOf }, index, sparse, senders);
+  }
+
+  /** The leases in id order (built on demand: for logs and tests, not the packet path). */
+  get leases(): PeerLease[] {
+    const out: PeerLease[] = [];
+    const step = 2 ** this.shift;
+    for (let id = 0; id < this.size; id++) {
+      const base = (this.base + (this.peerSlot[id] as number) * step) >>> 0;
+      out.push({ subnet: { base, len: this.shape.subnetLen }, publicIp: this.peerAddr[id] as number });
+    }
+    return out;
   }
 
   /** Lease id for a destination address, or -1 when no lease covers it. */
@@ -83,5 +193,103 @@ export class LeaseTable {
   /** Whether `addr` is the PublicIP of some lease (the sender check). */
   isPeer(addr: number): boolean {
     return this.senders.has(addr);
+  }
+}
+
+/**
+ * A multiset of addresses in two typed arrays (open addressing, linear
+ * probing), so a table's copy is two memcpys instead of a Set rebuilt entry
+ * by entry. Several leases may name one PublicIP: each counts.
+ */
+class AddressCounts {
+  private constructor(
+    private keys: Uint32Array,
+    private counts: Uint32Array,
+    private used: number,
+  ) {}
+
+  static withRoom(addresses: number): AddressCounts {
+    const capacity = AddressCounts.capacityFor(addresses);
+    return new AddressCounts(new Uint32Array(capacity), new Uint32Array(capacity), 0);
+  }
+
+  /** Load stays at most one half: probes stay short. */
+  private static capacityFor(addresses: number): number {
+    let capacity = 8;
+    while (capacity < addresses * 2) capacity *= 2;
+    return capacity;
+  }
+
+  has(addr: number): boolean {
+    const mask = this.keys.length - 1;
+    for (let i = AddressCounts.hash(addr, mask); ; i = (i + 1) & mask) {
+      if (this.counts[i] === 0) return false;
+      if (this.keys[i] === addr) return true;
+    }
+  }
+
+  /** A copy with room for `more` new addresses. */
+  copy(more: number): AddressCounts {
+    if (AddressCounts.capacityFor(this.used + more) > this.keys.length) return this.rehashed(this.used + more);
+    return new AddressCounts(this.keys.slice(), this.counts.slice(), this.used);
+  }
+
+  /** This set itself when `more` fit, else a bigger copy (for a set nobody else holds yet). */
+  grow(more: number): AddressCounts {
+    return AddressCounts.capacityFor(this.used + more) > this.keys.length ? this.rehashed(this.used + more) : this;
+  }
+
+  add(addr: number): void {
+    const mask = this.keys.length - 1;
+    let i = AddressCounts.hash(addr, mask);
+    while (this.counts[i] !== 0 && this.keys[i] !== addr) i = (i + 1) & mask;
+    if (this.counts[i] === 0) {
+      this.keys[i] = addr;
+      this.used++;
+    }
+    this.counts[i] = (this.counts[i] as number) + 1;
+  }
+
+  remove(addr: number): void {
+    const mask = this.keys.length - 1;
+    let i = AddressCounts.hash(addr, mask);
+    while (this.counts[i] !== 0 && this.keys[i] !== addr) i = (i + 1) & mask;
+    if (this.counts[i] === 0) return;
+    this.counts[i] = (this.counts[i] as number) - 1;
+    if (this.counts[i] !== 0) return;
+    this.used--;
+    // Backward-shift deletion: entries after the hole that probed past it move
+    // into it, so lookups never need tombstones. The entry at j may fill the
+    // hole unless its home slot lies cyclically in (hole, j].
+    for (let hole = i, j = (i + 1) & mask; this.counts[j] !== 0; j = (j + 1) & mask) {
+      const home = AddressCounts.hash(this.keys[j] as number, mask);
+      if (((j - home) & mask) < ((j - hole) & mask)) continue;
+      this.keys[hole] = this.keys[j] as number;
+      this.counts[hole] = this.counts[j] as number;
+      this.counts[j] = 0;
+      hole = j;
+    }
+  }
+
+  private rehashed(addresses: number): AddressCounts {
+    const next = AddressCounts.withRoom(addresses);
+    for (let i = 0; i < this.keys.length; i++) {
+      const n = this.counts[i] as number;
+      if (n === 0) continue;
+      const mask = next.keys.length - 1;
+      let k = AddressCounts.hash(this.keys[i] as number, mask);
+      while (next.counts[k] !== 0) k = (k + 1) & mask;
+      next.keys[k] = this.keys[i] as number;
+      next.counts[k] = n;
+      next.used++;
+    }
+    return next;
+  }
+
+  /** Mixes all 32 bits: neighbouring addresses (198.18.0.1, .2, …) land far apart. */
+  private static hash(addr: number, mask: number): number {
+    let h = Math.imul(addr ^ (addr >>> 16), 0x45d9f3b);
+    h = Math.imul(h ^ (h >>> 16), 0x45d9f3b);
+    return (h ^ (h >>> 16)) & mask;
   }
 }

@@ -11,8 +11,10 @@ import {
   LeaseManager,
   type LeaseManagerOptions,
   type Logger,
+  type PeerBatch,
 } from "../control/lease-manager.js";
 import { FileRegistry } from "../control/registry/file.js";
+import { MemoryRegistry } from "../control/registry/memory.js";
 import type { Lease, Registry, WatchHandlers } from "../control/registry/registry.js";
 import { readSubnetEnv, writeSubnetEnv } from "../control/subnet-env.js";
 import { formatIpv4, formatPrefix, type Ipv4Prefix, parseIpv4, parsePrefix, prefixSize } from "../dataplane/addr.js";
@@ -928,5 +930,139 @@ process.stdin.once("data", async () => {
       await assert.rejects(started, { message: "lease manager was stopped before it finished starting" });
       assert.deepEqual(await subnetFiles(), []);
     });
+  });
+});
+
+describe("lease manager over the memory registry", () => {
+  let clock = T0;
+  let registry: MemoryRegistry;
+  let batches: PeerBatch[];
+  let revoked: number;
+  const managers: LeaseManager[] = [];
+  const describeBatch = (b: PeerBatch) =>
+    b.changes.map(({ key, before, after }) => {
+      if (after === null) return `- ${key}`;
+      return `${before === null ? "+" : "~"} ${key} ${formatIpv4(after.publicIp)}`;
+    });
+
+  function manager(): LeaseManager {
+    const m = new LeaseManager({
+      registry,
+      publicIp: HOST_A,
+      random: () => 0,
+      now: () => clock,
+      onPeers: (batch) => batches.push(batch),
+      onRevoked: () => revoked++,
+    });
+    managers.push(m);
+    return m;
+  }
+
+  async function settled(): Promise<void> {
+    // Registry events reach the manager in one turn, its batch in the next.
+    for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r));
+  }
+
+  beforeEach(() => {
+    clock = T0;
+    registry = new MemoryRegistry({ now: () => clock });
+    registry.setNetworkConfig(NETWORK_16);
+    batches = [];
+    revoked = 0;
+  });
+  afterEach(async () => {
+    for (const m of managers.splice(0)) m.stop();
+    await registry.close();
+  });
+
+  test("hands over every peer as the first batch before start() resolves, never itself", async () => {
+    await registry.createLease(prefix("10.244.50.0/24"), HOST_B, 100);
+    registry.reserve(prefix("10.244.51.0/24"), HOST_C);
+    const m = manager();
+    const lease = await m.start();
+    assert.equal(formatPrefix(lease.subnet), "10.244.1.0/24");
+    assert.equal(batches.length, 1);
+    assert.equal(batches[0]?.initial, true);
+    assert.deepEqual(describeBatch(batches[0] as PeerBatch), [
+      "+ 10.244.50.0-24 198.18.0.2",
+      "+ 10.244.51.0-24 198.18.0.3",
+    ]);
+  });
+
+  test("follows puts, rewrites, deletes and expiries, each as its own batch", async () => {
+    await registry.createLease(prefix("10.244.50.0/24"), HOST_B, 100);
+    await manager().start();
+    await registry.createLease(prefix("10.244.52.0/24"), HOST_C, 10);
+    await settled();
+    registry.put("10.244.50.0-24", '{"PublicIP":"198.18.0.9","PublicIPv6":null}');
+    await settled();
+    await registry.deleteLease(prefix("10.244.50.0/24"));
+    await settled();
+    clock = T0 + 11_000;
+    registry.expire();
+    await settled();
+    assert.deepEqual(
+      batches.slice(1).map((b) => [b.initial, ...describeBatch(b)]),
+      [
+        [false, "+ 10.244.52.0-24 198.18.0.3"],
+        [false, "~ 10.244.50.0-24 198.18.0.9"],
+        [false, "- 10.244.50.0-24"],
+        [false, "- 10.244.52.0-24"],
+      ],
+    );
+  });
+
+  test("a burst within one turn is one batch: each key once, its last state, a change undone is none", async () => {
+    await registry.createLease(prefix("10.244.50.0/24"), HOST_B, 100);
+    await registry.createLease(prefix("10.244.51.0/24"), HOST_B, 100);
+    const m = manager();
+    await m.start();
+    const before50 = m.peers.get("10.244.50.0-24");
+    registry.put("10.244.50.0-24", '{"PublicIP":"198.18.0.9","PublicIPv6":null}');
+    registry.put("10.244.50.0-24", JSON.stringify({ PublicIP: "198.18.0.2", PublicIPv6: null }));
+    await registry.deleteLease(prefix("10.244.51.0/24"));
+    await registry.createLease(prefix("10.244.53.0/24"), HOST_C, 100);
+    await registry.deleteLease(prefix("10.244.53.0/24"));
+    await registry.createLease(prefix("10.244.54.0/24"), HOST_C, 100);
+    registry.put("10.244.54.0-24", '{"PublicIP":"198.18.0.7","PublicIPv6":null}');
+    await settled();
+    assert.equal(batches.length, 2, "the initial batch and one for the burst");
+    const burst = batches[1] as PeerBatch;
+    assert.deepEqual(describeBatch(burst).sort(), [
+      "+ 10.244.54.0-24 198.18.0.7",
+      "- 10.244.51.0-24",
+      // Back to its PublicIP but a reservation now (the put carried no TTL): a change of expiry.
+      "~ 10.244.50.0-24 198.18.0.2",
+    ]);
+    assert.equal(burst.changes.find((c) => c.key === "10.244.50.0-24")?.before, before50);
+    assert.deepEqual([...m.peers.keys()].sort(), ["10.244.50.0-24", "10.244.54.0-24"]);
+  });
+
+  test("a listing after the store came back turns into changes for the keys that differ only", async () => {
+    for (let i = 50; i < 60; i++) await registry.createLease(prefix(`10.244.${i}.0/24`), HOST_B, 100);
+    const m = manager();
+    await m.start();
+    registry.setReachable(false);
+    await settled();
+    assert.equal(m.connected, false);
+    registry.put("10.244.50.0-24", '{"PublicIP":"198.18.0.9","PublicIPv6":null}');
+    registry.remove("10.244.51.0-24");
+    registry.reserve(prefix("10.244.60.0/24"), HOST_C);
+    registry.setReachable(true);
+    await settled();
+    assert.equal(m.connected, true);
+    assert.equal(batches.length, 2);
+    assert.deepEqual(describeBatch(batches[1] as PeerBatch).sort(), [
+      "+ 10.244.60.0-24 198.18.0.3",
+      "- 10.244.51.0-24",
+      "~ 10.244.50.0-24 198.18.0.9",
+    ]);
+  });
+
+  test("our own key deleted by someone else revokes the lease", async () => {
+    const lease = await manager().start();
+    await registry.deleteLease(lease.subnet);
+    await settled();
+    assert.equal(revoked, 1);
   });
 });

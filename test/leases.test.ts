@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { type Ipv4Prefix, parsePrefix, prefixContains } from "../dataplane/addr.js";
-import { LeaseTable, type PeerLease } from "../dataplane/leases.js";
+import { LeaseTable, type PeerEdit, type PeerLease } from "../dataplane/leases.js";
 import { randomInt, seededRandom } from "./helpers/random.js";
 
 /** The obviously-correct reference: scan every lease. */
@@ -70,5 +70,108 @@ describe("LeaseTable", () => {
       () => LeaseTable.build(network, 24, [{ subnet: parsePrefix("10.244.1.0/25") as Ipv4Prefix, publicIp: 1 }], 8285),
       /is not a \/24/,
     );
+  });
+});
+
+/** What a table routes, slot by slot, and which senders it knows: equal for equal tables whatever their ids. */
+function routes(
+  table: LeaseTable,
+  network: Ipv4Prefix,
+  subnetLen: number,
+  slots: readonly number[],
+  senders: readonly number[],
+) {
+  const out: string[] = [];
+  for (const slot of slots) {
+    const dst = (network.base + slot * 2 ** (32 - subnetLen) + 1) >>> 0;
+    const id = table.lookup(dst);
+    out.push(id < 0 ? "-" : `${table.peerAddr[id]}:${table.peerPort[id]}`);
+  }
+  for (const addr of senders) out.push(table.isPeer(addr) ? "p" : "x");
+  return out;
+}
+
+describe("LeaseTable.with: edits on a copy equal a full rebuild", () => {
+  const shapes: [string, number, number, number][] = [
+    // network, SubnetLen, peers kept around, addresses to draw PublicIPs from (fewer than peers: shared ones)
+    ["10.0.0.0/8", 24, 10_000, 12_000],
+    ["10.0.0.0/8", 24, 10_000, 3_000],
+    ["0.0.0.0/0", 30, 2_000, 500], // the sparse map
+  ];
+  for (const [net, subnetLen, peers, addresses] of shapes) {
+    it(`random add/remove/change batches at ${peers} peers: ${net} /${subnetLen}, ${addresses} PublicIPs`, () => {
+      const rand = seededRandom(peers + subnetLen + addresses);
+      const network = parsePrefix(net) as Ipv4Prefix;
+      const slotCount = 2 ** (subnetLen - network.len);
+      const subnetOf = (slot: number): Ipv4Prefix => ({
+        base: (network.base + slot * 2 ** (32 - subnetLen)) >>> 0,
+        len: subnetLen,
+      });
+      const pool = Array.from({ length: addresses }, (_, i) => (0xc6120000 + i + 1) >>> 0);
+      const reference = new Map<number, number>(); // slot -> PublicIP
+      // Slots the sequence uses: a fixed universe, so removes and re-adds hit the same subnets.
+      const universe = [...new Set(Array.from({ length: peers * 2 }, () => randomInt(rand, slotCount)))];
+      const probe = slotCount <= 1 << 16 ? Array.from({ length: slotCount }, (_, i) => i) : universe;
+      const senders = [...pool, 0x7f000001];
+      let table = LeaseTable.build(network, subnetLen, [], 8285);
+      for (let round = 0; round < 40; round++) {
+        // The first rounds fill up; later ones churn around `peers`.
+        const batch = round < 4 ? Math.ceil(peers / 4) : 1 + randomInt(rand, round % 3 === 0 ? 500 : 20);
+        const edits: PeerEdit[] = [];
+        for (let k = 0; k < batch; k++) {
+          const slot = universe[randomInt(rand, universe.length)] as number;
+          const roll = rand();
+          const remove = round >= 4 && (roll < 0.4 || reference.size > peers);
+          const publicIp = remove ? null : (pool[randomInt(rand, pool.length)] as number);
+          edits.push({ subnet: subnetOf(slot), publicIp });
+          if (publicIp === null) reference.delete(slot);
+          else reference.set(slot, publicIp);
+        }
+        const before = table;
+        const beforeRoutes = round % 10 === 9 ? routes(before, network, subnetLen, probe, senders) : null;
+        table = table.with(edits);
+        const rebuilt = LeaseTable.build(
+          network,
+          subnetLen,
+          [...reference].map(([slot, publicIp]) => ({ subnet: subnetOf(slot), publicIp })),
+          8285,
+        );
+        assert.equal(table.size, rebuilt.size, `round ${round}`);
+        assert.deepEqual(
+          routes(table, network, subnetLen, probe, senders),
+          routes(rebuilt, network, subnetLen, probe, senders),
+          `round ${round}`,
+        );
+        const listed = (t: LeaseTable) => t.leases.map((l) => `${l.subnet.base}/${l.subnet.len} ${l.publicIp}`).sort();
+        assert.deepEqual(listed(table), listed(rebuilt), `round ${round}`);
+        if (beforeRoutes !== null) {
+          assert.deepEqual(
+            routes(before, network, subnetLen, probe, senders),
+            beforeRoutes,
+            "the old table is untouched",
+          );
+        }
+      }
+    });
+  }
+
+  it("refuses an edit outside the network and leaves the table as it was", () => {
+    const network = parsePrefix("10.244.0.0/16") as Ipv4Prefix;
+    const table = LeaseTable.build(
+      network,
+      24,
+      [{ subnet: parsePrefix("10.244.1.0/24") as Ipv4Prefix, publicIp: 7 }],
+      8285,
+    );
+    assert.throws(
+      () =>
+        table.with([
+          { subnet: parsePrefix("10.244.2.0/24") as Ipv4Prefix, publicIp: 8 },
+          { subnet: parsePrefix("10.245.1.0/24") as Ipv4Prefix, publicIp: 9 },
+        ]),
+      /lease 10\.245\.1\.0\/24 is not a \/24 inside 10\.244\.0\.0\/16/,
+    );
+    assert.equal(table.size, 1);
+    assert.equal(table.lookup(0x0af40201), -1);
   });
 });

@@ -19,6 +19,7 @@ import {
   isRecoverableError,
 } from "etcd3";
 import type { Ipv4Prefix } from "../../dataplane/addr.js";
+import { type Logger, silentLogger } from "../log.js";
 import {
   decodeLeaseValue,
   encodeLeaseValue,
@@ -31,13 +32,8 @@ import {
   type WatchHandlers,
 } from "./registry.js";
 
-/** The part of a pino logger this file uses. */
-export interface RegistryLog {
-  info(obj: object, msg: string): void;
-  warn(obj: object, msg: string): void;
-  error(obj: object, msg: string): void;
-  debug(obj: object, msg: string): void;
-}
+/** Kept for callers written before control/log.ts: the same type. */
+export type RegistryLog = Logger;
 
 export interface EtcdRegistryOptions {
   /** "http://host:port" or "https://host:port"; all of one scheme. */
@@ -49,7 +45,7 @@ export interface EtcdRegistryOptions {
   keyFile?: string;
   username?: string;
   password?: string;
-  log?: RegistryLog;
+  log?: Logger;
   /** Deadline of each unary call, connection set-up included; default 5000 ms. */
   callTimeoutMs?: number;
 }
@@ -62,8 +58,6 @@ const WATCH_BACKOFF_MAX_MS = 5000;
 const ENDPOINT_SKIP_MS = 2000;
 /** Lease TTL lookups in flight at once while listing. */
 const TTL_CONCURRENCY = 32;
-
-const silentLog: RegistryLog = { info() {}, warn() {}, error() {}, debug() {} };
 
 function prefixRangeEnd(prefix: Buffer): Buffer {
   const end = Buffer.from(prefix);
@@ -122,7 +116,7 @@ export class EtcdRegistry implements Registry {
   readonly description: string;
   readonly prefix: string;
   private readonly client: Etcd3;
-  private readonly log: RegistryLog;
+  private readonly log: Logger;
   private readonly subnetsPrefix: Buffer;
   private readonly callTimeoutMs: number;
   private readonly watches = new Set<EtcdLeaseWatch>();
@@ -143,7 +137,7 @@ export class EtcdRegistry implements Registry {
     this.description = `etcd ${endpoints.join(",")}`;
     this.prefix = (options.prefix ?? DEFAULT_ETCD_PREFIX).replace(/\/+$/, "");
     this.subnetsPrefix = Buffer.from(`${this.prefix}/subnets/`);
-    this.log = options.log ?? silentLog;
+    this.log = options.log ?? silentLogger;
     const callTimeoutMs = options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
     this.callTimeoutMs = callTimeoutMs;
 
@@ -442,7 +436,7 @@ class EtcdLeaseWatch implements Watch {
     private readonly prefix: Buffer,
     revision: number,
     private readonly handlers: WatchHandlers,
-    private readonly log: RegistryLog,
+    private readonly log: Logger,
     private readonly onClosed: () => void,
   ) {
     this.nextRevision = revision + 1;

@@ -1,0 +1,249 @@
+// A whole weft node without root: lease manager, table and engine assembled by
+// control/node.ts over the memory registry, fake devices and transports, and a
+// fake underlay between three nodes.
+
+import assert from "node:assert/strict";
+import { afterEach, beforeEach, describe, it } from "node:test";
+import type { Logger } from "../control/log.js";
+import { Node } from "../control/node.js";
+import { MemoryRegistry } from "../control/registry/memory.js";
+import { formatIpv4, formatPrefix, parseIpv4 } from "../dataplane/addr.js";
+import { Drop } from "../dataplane/counters.js";
+import { FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
+import { headerChecksumOk, udpPacket } from "./helpers/packets.js";
+import { FakeUnderlay } from "./helpers/underlay.js";
+
+const CONFIG = '{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":8285}}';
+const HOSTS = ["198.18.0.1", "198.18.0.2", "198.18.0.3"].map(parseIpv4);
+
+interface Member {
+  node: Node;
+  device: FakeDevice;
+  transport: FakeTransport;
+  publicIp: number;
+  subnet: string;
+  lines: { level: string; obj: unknown; msg?: string }[];
+}
+
+class Lines implements Logger {
+  constructor(readonly lines: { level: string; obj: unknown; msg?: string }[]) {}
+  debug(obj: unknown, msg?: string): void {
+    this.lines.push({ level: "debug", obj, msg });
+  }
+  info(obj: unknown, msg?: string): void {
+    this.lines.push({ level: "info", obj, msg });
+  }
+  warn(obj: unknown, msg?: string): void {
+    this.lines.push({ level: "warn", obj, msg });
+  }
+  error(obj: unknown, msg?: string): void {
+    this.lines.push({ level: "error", obj, msg });
+  }
+}
+
+async function until(what: string, check: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setImmediate(r));
+  }
+}
+
+describe("a node over fakes (control/node.ts)", () => {
+  let registry: MemoryRegistry;
+  let underlay: FakeUnderlay;
+  let members: Member[];
+  let fatal: number[];
+
+  async function join(publicIp: number): Promise<Member> {
+    const device = new FakeDevice("flannel0");
+    const transport = new FakeTransport(8285);
+    const lines: Member["lines"] = [];
+    const index = members.length;
+    const node = new Node({
+      registry,
+      publicIp,
+      log: new Lines(lines),
+      manager: { random: () => 0 },
+      openDataplane: async () => ({ device, transport, mtu: 1472 }),
+      onFatal: () => fatal.push(index),
+    });
+    const { lease } = await node.start();
+    underlay.attach(publicIp, transport);
+    const member = { node, device, transport, publicIp, subnet: formatPrefix(lease.subnet), lines };
+    members.push(member);
+    return member;
+  }
+
+  beforeEach(async () => {
+    registry = new MemoryRegistry();
+    registry.setNetworkConfig(CONFIG);
+    underlay = new FakeUnderlay();
+    members = [];
+    fatal = [];
+    for (const ip of HOSTS) await join(ip);
+    await until("every node knows the two others", () => members.every((m) => m.node.engine?.leaseTable.size === 2));
+  });
+  afterEach(async () => {
+    for (const m of members) m.node.stop();
+    await registry.close();
+  });
+
+  it("takes one subnet per node and forwards A's packet to C's flannel0 with TTL-2", () => {
+    const [a, , c] = members as [Member, Member, Member];
+    assert.deepEqual(
+      members.map((m) => m.subnet),
+      ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"],
+    );
+    const packet = udpPacket("10.244.1.5", "10.244.3.7", 4000, 5000, new Uint8Array([1, 2, 3, 4, 5]), 64);
+    a.device.inject([packet]);
+    assert.deepEqual(
+      a.transport.sent.map((d) => `${formatIpv4(d.addr)}:${d.port}`),
+      ["198.18.0.3:8285"],
+    );
+    assert.equal(underlay.flush(), 1);
+    assert.equal(c.device.written.length, 1);
+    const arrived = c.device.written[0] as Uint8Array;
+    assert.equal(arrived[8], 62, "one hop of TTL at each end of the tunnel");
+    assert.ok(headerChecksumOk(arrived));
+    assert.deepEqual(arrived.subarray(28), packet.subarray(28), "payload unchanged");
+    assert.equal(members[1]?.device.written.length, 0, "B saw nothing");
+  });
+
+  it("logs each peer once, as it is added", () => {
+    const [a] = members as [Member];
+    const added = a.lines.filter((l) => l.msg === "peer added").map((l) => (l.obj as { lease: string }).lease);
+    assert.deepEqual(added, ["10.244.2.0/24 -> 198.18.0.2", "10.244.3.0/24 -> 198.18.0.3"]);
+    assert.equal(a.lines.filter((l) => l.msg === "lease renewed").length, 0);
+  });
+
+  it("stops forwarding to a lease that was removed, and drops what its host still sends", async () => {
+    const [a, b, c] = members as [Member, Member, Member];
+    await registry.deleteLease({ base: parseIpv4("10.244.3.0"), len: 24 });
+    await until("A and B forget C", () => a.node.engine?.leaseTable.size === 1 && b.node.engine?.leaseTable.size === 1);
+    assert.deepEqual(fatal, [2], "C's lease was revoked under it: C stops, flanneld exits");
+    assert.ok(
+      a.lines.some((l) => l.msg === "peer removed" && (l.obj as { lease: string }).lease.startsWith("10.244.3.0/24")),
+    );
+
+    a.device.inject([udpPacket("10.244.1.5", "10.244.3.7", 4000, 5000, new Uint8Array(8), 64)]);
+    assert.equal(a.transport.sent.length, 0, "nothing tunnelled toward the removed lease");
+    assert.equal(a.node.counters.tx.drops[Drop.NoRoute], 1);
+
+    // C's host keeps sending from its old address: B no longer takes it.
+    b.transport.inject([
+      { data: udpPacket("10.244.3.7", "10.244.2.5", 5000, 4000, new Uint8Array(8), 64), src: c.publicIp },
+    ]);
+    assert.equal(b.device.written.length, 0);
+    assert.equal(b.node.counters.rx.drops[Drop.UnknownSender], 1);
+  });
+
+  it("drops garbage and well-formed packets alike from an address without a lease", () => {
+    const [, b] = members as [Member, Member];
+    const stranger = parseIpv4("198.18.0.99");
+    b.transport.inject([
+      { data: new Uint8Array([0xde, 0xad, 0xbe, 0xef, 1, 2, 3]), src: stranger },
+      { data: udpPacket("10.244.1.9", "10.244.2.5", 1, 2, new Uint8Array(8), 64), src: stranger },
+    ]);
+    assert.equal(b.device.written.length, 0);
+    assert.equal(b.node.counters.rx.drops[Drop.UnknownSender], 2);
+    assert.equal(b.transport.sent.length, 0, "no ICMP error toward a stranger");
+  });
+});
+
+describe("a node joining a populated cluster", () => {
+  const PEERS = 200;
+  const peerSubnet = (i: number) => ({ base: parseIpv4("10.244.0.0") + (i + 10) * 256, len: 24 });
+  const peerIp = (i: number) => parseIpv4("198.18.1.0") + i;
+  let registry: MemoryRegistry;
+  let node: Node;
+  let lines: { level: string; obj: unknown; msg?: string }[];
+  let swaps: number;
+
+  beforeEach(async () => {
+    registry = new MemoryRegistry();
+    registry.setNetworkConfig(CONFIG);
+    for (let i = 0; i < PEERS; i++) await registry.createLease(peerSubnet(i), peerIp(i), 3600);
+    lines = [];
+    swaps = 0;
+    node = new Node({
+      registry,
+      publicIp: HOSTS[0] as number,
+      log: new Lines(lines),
+      manager: { random: () => 0 },
+      openDataplane: async () => ({
+        device: new FakeDevice("flannel0"),
+        transport: new FakeTransport(8285),
+        mtu: 1472,
+      }),
+    });
+    await node.start();
+    const engine = node.engine;
+    assert.ok(engine !== null);
+    const setTable = engine.setTable.bind(engine);
+    engine.setTable = (table) => {
+      swaps++;
+      setTable(table);
+    };
+  });
+  afterEach(async () => {
+    node.stop();
+    await registry.close();
+  });
+
+  const settled = async () => {
+    for (let i = 0; i < 4; i++) await new Promise((r) => setImmediate(r));
+  };
+  const owner = (subnetBase: number) => {
+    const table = node.engine?.leaseTable;
+    const id = table?.lookup(subnetBase + 1) ?? -1;
+    return id < 0 ? null : formatIpv4(table?.peerAddr[id] as number);
+  };
+
+  it("starts with one table of every peer, one summary line, and each peer at debug level", () => {
+    assert.equal(node.engine?.leaseTable.size, PEERS);
+    const info = lines.filter((l) => l.level === "info").map((l) => l.msg);
+    assert.deepEqual(
+      info.filter((m) => m?.includes("peer")),
+      [`${PEERS} peers`],
+    );
+    const debug = lines.filter((l) => l.level === "debug" && l.msg === "peer added");
+    assert.equal(debug.length, PEERS);
+    assert.deepEqual(debug[0]?.obj, { lease: "10.244.10.0/24 -> 198.18.1.0" });
+  });
+
+  it("applies a burst of changes as one table swap, losing none, and logs each change after the start once", async () => {
+    const subnet = peerSubnet;
+    await registry.deleteLease(subnet(0));
+    registry.put("10.244.11.0-24", '{"PublicIP":"198.18.9.1","PublicIPv6":null}', Date.now() + 60_000);
+    await registry.createLease({ base: parseIpv4("10.244.250.0"), len: 24 }, parseIpv4("198.18.9.2"), 60);
+    await registry.deleteLease(subnet(2));
+    await registry.createLease(subnet(2), parseIpv4("198.18.9.3"), 60);
+    // A renewal: a new expiry, the same PublicIP, nothing for the table.
+    await registry.updateLease({ subnet: subnet(3), publicIp: peerIp(3), expiresAt: 0 }, peerIp(3), 7200);
+    await settled();
+    assert.equal(swaps, 1);
+    assert.equal(owner(subnet(0).base), null);
+    assert.equal(owner(subnet(1).base), "198.18.9.1");
+    assert.equal(owner(parseIpv4("10.244.250.0")), "198.18.9.2");
+    assert.equal(owner(subnet(2).base), "198.18.9.3");
+    assert.equal(owner(subnet(3).base), formatIpv4(peerIp(3)));
+    assert.equal(node.engine?.leaseTable.size, PEERS);
+    const changes = lines
+      .filter((l) => l.level === "info" && (l.msg === "peer added" || l.msg === "peer removed"))
+      .map((l) => `${l.msg} ${(l.obj as { lease: string }).lease}`)
+      .sort();
+    assert.deepEqual(changes, [
+      "peer added 10.244.11.0/24 -> 198.18.9.1",
+      "peer added 10.244.12.0/24 -> 198.18.9.3",
+      "peer added 10.244.250.0/24 -> 198.18.9.2",
+      "peer removed 10.244.10.0/24 -> 198.18.1.0",
+      "peer removed 10.244.11.0/24 -> 198.18.1.1",
+      "peer removed 10.244.12.0/24 -> 198.18.1.2",
+    ]);
+    // Nothing but renewals: no swap at all.
+    await registry.updateLease({ subnet: subnet(4), publicIp: peerIp(4), expiresAt: 0 }, peerIp(4), 7200);
+    await settled();
+    assert.equal(swaps, 1);
+  });
+});
