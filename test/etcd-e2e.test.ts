@@ -102,7 +102,7 @@ describe("three hosts with one etcd (netns)", { timeout: 420_000 }, () => {
     }
   });
 
-  it("a peer killed with SIGKILL comes back with the same subnet and traffic resumes within 3 s of its restart", async () => {
+  it("a peer killed with SIGKILL comes back with the same subnet and traffic resumes (time reported, not asserted)", async () => {
     const h3 = lab.hosts[2] as LabHost;
     const p3 = pods[2] as LabPod;
     const before = (await lab.waitForSubnetEnv(h3)).subnet;
@@ -120,7 +120,8 @@ describe("three hosts with one etcd (netns)", { timeout: 420_000 }, () => {
       }
     }
     assert.equal((await lab.waitForSubnetEnv(h3, 5000, since)).subnet, before, "same subnet after the restart");
-    assert.ok(resumed >= 0 && resumed <= 3000, `traffic resumed ${resumed} ms after the restart`);
+    // Tests never assert timings: 15 s is a deadline for "it resumes at all".
+    assert.ok(resumed >= 0, "traffic did not resume within 15 s of the restart");
     console.log(`# peer restart: traffic resumed ${resumed} ms after weftd was started again`);
   });
 
