@@ -1,7 +1,7 @@
 // Reads weftd's /metrics inside a host namespace (weftd listens on 127.0.0.1 there,
 // which the root namespace cannot reach) and condenses it to one line per host.
 
-import { nsRun } from "./topology.js";
+import { type LabHost, nsRun } from "./topology.js";
 
 export const METRICS_PORT = 9103;
 
@@ -52,4 +52,25 @@ export function formatCounters(samples: Samples): string {
     .map(([series, value]) => `${/reason="([^"]+)"/.exec(series)?.[1]}=${value}`);
   const dropText = drops.length === 0 ? "drops 0" : `drops ${drops.join(",")}`;
   return `${dir("tx")}  ${dir("rx")}  ${dropText}  peer leases ${sum(samples, "weft_leases")}`;
+}
+
+/** Waits until weftd on each of `hosts` has the other hosts' leases in its table (the watches have caught up). */
+export async function waitForPeers(
+  hosts: readonly LabHost[],
+  port = METRICS_PORT,
+  timeoutMs = 15_000,
+): Promise<Map<LabHost, Samples>> {
+  const want = hosts.length - 1;
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const samples = await Promise.all(hosts.map((h) => scrape(h.ns, port).catch(() => new Map() as Samples)));
+    const behind = hosts.filter((_, i) => sum(samples[i] as Samples, "weft_leases") !== want);
+    if (behind.length === 0) return new Map(hosts.map((h, i) => [h, samples[i] as Samples]));
+    if (Date.now() > deadline) {
+      throw new Error(
+        `weftd on ${behind.map((h) => h.ns).join(", ")} did not see ${want} peer leases in ${timeoutMs} ms`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }

@@ -8,6 +8,7 @@
 //
 //   npm run lab                         up, show, tear down (3 hosts × 2 pods, file registry)
 //   npm run lab -- --etcd               leases in a real etcd in the lab instead
+//   npm run lab -- --kube               a Kubernetes cluster: weftd --kube-subnet-mgr (lab/kube-lab.ts)
 //   npm run lab -- --hosts 4 --pods 3   bigger
 //   npm run lab -- --keep               leave it running; then: npm run lab -- down
 //   npm run lab -- down                 remove a kept lab, or whatever a crashed one left
@@ -19,12 +20,21 @@ import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { type LabEtcd, startLabEtcd } from "./etcd.js";
+import { KUBE_HEALTHZ_PORT, type KubeLab, kubectlHint, kubectlReport, kubeUp } from "./kube-lab.js";
 import { formatMatrix, type MatrixPod, pairOk, runMatrix } from "./matrix.js";
-import { formatCounters, METRICS_PORT, type Samples, scrape, sum } from "./metrics.js";
+import { formatCounters, METRICS_PORT, type Samples, scrape, waitForPeers } from "./metrics.js";
 import { cniAdd, defaultCniPath, labConflist, missingCniTools, type PodCni } from "./pods.js";
-import { DEFAULT_PREFIX, defaultStateDir, labDir, readState, StateJournal, stateFile } from "./state.js";
+import {
+  DEFAULT_PREFIX,
+  defaultStateDir,
+  labDir,
+  type ProcessRole,
+  readState,
+  StateJournal,
+  stateFile,
+} from "./state.js";
 import { listNamespaces, stopProcesses, teardown } from "./teardown.js";
-import { DEFAULT_NETWORK_CONFIG, Lab, type LabHost, sh, UNDERLAY_PREFIX } from "./topology.js";
+import { DEFAULT_NETWORK_CONFIG, Lab, type LabHost, type SubnetEnvFields, sh, UNDERLAY_PREFIX } from "./topology.js";
 
 const ETCD_IP = `${UNDERLAY_PREFIX}.254`;
 const ETCD_PREFIX = "/coreos.com/network";
@@ -36,6 +46,8 @@ options:
   --hosts N        hosts on the underlay bridge (default 3, 2..50)
   --pods P         pods per host, made by the CNI chain (default 2, 1..50)
   --etcd           leases in a real etcd in the lab (default: the file registry)
+  --kube           Kubernetes mode: a stand-in API server, Nodes and podCIDRs, weftd --kube-subnet-mgr
+                   (3 hosts or more: one waits for its podCIDR, one joins late)
   --keep           leave the lab running (npm run lab -- down removes it)
   --transfer-kib K TCP bytes per pair in the matrix (default 1024)
   --prefix P       namespace prefix, [a-z0-9]{1,8} (default ${DEFAULT_PREFIX})
@@ -52,6 +64,7 @@ interface UpOptions {
   hosts: number;
   pods: number;
   etcd: boolean;
+  kube: boolean;
   keep: boolean;
   kib: number;
   prefix: string;
@@ -93,6 +106,7 @@ function preflight(o: UpOptions): string | null {
     ["ping", "iputils-ping"],
     ["unshare", "util-linux"],
     ...(o.etcd ? [["etcd", "etcd-server"] as const, ["etcdctl", "etcd-client"] as const] : []),
+    ...(o.kube ? [["kubectl", "kubernetes-client"] as const, ["openssl", "openssl"] as const] : []),
   ] as const) {
     const found = (process.env.PATH ?? "").split(":").some((d) => d !== "" && existsSync(join(d, cmd)));
     if (!found) return `${cmd} is not installed (apt-get install ${pkg})`;
@@ -126,23 +140,6 @@ async function leaseTable(lab: Lab, etcd: LabEtcd | null): Promise<string[]> {
   return lines;
 }
 
-/** Waits until every weftd has every other host's lease in its table (the watches have caught up). */
-async function waitForPeers(lab: Lab, timeoutMs = 15_000): Promise<Map<LabHost, Samples>> {
-  const want = lab.hosts.length - 1;
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const samples = await Promise.all(lab.hosts.map((h) => scrape(h.ns).catch(() => new Map() as Samples)));
-    const behind = lab.hosts.filter((_, i) => sum(samples[i] as Samples, "weft_leases") !== want);
-    if (behind.length === 0) return new Map(lab.hosts.map((h, i) => [h, samples[i] as Samples]));
-    if (Date.now() > deadline) {
-      throw new Error(
-        `weftd on ${behind.map((h) => h.ns).join(", ")} did not see ${want} peer leases in ${timeoutMs} ms`,
-      );
-    }
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
-
 async function up(o: UpOptions): Promise<number> {
   const started = Date.now();
   const problem = preflight(o) ?? (await existingLab(o));
@@ -160,7 +157,7 @@ async function up(o: UpOptions): Promise<number> {
       labDir: labDir(o.stateDir),
       labPid: process.pid,
       phase: "starting",
-      registry: o.etcd ? "etcd" : "file",
+      registry: o.kube ? "kube" : o.etcd ? "etcd" : "file",
       etcdEndpoint: null,
       cniPath,
       namespaces: [],
@@ -217,6 +214,7 @@ async function up(o: UpOptions): Promise<number> {
       s.hosts = hostFiles;
     });
     const sw = lab.switchNs as string;
+    const metricsPort = o.kube ? KUBE_HEALTHZ_PORT : METRICS_PORT;
 
     let etcd: LabEtcd | null = null;
     const weftFlags = ["--ip-masq", "--healthz-ip", "127.0.0.1", "--healthz-port", String(METRICS_PORT)];
@@ -230,45 +228,59 @@ async function up(o: UpOptions): Promise<number> {
         s.etcdEndpoint = etcd?.endpoint ?? null;
       });
       weftFlags.push("--etcd-endpoints", etcd.endpoint, "--etcd-prefix", ETCD_PREFIX);
-    } else {
+    } else if (!o.kube) {
       lab.writeRegistryConfig(DEFAULT_NETWORK_CONFIG);
     }
+    const where = o.kube
+      ? "Nodes' podCIDRs and annotations (Kubernetes mode)"
+      : etcd !== null
+        ? `etcd at ${etcd.endpoint}`
+        : `the file registry ${lab.registryDir}`;
     say(
-      `lab: ${o.hosts} hosts on bridge br0 in ${sw} (underlay ${UNDERLAY_PREFIX}.0/24), ${o.pods} pods each; ` +
-        `leases in ${etcd !== null ? `etcd at ${etcd.endpoint}` : `the file registry ${lab.registryDir}`}`,
+      `lab: ${o.hosts} hosts on bridge br0 in ${sw} (underlay ${UNDERLAY_PREFIX}.0/24), ${o.pods} pods each; leases in ${where}`,
     );
-    say(`network config: ${DEFAULT_NETWORK_CONFIG}`);
-
-    for (const h of lab.hosts) {
-      const child = lab.startWeft(h, weftFlags, { detached: true });
-      journal.process(child.pid, "weftd", h.ns);
-    }
-    const envs = await Promise.all(lab.hosts.map((h) => lab.waitForSubnetEnv(h)));
+    if (!o.kube) say(`network config: ${DEFAULT_NETWORK_CONFIG}`);
 
     const pods: (MatrixPod & { host: LabHost })[] = [];
-    await Promise.all(
-      lab.hosts.map(async (host, i) => {
-        const files = hostFiles[i] as (typeof hostFiles)[number];
-        const cni: PodCni = {
-          hostNs: host.ns,
-          varLib: files.varLib,
-          cacheDir: files.cniCache,
-          conflist: files.conflist,
-          cniPath,
-        };
-        for (let j = 1; j <= o.pods; j++) {
-          const ns = `${host.ns}-p${j}`;
-          journal.update((s) => s.pods.push({ ns, hostNs: host.ns, containerId: ns, ip: null }));
-          await lab.addNamespace(ns);
-          const ip = await cniAdd(cni, ns, ns);
-          journal.update((s) => {
-            const pod = s.pods.find((p) => p.ns === ns);
-            if (pod) pod.ip = ip;
-          });
-          pods.push({ name: ns.slice(o.prefix.length + 1), ns, ip, host });
-        }
-      }),
-    );
+    const makePods = async (host: LabHost): Promise<MatrixPod[]> => {
+      const files = hostFiles[host.index - 1] as (typeof hostFiles)[number];
+      const cni: PodCni = {
+        hostNs: host.ns,
+        varLib: files.varLib,
+        cacheDir: files.cniCache,
+        conflist: files.conflist,
+        cniPath,
+      };
+      const made: MatrixPod[] = [];
+      for (let j = 1; j <= o.pods; j++) {
+        const ns = `${host.ns}-p${j}`;
+        journal.update((s) => s.pods.push({ ns, hostNs: host.ns, containerId: ns, ip: null }));
+        await lab.addNamespace(ns);
+        const ip = await cniAdd(cni, ns, ns);
+        journal.update((s) => {
+          const pod = s.pods.find((p) => p.ns === ns);
+          if (pod) pod.ip = ip;
+        });
+        const pod = { name: ns.slice(o.prefix.length + 1), ns, ip, host };
+        pods.push(pod);
+        made.push(pod);
+      }
+      return made;
+    };
+    let kube: KubeLab | null = null;
+    let envs: SubnetEnvFields[];
+    if (o.kube) {
+      const spawned = (pid: number | undefined, role: ProcessRole, ns: string) => journal.process(pid, role, ns);
+      kube = await kubeUp({ lab, prefix: o.prefix, say, spawned, makePods });
+      envs = kube.envs;
+    } else {
+      for (const h of lab.hosts) {
+        const child = lab.startWeft(h, weftFlags, { detached: true });
+        journal.process(child.pid, "weftd", h.ns);
+      }
+      envs = await Promise.all(lab.hosts.map((h) => lab.waitForSubnetEnv(h)));
+      await Promise.all(lab.hosts.map(makePods));
+    }
     pods.sort((a, b) => a.ns.localeCompare(b.ns, "en", { numeric: true }));
     journal.update((s) => {
       s.phase = "up";
@@ -284,8 +296,8 @@ async function up(o: UpOptions): Promise<number> {
       );
     });
     say(`pods made by CNI ADD with ${JSON.stringify(hostFiles[0]?.conflist)} (subnetFile per host)`);
-    await waitForPeers(lab);
-    for (const line of await leaseTable(lab, etcd)) say(line);
+    await waitForPeers(lab.hosts, metricsPort);
+    for (const line of kube !== null ? await kubectlReport(kube) : await leaseTable(lab, etcd)) say(line);
 
     const results = await runMatrix(pods, {
       kib: o.kib,
@@ -299,7 +311,7 @@ async function up(o: UpOptions): Promise<number> {
     failed = !results.every(pairOk);
 
     say("weft counters per host (/metrics):");
-    const counters = await Promise.all(lab.hosts.map((h) => scrape(h.ns)));
+    const counters = await Promise.all(lab.hosts.map((h) => scrape(h.ns, metricsPort)));
     for (const [i, h] of lab.hosts.entries()) say(`  ${h.ns.padEnd(12)} ${formatCounters(counters[i] as Samples)}`);
     // The point of weft: none of this used the kernel's VXLAN; say so with evidence.
     const vxlan = await Promise.all(
@@ -330,6 +342,7 @@ async function up(o: UpOptions): Promise<number> {
     const first = journal.state.pods[0]?.ns;
     const down = downCommand(o);
     say(`left running. enter a pod: ip netns exec ${first} bash   weftd logs: ${journal.state.labDir}/h*/weftd.log`);
+    if (o.kube) say(`kubectl: ${kubectlHint(journal.state.labDir, o.prefix)}`);
     say(`remove it with: ${down}`);
     return failed ? 1 : 0;
   }
@@ -386,12 +399,21 @@ async function main(): Promise<number> {
       pods: int("pods", values.pods, 2, 1, 50),
       kib: int("transfer-kib", values["transfer-kib"], 1024, 1, 1024 * 1024),
       etcd: values.etcd ?? false,
+      kube: values.kube ?? false,
       keep: values.keep ?? false,
       prefix,
       stateDir,
     };
   } catch (err) {
     say(`lab: ${(err as Error).message}`);
+    return 2;
+  }
+  if (o.kube && o.etcd) {
+    say("lab: --kube and --etcd exclude each other: in Kubernetes mode the leases are the Nodes' podCIDRs");
+    return 2;
+  }
+  if (o.kube && o.hosts < 3) {
+    say(`lab: --kube needs --hosts 3 or more (one host waits for its podCIDR, one joins late), not ${o.hosts}`);
     return 2;
   }
   return up(o);
@@ -402,6 +424,7 @@ function parse() {
     options: {
       keep: { type: "boolean" },
       etcd: { type: "boolean" },
+      kube: { type: "boolean" },
       help: { type: "boolean", short: "h" },
       hosts: { type: "string" },
       pods: { type: "string" },

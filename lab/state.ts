@@ -10,7 +10,7 @@ import { join } from "node:path";
 
 export const DEFAULT_PREFIX = "weftlab";
 
-export type ProcessRole = "weftd" | "etcd" | "transfer";
+export type ProcessRole = "weftd" | "etcd" | "transfer" | "apiserver";
 
 export interface LabProcess {
   pid: number;
@@ -48,7 +48,7 @@ export interface LabState {
   /** The `npm run lab` process that wrote this; a dead one with phase "starting" crashed. */
   labPid: number;
   phase: "starting" | "up";
-  registry: "file" | "etcd";
+  registry: "file" | "etcd" | "kube";
   etcdEndpoint: string | null;
   cniPath: string[];
   namespaces: string[];

@@ -18,6 +18,7 @@ const ROLE_PATTERNS: Record<ProcessRole, RegExp> = {
   weftd: /\/control\/main\.js\0/,
   etcd: /(^|\/)etcd\0/,
   transfer: /\/lab\/transfer\.js\0/,
+  apiserver: /\/lab\/kube\/serve\.js\0/,
 };
 const LAB_CLI = /\/lab\/netns\.js(\0|$)/;
 
