@@ -16,13 +16,16 @@
 // Everything lives in namespaces named <prefix>-* and under the state directory
 // (/run/weft-lab); lab/state.ts records it all before it is created.
 
+import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { type LabEtcd, startLabEtcd } from "./etcd.js";
 import { KUBE_HEALTHZ_PORT, type KubeLab, kubectlHint, kubectlReport, kubeUp } from "./kube-lab.js";
 import { formatMatrix, type MatrixPod, pairOk, runMatrix } from "./matrix.js";
 import { formatCounters, METRICS_PORT, type Samples, scrape, waitForPeers } from "./metrics.js";
+import { type Job, missingPackages, present } from "./packages.js";
 import { cniAdd, defaultCniPath, labConflist, missingCniTools, type PodCni } from "./pods.js";
 import {
   DEFAULT_PREFIX,
@@ -100,17 +103,12 @@ async function existingLab(o: UpOptions): Promise<string | null> {
 
 function preflight(o: UpOptions): string | null {
   if (process.getuid?.() !== 0) return "the lab needs root (network namespaces, veths, iptables): run it as root";
-  for (const [cmd, pkg] of [
-    ["ip", "iproute2"],
-    ["iptables", "iptables"],
-    ["ping", "iputils-ping"],
-    ["unshare", "util-linux"],
-    ...(o.etcd ? [["etcd", "etcd-server"] as const, ["etcdctl", "etcd-client"] as const] : []),
-    ...(o.kube ? [["kubectl", "kubernetes-client"] as const, ["openssl", "openssl"] as const] : []),
-  ] as const) {
-    const found = (process.env.PATH ?? "").split(":").some((d) => d !== "" && existsSync(join(d, cmd)));
-    if (!found) return `${cmd} is not installed (apt-get install ${pkg})`;
+  const missing = missingPackages(labJob(o), process.env.PATH ?? "");
+  if (missing.length > 0) {
+    const names = missing.map((p) => p.name).join(" ");
+    return `${missing.map((p) => p.probe).join(", ")} not installed (apt-get install ${names})`;
   }
+  if (!present("unshare", process.env.PATH ?? "")) return "unshare is not installed (apt-get install util-linux)";
   if (!existsSync("/dev/net/tun")) return "/dev/net/tun is missing: weftd needs TUN devices";
   return missingCniTools(defaultCniPath());
 }
@@ -140,8 +138,24 @@ async function leaseTable(lab: Lab, etcd: LabEtcd | null): Promise<string[]> {
   return lines;
 }
 
+/**
+ * `npm run lab` installed the plain lab's packages; --etcd and --kube need more,
+ * installed here by the same setup step (lab/packages.ts is the one list).
+ */
+function labJob(o: UpOptions): Job {
+  return o.kube ? "lab-kube" : o.etcd ? "lab-etcd" : "lab";
+}
+
+function setupExtras(o: UpOptions): boolean {
+  const job = labJob(o);
+  if (job === "lab") return true;
+  const setup = join(dirname(fileURLToPath(import.meta.url)), "setup.js");
+  return spawnSync(process.execPath, [setup, job], { stdio: "inherit" }).status === 0;
+}
+
 async function up(o: UpOptions): Promise<number> {
   const started = Date.now();
+  if (!setupExtras(o)) return 1;
   const problem = preflight(o) ?? (await existingLab(o));
   if (problem !== null) {
     say(`lab: ${problem}`);

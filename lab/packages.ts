@@ -42,6 +42,16 @@ const TEST_EXTRA: readonly Package[] = [
   { name: "kubernetes-client", why: "kubectl for the Kubernetes tests", probe: "kubectl" },
 ];
 
+const ETCD_LAB_EXTRA: readonly Package[] = [
+  { name: "etcd-server", why: "the lab's etcd", probe: "etcd" },
+  { name: "etcd-client", why: "showing the leases in etcd", probe: "etcdctl" },
+];
+
+const KUBE_LAB_EXTRA: readonly Package[] = [
+  { name: "openssl", why: "the lab API server's CA and certificates", probe: "openssl" },
+  { name: "kubernetes-client", why: "kubectl against the lab API server", probe: "kubectl" },
+];
+
 const BENCH_EXTRA: readonly Package[] = [
   { name: "iperf3", why: "throughput per mode", probe: "iperf3" },
   { name: "strace", why: "system calls per packet", probe: "strace" },
@@ -50,6 +60,8 @@ const BENCH_EXTRA: readonly Package[] = [
 
 export const JOBS = {
   lab: LAB,
+  "lab-etcd": [...LAB, ...ETCD_LAB_EXTRA],
+  "lab-kube": [...LAB, ...KUBE_LAB_EXTRA],
   test: [...LAB, ...TEST_EXTRA],
   bench: [...LAB, ...BENCH_EXTRA],
 } as const satisfies Record<string, readonly Package[]>;

@@ -1,4 +1,4 @@
-// `node dist/lab/setup.js lab|test|bench`: makes sure the Debian packages that job uses
+// `node dist/lab/setup.js lab|lab-etcd|lab-kube|test|bench`: makes sure the Debian packages that job uses
 // are installed (the list is in lab/packages.ts). The npm scripts run it first, so the
 // README's two commands work on a machine that has only Node and a compiler.
 //
@@ -11,7 +11,13 @@
 import { spawnSync } from "node:child_process";
 import { isJob, JOBS, type Job, missingPackages, type Package, present } from "./packages.js";
 
-const WHO: Record<Job, string> = { lab: "npm run lab", test: "npm test", bench: "npm run bench" };
+const WHO: Record<Job, string> = {
+  lab: "npm run lab",
+  "lab-etcd": "npm run lab -- --etcd",
+  "lab-kube": "npm run lab -- --kube",
+  test: "npm test",
+  bench: "npm run bench",
+};
 const INSTALL_FLAGS = ["install", "-y", "-qq", "--no-install-recommends"];
 
 function fail(line: string): number {

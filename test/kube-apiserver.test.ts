@@ -81,7 +81,14 @@ describe("stand-in API server", () => {
   };
 
   const kubectl = async (args: string[], config = adminConfig) => {
-    const { stdout } = await execFileAsync("kubectl", ["--kubeconfig", config, ...args]);
+    const { stdout } = await execFileAsync("kubectl", [
+      "--kubeconfig",
+      config,
+      // kubectl's discovery cache stays in this test's directory, not in ~/.kube.
+      "--cache-dir",
+      join(dir, "kubectl-cache"),
+      ...args,
+    ]);
     return stdout;
   };
 

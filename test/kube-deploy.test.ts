@@ -57,6 +57,8 @@ describe("deploy/kube-weft.yml and deploy/Dockerfile", () => {
       const { stdout } = await execFileAsync("kubectl", [
         "--kubeconfig",
         config,
+        "--cache-dir",
+        join(dir, "kubectl-cache"),
         "apply",
         "--dry-run=client",
         "--validate=false",

@@ -100,7 +100,7 @@ after(() => {
 describe("setup: the Debian packages each job uses", () => {
   it("lab, test and bench each list the lab's four packages; test and bench add their own", () => {
     const names = (job: Job) => JOBS[job].map((p) => p.name);
-    for (const job of ["lab", "test", "bench"] as const) {
+    for (const job of ["lab", "lab-etcd", "lab-kube", "test", "bench"] as const) {
       for (const p of ["iproute2", "iptables", "iputils-ping", "containernetworking-plugins"]) {
         assert.ok(names(job).includes(p), `${job} lists ${p}`);
       }
@@ -109,6 +109,9 @@ describe("setup: the Debian packages each job uses", () => {
       assert.ok(names("test").includes(p), `test lists ${p}`);
     }
     assert.ok(names("bench").includes("gcc") && names("bench").includes("iperf3"));
+    // The lab's --etcd and --kube variants add only what those modes run.
+    assert.deepEqual(names("lab-etcd").slice(4), ["etcd-server", "etcd-client"]);
+    assert.deepEqual(names("lab-kube").slice(4), ["openssl", "kubernetes-client"]);
     assert.deepEqual(
       missingPackages("lab", ""),
       JOBS.lab.filter((p) => !p.probe.startsWith("/")),
@@ -196,6 +199,6 @@ describe("setup: the Debian packages each job uses", () => {
     const m = fakeMachine("lab", []);
     const r = runSetup("deploy", m.bin, m.log);
     assert.equal(r.code, 1);
-    assert.match(r.stderr, /usage: setup\.js lab\|test\|bench \(got "deploy"\)/);
+    assert.match(r.stderr, /usage: setup\.js lab\|lab-etcd\|lab-kube\|test\|bench \(got "deploy"\)/);
   });
 });
