@@ -18,8 +18,8 @@
 // one must arrive without one). At most 64 segments and 65535 bytes, and the
 // result stays inside the first packet's arena slot.
 
-import { type Addon, loadAddon } from "./native/index.js";
-import { PROTO_TCP, PROTO_UDP } from "./wire/ipv4.js";
+import { type Addon, loadAddon } from "../native/index.js";
+import { PROTO_TCP, PROTO_UDP } from "../wire/ipv4.js";
 import {
   readU32,
   TCP_ACK,
@@ -34,7 +34,7 @@ import {
   TCP_URG,
   TCP_WINDOW,
   tcpHeaderLength,
-} from "./wire/tcp.js";
+} from "../wire/tcp.js";
 
 export const GRO_MAX_SEGMENTS = 64;
 const IP_MAX_TOTAL = 65535;
