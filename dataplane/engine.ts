@@ -1,6 +1,6 @@
 // The hot loop, both directions, one batch at a time. Every entry of a batch
-// is one ordinary IPv4 packet; super-packets and UDP runs are cut and joined
-// below the Device and Transport (offload/), never here.
+// is one ordinary IPv4 packet: whatever the kernel hands over in bigger
+// pieces is cut and joined below the Device and Transport, never here.
 //
 //   encapsulate (flannel0 -> peers)
 //     Device.rx batch ──► validate IPv4 ──► table.lookup(dst) ──► TTL-1 (RFC 1624) ──► stage
@@ -25,19 +25,17 @@
 
 import type { Ipv4Prefix } from "./addr.js";
 import { Counters, Drop, Icmp } from "./counters.js";
+import { IcmpOut } from "./icmp-out.js";
 import { type Device, MAX_RUN_BYTES, type Transport } from "./io.js";
 import { LeaseTable } from "./leases.js";
 import { PerSourceLimiter, TokenBucket } from "./ratelimit.js";
-import { IcmpOut, Staging } from "./staging.js";
+import { Staging } from "./staging.js";
 import {
-  buildIcmpError,
   CODE_FRAG_NEEDED,
   CODE_NET_UNREACH,
   CODE_TTL_EXCEEDED,
   ICMP_DEST_UNREACH,
   ICMP_TIME_EXCEEDED,
-  icmpErrorLength,
-  mayAnswerWithError,
 } from "./wire/icmp.js";
 import { Ipv4Check, Ipv4View } from "./wire/ipv4.js";
 
@@ -70,13 +68,9 @@ export class Engine {
   private table: LeaseTable = LeaseTable.empty();
   private readonly device: Device;
   private readonly transport: Transport;
-  private readonly localAddr: number;
   private readonly mtu: number;
   private readonly peerCheck: boolean;
   private readonly strictInnerSource: boolean;
-  private readonly now: () => number;
-  private readonly limiter: PerSourceLimiter;
-  private readonly globalLimiter: TokenBucket;
   private readonly ownBase: number;
   private readonly ownMask: number;
   /** This host's own addresses (setLocalAddresses); checked per tunnelled packet. */
@@ -97,25 +91,29 @@ export class Engine {
       });
     this.device = opts.device;
     this.transport = opts.transport;
-    this.localAddr = opts.localAddr;
     // No inner packet longer than the largest UDP payload fits a datagram
     // (an underlay MTU of 65,536, loopback's, would otherwise allow 65,508).
     this.mtu = Math.min(opts.mtu, MAX_RUN_BYTES);
     this.peerCheck = opts.peerCheck ?? true;
     this.strictInnerSource = opts.strictInnerSource ?? false;
     this.counters = opts.counters ?? new Counters();
-    this.now = opts.now ?? Date.now;
-    this.limiter = new PerSourceLimiter(opts.icmpRate ?? 10, opts.icmpRate ?? 10);
+    const rate = opts.icmpRate ?? 10;
     const globalRate = opts.icmpGlobalRate ?? 100;
-    this.globalLimiter = new TokenBucket(globalRate, globalRate);
+    const policy = {
+      localAddr: opts.localAddr,
+      perSource: new PerSourceLimiter(rate, rate),
+      global: new TokenBucket(globalRate, globalRate),
+      now: opts.now ?? Date.now,
+      counters: this.counters,
+    };
     // No lease given: 127/8 stands in, which the loopback check covers anyway.
     const own = opts.ownSubnet ?? { base: 0x7f000000, len: 8 };
     this.ownBase = own.base;
     this.ownMask = own.len === 0 ? 0 : (0xffffffff << (32 - own.len)) >>> 0;
     this.toPeers = new Staging(this.device.rx.bytes, this.device.rx.capacity);
     this.toDevice = new Staging(this.transport.rx.bytes, this.transport.rx.capacity);
-    this.icmpToDevice = new IcmpOut(this.device.rx.capacity);
-    this.icmpToPeers = new IcmpOut(this.transport.rx.capacity);
+    this.icmpToDevice = new IcmpOut(this.device.rx.capacity, policy);
+    this.icmpToPeers = new IcmpOut(this.transport.rx.capacity, policy);
   }
 
   start(): void {
@@ -171,12 +169,12 @@ export class Engine {
       const id = table.lookup(ip.dst);
       if (id < 0) {
         c.drops[Drop.NoRoute]++;
-        this.answer(icmp, ICMP_DEST_UNREACH, CODE_NET_UNREACH, 0, Icmp.NetUnreachable, -1, 0);
+        icmp.answer(ip, table, ICMP_DEST_UNREACH, CODE_NET_UNREACH, 0, Icmp.NetUnreachable, -1, 0);
         continue;
       }
       if (ip.ttl <= 1) {
         c.drops[Drop.TtlExpired]++;
-        this.answer(icmp, ICMP_TIME_EXCEEDED, CODE_TTL_EXCEEDED, 0, Icmp.TimeExceeded, -1, 0);
+        icmp.answer(ip, table, ICMP_TIME_EXCEEDED, CODE_TTL_EXCEEDED, 0, Icmp.TimeExceeded, -1, 0);
         continue;
       }
       ip.decrementTtl();
@@ -256,13 +254,13 @@ export class Engine {
       if (total > this.mtu) {
         c.drops[Drop.Oversize]++;
         if (ip.dontFragment) {
-          this.answer(icmp, ICMP_DEST_UNREACH, CODE_FRAG_NEEDED, this.mtu, Icmp.FragNeeded, i, len);
+          icmp.answer(ip, table, ICMP_DEST_UNREACH, CODE_FRAG_NEEDED, this.mtu, Icmp.FragNeeded, sender, len);
         }
         continue;
       }
       if (ip.ttl <= 1) {
         c.drops[Drop.TtlExpired]++;
-        this.answer(icmp, ICMP_TIME_EXCEEDED, CODE_TTL_EXCEEDED, 0, Icmp.TimeExceeded, i, len);
+        icmp.answer(ip, table, ICMP_TIME_EXCEEDED, CODE_TTL_EXCEEDED, 0, Icmp.TimeExceeded, sender, len);
         continue;
       }
       ip.decrementTtl();
@@ -277,50 +275,6 @@ export class Engine {
     if (staged > 0) this.writeToDevice();
     if (icmp.count > 0) this.transport.send(icmp, 0, icmp.count);
   };
-
-  /**
-   * Builds an ICMP error about the packet in `this.view` into `icmp`, unless
-   * the packet must not be answered or the rate is used up. `datagram` < 0:
-   * the error goes into flannel0. Otherwise it goes back through the tunnel to
-   * the sender of that datagram, whose inner packet was `triggerLength` long,
-   * and only when that cannot be turned into a reflector: the sender holds a
-   * lease (also with --no-peer-check), the error goes to the udp backend's
-   * port (not the port the datagram claims to come from) and is no larger
-   * than what triggered it.
-   */
-  private answer(
-    icmp: IcmpOut,
-    type: number,
-    code: number,
-    extra: number,
-    kind: number,
-    datagram: number,
-    triggerLength: number,
-  ): void {
-    const ip = this.view;
-    if (!mayAnswerWithError(ip)) return;
-    let peer = 0;
-    if (datagram >= 0) {
-      peer = this.transport.rx.srcAddr[datagram] as number;
-      if (!this.table.isPeer(peer) || icmpErrorLength(ip) > triggerLength) return;
-    }
-    // A batch of unpacked runs may hold more packets than there are ICMP slots.
-    if (icmp.full) {
-      this.counters.icmpRateLimited++;
-      return;
-    }
-    const now = this.now();
-    if (!this.limiter.allow(ip.src, now) || !this.globalLimiter.take(now)) {
-      this.counters.icmpRateLimited++;
-      return;
-    }
-    const n = icmp.count;
-    icmp.lengths[n] = buildIcmpError(icmp.bytes, icmp.offsets[n], type, code, extra, ip, this.localAddr);
-    icmp.addrs[n] = peer;
-    icmp.ports[n] = this.table.port;
-    icmp.count = n + 1;
-    this.counters.icmpSent[kind]++;
-  }
 
   private sendToPeers(): void {
     const s = this.toPeers;

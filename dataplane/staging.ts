@@ -2,10 +2,9 @@
 // already lies (packets are never copied between arenas) and, toward peers,
 // where it goes. One object per direction, kept for the engine's life, so
 // the native side binds its arrays once; ICMP errors have their own small
-// arena and batch.
+// arena and batch (icmp-out.ts).
 
 import type { DatagramTxBatch } from "./io.js";
-import { ICMP_ERROR_MAX } from "./wire/icmp.js";
 
 /** Staged packets of one direction; count and pending track a write in progress. */
 export class Staging implements DatagramTxBatch {
@@ -48,17 +47,5 @@ export class Staging implements DatagramTxBatch {
     addrs.set(this.addrs);
     ports.set(this.ports);
     [this.offsets, this.lengths, this.addrs, this.ports] = [offsets, lengths, addrs, ports];
-  }
-}
-
-/** ICMP errors built during one batch, in their own small arena. */
-export class IcmpOut extends Staging {
-  constructor(capacity: number) {
-    super(new Uint8Array(capacity * ICMP_ERROR_MAX), capacity);
-    for (let i = 0; i < capacity; i++) this.offsets[i] = i * ICMP_ERROR_MAX;
-  }
-
-  get full(): boolean {
-    return this.count === this.lengths.length;
   }
 }

@@ -28,11 +28,11 @@ export class OffloadTransport extends Wrapped<RawTransport> implements Transport
   private handler: BatchHandler = () => {};
   private readonly runs: RunIndex;
   // The runs being sent: their own arrays, bound once.
-  private offsets: Uint32Array;
-  private lengths: Uint32Array;
-  private addrs: Uint32Array;
-  private ports: Uint16Array;
-  private seg: Uint16Array;
+  private offsets = new Uint32Array(0);
+  private lengths = new Uint32Array(0);
+  private addrs = new Uint32Array(0);
+  private ports = new Uint16Array(0);
+  private seg = new Uint16Array(0);
   private count = 0;
   private pending = 0;
 
@@ -52,11 +52,7 @@ export class OffloadTransport extends Wrapped<RawTransport> implements Transport
       capacity,
     };
     const staged = gather.capacity * GRO_MAX_SEGMENTS;
-    this.offsets = new Uint32Array(staged);
-    this.lengths = new Uint32Array(staged);
-    this.addrs = new Uint32Array(staged);
-    this.ports = new Uint16Array(staged);
-    this.seg = new Uint16Array(staged);
+    this.resize(staged);
     this.runs = new RunIndex(staged);
   }
 
