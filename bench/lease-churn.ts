@@ -22,6 +22,7 @@ import type { Registry } from "../control/registry/registry.js";
 import { formatIpv4, parseIpv4 } from "../dataplane/addr.js";
 import { FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
 import type { LeaseTable } from "../dataplane/leases.js";
+import { plainDataplane } from "../dataplane/plain.js";
 
 const CONFIG = '{"Network":"10.0.0.0/8","Backend":{"Type":"udp","Port":8285}}';
 const OWN_IP = parseIpv4("198.18.0.1");
@@ -84,8 +85,10 @@ async function run(peers: number, changes: number, kind: string): Promise<Row> {
     publicIp: OWN_IP,
     manager: { random: () => 0, onConnection: (connected) => connected && watching() },
     openDataplane: async () => ({
-      device: new FakeDevice("flannel0", { record: false }),
-      transport: new FakeTransport(8285, { record: false }),
+      ...plainDataplane({
+        device: new FakeDevice("flannel0", { record: false }),
+        transport: new FakeTransport(8285, { record: false }),
+      }),
       mtu: 1472,
     }),
   });

@@ -8,8 +8,7 @@
 import { parseArgs } from "node:util";
 import { Bench } from "tinybench";
 import { type Ipv4Prefix, parseIpv4 } from "../dataplane/addr.js";
-import { Engine } from "../dataplane/engine.js";
-import { FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
+import { engineOver, FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
 import { LeaseTable } from "../dataplane/leases.js";
 import { buildIcmpError, CODE_NET_UNREACH, ICMP_DEST_UNREACH, ICMP_ERROR_MAX } from "../dataplane/wire/icmp.js";
 import { Ipv4View, readAddr } from "../dataplane/wire/ipv4.js";
@@ -188,7 +187,7 @@ function tasks(): MicroTask[] {
   ] as const) {
     const device = new FakeDevice("flannel0", { capacity: BATCH, slotSize: SLOT, record: false });
     const transport = new FakeTransport(8285, { capacity: BATCH, slotSize: SLOT, record: false });
-    const engine = new Engine({ device, transport, localAddr: LOCAL, mtu: 1472 });
+    const engine = engineOver(device, transport, { localAddr: LOCAL, mtu: 1472 });
     engine.setTable(f.table);
     engine.start();
     device.rx.bytes.set(f.arena);
@@ -208,7 +207,7 @@ function tasks(): MicroTask[] {
     const f = f256;
     const device = new FakeDevice("flannel0", { capacity: BATCH, slotSize: SLOT, record: false });
     const transport = new FakeTransport(8285, { capacity: BATCH, slotSize: SLOT, record: false });
-    const engine = new Engine({ device, transport, localAddr: LOCAL, mtu: 1472 });
+    const engine = engineOver(device, transport, { localAddr: LOCAL, mtu: 1472 });
     // The receiving side: the packets come from the peer that leases their source.
     const network = f.input.network as Ipv4Prefix;
     const sender = parseIpv4("198.18.0.1");

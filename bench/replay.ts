@@ -24,8 +24,7 @@ import {
   prefixMask,
 } from "../dataplane/addr.js";
 import { DirectionCounters, DROP_NAMES, Drop } from "../dataplane/counters.js";
-import { Engine } from "../dataplane/engine.js";
-import { FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
+import { engineOver, FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
 import { LeaseTable, type PeerLease } from "../dataplane/leases.js";
 import { Ipv4Check, Ipv4View, readAddr } from "../dataplane/wire/ipv4.js";
 import { readCapture } from "../fixtures/pcap.js";
@@ -199,7 +198,7 @@ export function makeRig(impl: Impl, input: ReplayInput, opts: { record?: boolean
   const device = new FakeDevice("flannel0", { capacity: BATCH, record });
   const transport = new FakeTransport(UDP_PORT, { capacity: BATCH, record });
   if (impl === "engine") {
-    const engine = new Engine({ device, transport, localAddr: LOCAL_ADDR, mtu: MTU });
+    const engine = engineOver(device, transport, { localAddr: LOCAL_ADDR, mtu: MTU });
     engine.setTable(LeaseTable.build(input.network, input.subnetLen, input.leases, UDP_PORT));
     engine.start();
     return { impl, device, transport, counters: engine.counters.tx };

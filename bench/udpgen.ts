@@ -18,7 +18,7 @@ import { realpathSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { formatIpv4, parseIpv4 } from "../dataplane/addr.js";
-import { UdpTransport } from "../dataplane/io.js";
+import { UdpTransport } from "../dataplane/native-io.js";
 
 const MAGIC = 0x77656674; // "weft"
 export const MIN_PAYLOAD = 12;

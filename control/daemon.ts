@@ -5,9 +5,14 @@
 
 import { formatIpv4, formatPrefix, parseIpv4 } from "../dataplane/addr.js";
 import { Counters } from "../dataplane/counters.js";
-import { GRO_MAX_SEGMENTS } from "../dataplane/gro.js";
-import { busyPollStats, MAX_RUN_BYTES, setBusyPoll, TunDevice, UdpTransport } from "../dataplane/io.js";
-import { loadAddon, TUN_F } from "../dataplane/native/index.js";
+import { MAX_RUN_BYTES } from "../dataplane/io.js";
+import {
+  busyPollStats,
+  type NativeDataplane,
+  openNativeDataplane,
+  sdNotify,
+  setBusyPoll,
+} from "../dataplane/native-io.js";
 import type { Options } from "./cli.js";
 import type { NetworkConfig } from "./config.js";
 import type { HealthServer } from "./health.js";
@@ -68,8 +73,7 @@ export class Daemon {
   /** Aborts a start-up that is still waiting (stop() during the podCIDR wait). */
   private readonly starting = new AbortController();
   private node: Node | null = null;
-  private device: TunDevice | null = null;
-  private transport: UdpTransport | null = null;
+  private dataplane: NativeDataplane | null = null;
   private health: HealthServer | null = null;
   private resyncTimer: NodeJS.Timeout | null = null;
   private readonly ready = new Readiness();
@@ -154,7 +158,7 @@ export class Daemon {
     log.info({ path: opts.subnetFile }, "wrote subnet file");
     this.kube?.markNetworkAvailable();
     this.notifySystemd();
-    log.info({ subnet: formatPrefix(lease.subnet), tun: this.device?.name }, "running");
+    log.info({ subnet: formatPrefix(lease.subnet), tun: this.dataplane?.tun.name }, "running");
   }
 
   /** flannel0 for our lease and the UDP socket: what the node forwards between. */
@@ -168,25 +172,25 @@ export class Daemon {
     const mtu = overlayMtu(iface.mtu);
     const offload = this.opts.offload;
     if (ensureTunDevice()) this.log.info("created /dev/net/tun");
-    this.device = TunDevice.open("flannel%d", { offload });
-    this.ready.tunName = this.device.name;
-    const capped = await configureTun(this.device.name, lease.subnet, mtu, config.network, {
-      gsoMaxSegments: offload ? GRO_MAX_SEGMENTS : 0,
+    const dataplane = await openNativeDataplane({
+      tunTemplate: "flannel%d",
+      bindAddr: iface.addr,
+      port,
+      offload,
+      log: this.log,
+      configureTun: async (name, gsoMaxSegments) => {
+        this.ready.tunName = name;
+        const capped = await configureTun(name, lease.subnet, mtu, config.network, { gsoMaxSegments });
+        if (!capped) this.log.warn({ tun: name }, "the kernel refused gso_max_segs: long super-packets may be dropped");
+        this.ready.tun = linkIsUp(name);
+      },
+      counters: this.counters.tx,
+      mtu,
     });
-    if (!capped)
-      this.log.warn({ tun: this.device.name }, "the kernel refused gso_max_segs: long super-packets may be dropped");
-    this.ready.tun = linkIsUp(this.device.name);
-    this.transport = UdpTransport.bind(iface.addr, port, { offload });
-    if (offload) {
-      const names = Object.entries(TUN_F).flatMap(([k, bit]) => ((this.device?.offloads ?? 0) & bit ? [k] : []));
-      this.log.info(
-        { tunOffloads: names, udpGso: this.transport.gsoMaxSegments > 0, udpGro: this.transport.gro },
-        "offloads",
-      );
-    }
+    this.dataplane = dataplane;
     setBusyPoll(this.opts.busyPollUs, { adaptive: this.opts.adaptiveBusyPoll, dutyPercent: this.opts.busyPollDuty });
-    this.log.info({ tun: this.device.name, mtu, bind: `${formatIpv4(iface.addr)}:${port}` }, "dataplane up");
-    return { device: this.device, transport: this.transport, mtu };
+    this.log.info({ tun: dataplane.tun.name, mtu, bind: `${formatIpv4(iface.addr)}:${port}` }, "dataplane up");
+    return { device: dataplane.device, transport: dataplane.transport, mtu };
   }
 
   /** The next resync starts a full period after the previous one ended: two runs never overlap. */
@@ -212,10 +216,8 @@ export class Daemon {
   }
 
   private notifySystemd(): void {
-    const socket = process.env.NOTIFY_SOCKET;
-    if (socket === undefined || socket === "") return;
     try {
-      loadAddon().notify(socket, "READY=1");
+      sdNotify("READY=1");
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, "could not notify systemd");
     }
@@ -235,12 +237,14 @@ export class Daemon {
         leaseExpiresAt: () => manager()?.expiresAt ?? null,
         registryConnected: () => manager()?.connected ?? false,
         ignoredLeases: () => manager()?.ignoredCount ?? 0,
-        deviceWriteErrors: () => this.device?.writeErrors ?? 0,
-        transportSendErrors: () => this.transport?.sendErrors ?? 0,
-        transportSendRetries: () => this.transport?.sendRetries ?? 0,
+        deviceWriteErrors: () => this.dataplane?.tun.writeErrors ?? 0,
+        transportSendErrors: () => this.dataplane?.socket.sendErrors ?? 0,
+        transportSendRetries: () => this.dataplane?.socket.sendRetries ?? 0,
         busyPoll: () => busyPollStats(),
         table: this.table,
-        transportGsoFallbacks: () => this.transport?.gsoFallbacks ?? 0,
+        transportGsoFallbacks: () => this.dataplane?.socket.gsoFallbacks ?? 0,
+        deviceTruncatedDrops: () => this.dataplane?.tun.truncatedDrops ?? 0,
+        coalesced: () => this.dataplane?.coalesced() ?? { superPackets: 0, segments: 0 },
       },
       onError: (err) => {
         this.log.error({ err: err.message }, `healthz ${this.opts.healthzIp}:${this.opts.healthzPort} failed`);
@@ -257,8 +261,8 @@ export class Daemon {
     if (this.resyncTimer) clearTimeout(this.resyncTimer);
     this.node?.stop();
     // Opened but not yet handed to the node (start-up failed in between): closed here.
-    this.device?.close();
-    this.transport?.close();
+    this.dataplane?.tun.close();
+    this.dataplane?.socket.close();
     this.health?.close();
     try {
       await this.registry?.close();

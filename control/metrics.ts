@@ -25,6 +25,10 @@ export interface MetricSources {
   readonly table?: { readonly generation: number; readonly swappedAt: number };
   /** UDP GSO runs the kernel refused; each sent its peer's runs datagram by datagram for a while. */
   transportGsoFallbacks(): number;
+  /** Packets read from flannel0 longer than a receive slot, dropped by the native reader (absent: 0). */
+  deviceTruncatedDrops?(): number;
+  /** Super-packets coalesced toward flannel0 and the packets that went into them (absent: none). */
+  coalesced?(): { readonly superPackets: number; readonly segments: number };
 }
 
 /**
@@ -124,6 +128,33 @@ export function createMetrics(src: MetricSources): Registry {
     collect() {
       this.reset();
       setTotal(this, {}, src.transportGsoFallbacks());
+    },
+  });
+  new Counter({
+    name: "weft_tun_truncated_drops_total",
+    help: "Packets read from flannel0 that were longer than a receive slot and dropped",
+    registers: [registry],
+    collect() {
+      this.reset();
+      setTotal(this, {}, src.deviceTruncatedDrops?.() ?? 0);
+    },
+  });
+  new Counter({
+    name: "weft_coalesced_super_packets_total",
+    help: "Super-packets built from packets received from peers and written to flannel0 in one write each (GRO)",
+    registers: [registry],
+    collect() {
+      this.reset();
+      setTotal(this, {}, src.coalesced?.().superPackets ?? 0);
+    },
+  });
+  new Counter({
+    name: "weft_coalesced_packets_total",
+    help: "Packets received from peers that went into coalesced super-packets",
+    registers: [registry],
+    collect() {
+      this.reset();
+      setTotal(this, {}, src.coalesced?.().segments ?? 0);
     },
   });
   new Counter({

@@ -7,17 +7,21 @@
 // FakeTransport with `gso` takes runs and records the datagrams the kernel
 // would cut them into, and injects GRO runs (segSize) like UDP_GRO delivers.
 
+import { Counters } from "./counters.js";
+import { Engine, type EngineOptions } from "./engine.js";
 import {
   type BatchHandler,
   type DatagramArena,
-  type Device,
   type DeviceArena,
   GRO_SLOT_SIZE,
   MAX_RUN_BYTES,
+  type RawDevice,
+  type RawTransport,
   type RxArena,
-  type Transport,
   TSO_SLOT_SIZE,
 } from "./io.js";
+import { offloadDataplane } from "./offload/index.js";
+import { plainDataplane } from "./plain.js";
 
 export interface FakeOptions {
   capacity?: number;
@@ -110,7 +114,7 @@ function arena(capacity: number, slotSize: number): RxArena {
   return { bytes: new Uint8Array(capacity * slotSize), lengths: new Uint32Array(capacity), slotSize, capacity };
 }
 
-export class FakeDevice extends FakeEndpoint implements Device {
+export class FakeDevice extends FakeEndpoint implements RawDevice {
   readonly name: string;
   readonly rx: DeviceArena;
   readonly gso: boolean;
@@ -177,7 +181,7 @@ export class FakeDevice extends FakeEndpoint implements Device {
   }
 }
 
-export class FakeTransport extends FakeEndpoint implements Transport {
+export class FakeTransport extends FakeEndpoint implements RawTransport {
   readonly rx: DatagramArena;
   readonly localPort: number;
   /** Every datagram as the kernel puts it on the wire (runs already cut). */
@@ -262,4 +266,24 @@ export class FakeTransport extends FakeEndpoint implements Transport {
     }
     return n;
   }
+}
+
+export interface EngineOverOptions extends Omit<EngineOptions, "device" | "transport"> {
+  /** With offloads: coalesce toward the device (default true). */
+  readonly coalesce?: boolean;
+}
+
+/**
+ * The production engine over kernel-shaped endpoints (fakes, or a native one
+ * beside a fake), the way weftd assembles it: offload/'s factory when either
+ * side has offloads (a gso fake), else the plain one.
+ */
+export function engineOver(device: RawDevice, transport: RawTransport, opts: EngineOverOptions): Engine {
+  const counters = opts.counters ?? new Counters();
+  const raw = { device, transport };
+  const offload = device.gso || transport.gsoMaxSegments > 0;
+  const dp = offload
+    ? offloadDataplane(raw, { counters: counters.tx, mtu: opts.mtu, coalesce: opts.coalesce })
+    : plainDataplane(raw);
+  return new Engine({ ...opts, counters, device: dp.device, transport: dp.transport });
 }

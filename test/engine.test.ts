@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { beforeEach, describe, it } from "node:test";
 import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../dataplane/addr.js";
 import { Drop, Icmp } from "../dataplane/counters.js";
-import { Engine } from "../dataplane/engine.js";
-import { FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
+import type { Engine } from "../dataplane/engine.js";
+import { engineOver, FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
 import { LeaseTable } from "../dataplane/leases.js";
 import { onesSum } from "../dataplane/wire/checksum.js";
 import { headerChecksumOk, icmpMessage, ipv4Packet, udpPacket } from "./helpers/packets.js";
@@ -34,9 +34,7 @@ function rig(opts: { capacity?: number; peerCheck?: boolean; strictInnerSource?:
   const device = new FakeDevice("flannel0", { capacity: opts.capacity ?? 64 });
   const transport = new FakeTransport(8285, { capacity: opts.capacity ?? 64 });
   const clock = { t: 1_000_000 };
-  const engine = new Engine({
-    device,
-    transport,
+  const engine = engineOver(device, transport, {
     localAddr: LOCAL,
     mtu: opts.mtu ?? 1472,
     peerCheck: opts.peerCheck,

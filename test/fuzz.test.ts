@@ -8,8 +8,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../dataplane/addr.js";
 import { Drop } from "../dataplane/counters.js";
-import { Engine } from "../dataplane/engine.js";
-import { FakeDevice, FakeTransport, type InjectedPacket } from "../dataplane/fake-io.js";
+import { engineOver, FakeDevice, FakeTransport, type InjectedPacket } from "../dataplane/fake-io.js";
 import { LeaseTable } from "../dataplane/leases.js";
 import { GSO_TYPE } from "../dataplane/native/index.js";
 import { onesSum } from "../dataplane/wire/checksum.js";
@@ -26,7 +25,7 @@ const SEED = fuzzSeed();
 function makeRig(capacity: number) {
   const device = new FakeDevice("flannel0", { capacity, record: false });
   const transport = new FakeTransport(8285, { capacity, record: false });
-  const engine = new Engine({ device, transport, localAddr: parseIpv4("10.244.1.0"), mtu: 1472 });
+  const engine = engineOver(device, transport, { localAddr: parseIpv4("10.244.1.0"), mtu: 1472 });
   engine.setTable(
     LeaseTable.build(
       network,
@@ -49,7 +48,7 @@ function makeRig(capacity: number) {
 function oneLeaseRig(gso: boolean) {
   const device = new FakeDevice("flannel0", { capacity: 64, gso });
   const transport = new FakeTransport(8285, { capacity: 64, gso });
-  const engine = new Engine({ device, transport, localAddr: parseIpv4("10.244.1.0"), mtu: 1472 });
+  const engine = engineOver(device, transport, { localAddr: parseIpv4("10.244.1.0"), mtu: 1472 });
   engine.setTable(
     LeaseTable.build(
       network,

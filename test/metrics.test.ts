@@ -18,6 +18,8 @@ describe("metrics", () => {
       transportSendErrors: () => 3,
       transportSendRetries: () => 4,
       transportGsoFallbacks: () => 8,
+      deviceTruncatedDrops: () => 9,
+      coalesced: () => ({ superPackets: 10, segments: 11 }),
     });
     for (let scrape = 0; scrape < 3; scrape++) {
       const text = await registry.metrics();
@@ -29,6 +31,9 @@ describe("metrics", () => {
       assert.match(text, /^weft_send_retries_total 4$/m);
       assert.match(text, /^weft_gso_fallbacks_total 8$/m);
       assert.match(text, /^weft_leases_ignored 6$/m);
+      assert.match(text, /^weft_tun_truncated_drops_total 9$/m);
+      assert.match(text, /^weft_coalesced_super_packets_total 10$/m);
+      assert.match(text, /^weft_coalesced_packets_total 11$/m);
     }
   });
 

@@ -5,8 +5,8 @@
 import assert from "node:assert/strict";
 import { describe, it, type TestContext } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { setBusyPoll, TunDevice, UdpTransport } from "../dataplane/io.js";
 import { loadAddon, type NativeError, UDP_STATE } from "../dataplane/native/index.js";
+import { setBusyPoll, TunDevice, UdpTransport } from "../dataplane/native-io.js";
 import { l4Checksum, put16, tcpPacket } from "./helpers/segments.js";
 
 const addon = loadAddon();

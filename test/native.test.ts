@@ -1,4 +1,4 @@
-// The native addon through its typed wrappers (dataplane/io.ts): batching,
+// The native addon through its typed wrappers (dataplane/native-io.ts): batching,
 // backpressure and lifecycle over a SOCK_SEQPACKET socketpair, UDP batches on
 // loopback, a real TUN inside a network namespace, and sd_notify.
 import assert from "node:assert/strict";
@@ -10,16 +10,16 @@ import { after, before, describe, it, type TestContext } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import { type Ipv4Prefix, parsePrefix } from "../dataplane/addr.js";
-import { Engine } from "../dataplane/engine.js";
-import { FakeDevice } from "../dataplane/fake-io.js";
-import { setBusyPoll, TunDevice, UdpTransport } from "../dataplane/io.js";
+import { engineOver, FakeDevice } from "../dataplane/fake-io.js";
 import { LeaseTable } from "../dataplane/leases.js";
 import { loadAddon, type NativeError, UDP_STATE } from "../dataplane/native/index.js";
+import { setBusyPoll, TunDevice, UdpTransport } from "../dataplane/native-io.js";
 import { createNetns, deleteNetns, nsExec } from "./helpers/netns.js";
 import { udpPacket } from "./helpers/packets.js";
+import { injectSendErrors } from "./helpers/send-errors.js";
 
 const execFileAsync = promisify(execFile);
-const IO_URL = new URL("../dataplane/io.js", import.meta.url).href;
+const IO_URL = new URL("../dataplane/native-io.js", import.meta.url).href;
 const NATIVE_URL = new URL("../dataplane/native/index.js", import.meta.url).href;
 const LOOPBACK = 0x7f000001;
 const ENOBUFS = os.errno.ENOBUFS;
@@ -519,7 +519,7 @@ describe("UDP transport on 127.0.0.1", () => {
   it("stops short on ENOBUFS and, through the engine, retries after a pause until all is sent", TIMEOUT, async (t) => {
     const { sender, receiver, got, s, dstAddr } = threeToReceiver(t);
     const dstPort = new Uint16Array(3).fill(receiver.localPort);
-    sender.injectSendErrors(ENOBUFS, 1);
+    injectSendErrors(sender, ENOBUFS, 1);
     assert.equal(sender.send(s.bytes, s.offsets, s.lengths, dstAddr, dstPort, 0, 3), 0, "nothing consumed");
     assert.equal(sender.sendRetries, 1);
     assert.equal(sender.sendErrors, 0, "not a drop");
@@ -530,7 +530,7 @@ describe("UDP transport on 127.0.0.1", () => {
     // of memory, the send is retried on a timer (not on writability, which
     // would spin), and every packet goes out once memory is back.
     const device = new FakeDevice("flannel0");
-    const engine = new Engine({ device, transport: sender, localAddr: 1, mtu: 1472 });
+    const engine = engineOver(device, sender, { localAddr: 1, mtu: 1472 });
     const pod = parsePrefix("10.244.2.0/24") as Ipv4Prefix;
     engine.setTable(
       LeaseTable.build(
@@ -545,7 +545,7 @@ describe("UDP transport on 127.0.0.1", () => {
     const inner = Array.from({ length: 5 }, (_, k) =>
       udpPacket("10.244.1.2", `10.244.2.${k + 2}`, 1000, 2000, Uint8Array.of(k)),
     );
-    sender.injectSendErrors(ENOBUFS, 1_000_000);
+    injectSendErrors(sender, ENOBUFS, 1_000_000);
     const before = sender.sendRetries;
     device.inject(inner);
     await sleep(200);
@@ -554,7 +554,7 @@ describe("UDP transport on 127.0.0.1", () => {
     assert.ok(retries < 1000, `on a timer, not in a loop (${retries} tries in 200 ms)`);
     assert.equal(got.datagrams.length, 3, "nothing from the engine arrived yet");
     assert.equal(device.paused, true, "flannel0 held meanwhile");
-    sender.injectSendErrors(ENOBUFS, 0);
+    injectSendErrors(sender, ENOBUFS, 0);
     await got.received(8);
     assert.deepEqual(
       got.datagrams.slice(3).map((d) => d.payload[28]),

@@ -10,6 +10,7 @@ import { MemoryRegistry } from "../control/registry/memory.js";
 import { formatIpv4, formatPrefix, parseIpv4 } from "../dataplane/addr.js";
 import { Drop } from "../dataplane/counters.js";
 import { FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
+import { plainDataplane } from "../dataplane/plain.js";
 import { headerChecksumOk, udpPacket } from "./helpers/packets.js";
 import { FakeUnderlay } from "./helpers/underlay.js";
 
@@ -65,7 +66,7 @@ describe("a node over fakes (control/node.ts)", () => {
       publicIp,
       log: new Lines(lines),
       manager: { random: () => 0 },
-      openDataplane: async () => ({ device, transport, mtu: 1472 }),
+      openDataplane: async () => ({ ...plainDataplane({ device, transport }), mtu: 1472 }),
       onFatal: () => fatal.push(index),
     });
     const { lease } = await node.start();
@@ -172,8 +173,10 @@ describe("a node joining a populated cluster", () => {
       log: new Lines(lines),
       manager: { random: () => 0 },
       openDataplane: async () => ({
-        device: new FakeDevice("flannel0"),
-        transport: new FakeTransport(8285),
+        ...plainDataplane({
+          device: new FakeDevice("flannel0"),
+          transport: new FakeTransport(8285),
+        }),
         mtu: 1472,
       }),
     });

@@ -8,14 +8,15 @@ import { constants as os } from "node:os";
 import { after, before, describe, it, type TestContext } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
-import { TunDevice, UdpTransport } from "../dataplane/io.js";
 import { loadAddon } from "../dataplane/native/index.js";
+import { TunDevice, UdpTransport } from "../dataplane/native-io.js";
 import { createNetns, deleteNetns } from "./helpers/netns.js";
 import { hex, l4ChecksumOk, put16, tcpPacket } from "./helpers/segments.js";
+import { injectSendErrors } from "./helpers/send-errors.js";
 
 const execFileAsync = promisify(execFile);
-const IO_URL = new URL("../dataplane/io.js", import.meta.url).href;
-const GRO_URL = new URL("../dataplane/gro.js", import.meta.url).href;
+const IO_URL = new URL("../dataplane/native-io.js", import.meta.url).href;
+const GRO_URL = new URL("../dataplane/offload/coalescer.js", import.meta.url).href;
 const NATIVE_URL = new URL("../dataplane/native/index.js", import.meta.url).href;
 const LOOPBACK = 0x7f000001;
 const TIMEOUT = { timeout: 60_000 };
@@ -264,7 +265,7 @@ describe("UDP GSO and GRO on 127.0.0.1", () => {
       // A later run to A is not consumed (and not a drop) when the kernel is
       // out of memory before its first datagram: it is retried whole.
       const again = run(3, 10, 10);
-      tx.injectSendErrors(os.errno.ENOBUFS, 1);
+      injectSendErrors(tx, os.errno.ENOBUFS, 1);
       assert.equal(sendRun(tx, again, 10, rxA.localPort), 0, "nothing consumed");
       assert.equal(tx.sendRetries, 1);
       assert.equal(tx.sendErrors, 0, "not a drop");

@@ -7,12 +7,11 @@ import { Worker } from "node:worker_threads";
 import { overlayMtu } from "../control/daemon.js";
 import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../dataplane/addr.js";
 import { Drop } from "../dataplane/counters.js";
-import { Engine } from "../dataplane/engine.js";
-import { FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
-import { Coalescer } from "../dataplane/gro.js";
+import { engineOver, FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
 import { MAX_RUN_BYTES, TSO_SLOT_SIZE } from "../dataplane/io.js";
 import { LeaseTable } from "../dataplane/leases.js";
 import { GSO_TYPE, loadAddon } from "../dataplane/native/index.js";
+import { Coalescer } from "../dataplane/offload/coalescer.js";
 import { internetChecksum, onesSum } from "../dataplane/wire/checksum.js";
 import { randomBytes, randomInt, seededRandom } from "./helpers/random.js";
 import {
@@ -501,7 +500,7 @@ const POD2 = parseIpv4("10.244.2.7");
 function rig(opts: { deviceGso?: boolean; transportGso?: boolean } = {}) {
   const device = new FakeDevice("flannel0", { gso: opts.deviceGso ?? true });
   const transport = new FakeTransport(8285, { gso: opts.transportGso ?? false });
-  const engine = new Engine({ device, transport, localAddr: parseIpv4("10.244.1.0"), mtu: 1472 });
+  const engine = engineOver(device, transport, { localAddr: parseIpv4("10.244.1.0"), mtu: 1472 });
   engine.setTable(
     LeaseTable.build(
       network,
@@ -662,7 +661,7 @@ describe("engine with offloads (fakes)", () => {
       () => {
         const device = new FakeDevice("flannel0", { gso: true });
         const transport = new FakeTransport(8285, { gso: true });
-        const engine = new Engine({ device, transport, localAddr: 1, mtu: 1472, peerCheck: false, coalesce: false });
+        const engine = engineOver(device, transport, { localAddr: 1, mtu: 1472, peerCheck: false, coalesce: false });
         engine.setTable(LeaseTable.build(network, 24, [], 8285));
         engine.start();
         return { device, transport, engine };

@@ -6,12 +6,11 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../dataplane/addr.js";
-import { Engine } from "../dataplane/engine.js";
-import { FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
-import { Coalescer } from "../dataplane/gro.js";
+import { engineOver, FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
 import { MAX_RUN_BYTES } from "../dataplane/io.js";
 import { LeaseTable } from "../dataplane/leases.js";
 import { GSO_TYPE } from "../dataplane/native/index.js";
+import { Coalescer } from "../dataplane/offload/coalescer.js";
 import { internetChecksum, onesSum } from "../dataplane/wire/checksum.js";
 import { randomBytes, randomInt, seededRandom } from "./helpers/random.js";
 import {
@@ -35,7 +34,7 @@ const u16 = (p: Uint8Array, o: number) => ((p[o] as number) << 8) | (p[o + 1] as
 function rig(opts: { transportGso: boolean; deviceGso?: boolean; udpGso?: boolean }) {
   const device = new FakeDevice("flannel0", { gso: opts.deviceGso ?? true, udpGso: opts.udpGso });
   const transport = new FakeTransport(8285, { gso: opts.transportGso });
-  const engine = new Engine({ device, transport, localAddr: parseIpv4("10.244.1.0"), mtu: 1472 });
+  const engine = engineOver(device, transport, { localAddr: parseIpv4("10.244.1.0"), mtu: 1472 });
   const leases = PEERS.map((publicIp, k) => ({
     subnet: parsePrefix(`10.244.${k + 2}.0/24`) as Ipv4Prefix,
     publicIp,
@@ -147,7 +146,7 @@ describe("UDP GSO runs toward peers", () => {
   it("sends one datagram per entry when the device slots are too small for a run or the socket has no GSO", () => {
     const device = new FakeDevice("flannel0", { gso: false });
     const transport = new FakeTransport(8285, { gso: true });
-    const engine = new Engine({ device, transport, localAddr: 1, mtu: 1472 });
+    const engine = engineOver(device, transport, { localAddr: 1, mtu: 1472 });
     engine.setTable(
       LeaseTable.build(network, 24, [{ subnet: parsePrefix("10.244.2.0/24") as Ipv4Prefix, publicIp: 9 }], 8285),
     );

@@ -3,7 +3,23 @@
 
 import { isMartian } from "../addr.js";
 import { internetChecksum } from "./checksum.js";
-import { IPV4_MIN_HEADER, type Ipv4View, PROTO_ICMP, writeAddr } from "./ipv4.js";
+import {
+  IPV4_CHECKSUM,
+  IPV4_DST,
+  IPV4_FLAGS_FRAGMENT,
+  IPV4_ID,
+  IPV4_MIN_HEADER,
+  IPV4_PROTOCOL,
+  IPV4_SRC,
+  IPV4_TOS,
+  IPV4_TOTAL_LENGTH,
+  IPV4_TTL,
+  IPV4_VERSION_IHL,
+  type Ipv4View,
+  PROTO_ICMP,
+  writeAddr,
+} from "./ipv4.js";
+import { writeU16 } from "./tcp.js";
 
 export const ICMP_DEST_UNREACH = 3;
 export const ICMP_TIME_EXCEEDED = 11;
@@ -12,6 +28,12 @@ export const CODE_FRAG_NEEDED = 4;
 export const CODE_TTL_EXCEEDED = 0;
 
 const ICMP_HEADER = 8;
+// Field offsets in the ICMP header.
+const ICMP_TYPE = 0;
+const ICMP_CODE = 1;
+const ICMP_CHECKSUM = 2;
+/** The 4 bytes after the checksum ("unused", or the next-hop MTU). */
+const ICMP_REST = 4;
 const ERROR_TTL = 8;
 /** Largest ICMP error we build: 20 (IP) + 8 (ICMP) + 60 (max header) + 8. */
 export const ICMP_ERROR_MAX = IPV4_MIN_HEADER + ICMP_HEADER + 60 + 8;
@@ -34,7 +56,7 @@ export function mayAnswerWithError(ip: Ipv4View): boolean {
   if (ip.protocol === PROTO_ICMP) {
     const icmpOff = ip.headerLength;
     if (ip.totalLength <= icmpOff) return false;
-    if (isIcmpError(ip.bytes[ip.off + icmpOff])) return false;
+    if (isIcmpError(ip.bytes[ip.off + icmpOff + ICMP_TYPE])) return false;
   }
   return true;
 }
@@ -62,40 +84,29 @@ export function buildIcmpError(
   const total = icmpErrorLength(ip);
   const quoted = total - IPV4_MIN_HEADER - ICMP_HEADER;
   const o = outOff;
-  out[o] = 0x45;
-  out[o + 1] = 0;
-  out[o + 2] = total >>> 8;
-  out[o + 3] = total & 0xff;
-  const id = nextId;
+  out[o + IPV4_VERSION_IHL] = 0x45;
+  out[o + IPV4_TOS] = 0;
+  writeU16(out, o + IPV4_TOTAL_LENGTH, total);
+  writeU16(out, o + IPV4_ID, nextId);
   nextId = (nextId + 1) & 0xffff;
-  out[o + 4] = id >>> 8;
-  out[o + 5] = id & 0xff;
-  out[o + 6] = 0;
-  out[o + 7] = 0;
-  out[o + 8] = ERROR_TTL;
-  out[o + 9] = PROTO_ICMP;
-  out[o + 10] = 0;
-  out[o + 11] = 0;
-  writeAddr(out, o + 12, source);
-  writeAddr(out, o + 16, ip.src);
-  const ipSum = internetChecksum(out, o, IPV4_MIN_HEADER);
-  out[o + 10] = ipSum >>> 8;
-  out[o + 11] = ipSum & 0xff;
+  writeU16(out, o + IPV4_FLAGS_FRAGMENT, 0);
+  out[o + IPV4_TTL] = ERROR_TTL;
+  out[o + IPV4_PROTOCOL] = PROTO_ICMP;
+  writeU16(out, o + IPV4_CHECKSUM, 0);
+  writeAddr(out, o + IPV4_SRC, source);
+  writeAddr(out, o + IPV4_DST, ip.src);
+  writeU16(out, o + IPV4_CHECKSUM, internetChecksum(out, o, IPV4_MIN_HEADER));
 
   const c = o + IPV4_MIN_HEADER;
-  out[c] = type;
-  out[c + 1] = code;
-  out[c + 2] = 0;
-  out[c + 3] = 0;
-  out[c + 4] = (extra >>> 24) & 0xff;
-  out[c + 5] = (extra >>> 16) & 0xff;
-  out[c + 6] = (extra >>> 8) & 0xff;
-  out[c + 7] = extra & 0xff;
+  out[c + ICMP_TYPE] = type;
+  out[c + ICMP_CODE] = code;
+  writeU16(out, c + ICMP_CHECKSUM, 0);
+  // The "unused" word: the next-hop MTU for Fragmentation Needed, else 0.
+  writeU16(out, c + ICMP_REST, (extra >>> 16) & 0xffff);
+  writeU16(out, c + ICMP_REST + 2, extra & 0xffff);
   // A byte loop, not subarray(): no view object per ICMP error.
   const src = ip.bytes;
   for (let i = 0; i < quoted; i++) out[c + ICMP_HEADER + i] = src[ip.off + i];
-  const icmpSum = internetChecksum(out, c, ICMP_HEADER + quoted);
-  out[c + 2] = icmpSum >>> 8;
-  out[c + 3] = icmpSum & 0xff;
+  writeU16(out, c + ICMP_CHECKSUM, internetChecksum(out, c, ICMP_HEADER + quoted));
   return total;
 }

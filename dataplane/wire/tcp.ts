@@ -2,6 +2,8 @@
 // and the flag bits of byte 13. Readers over a Uint8Array, no objects.
 
 export const TCP_MIN_HEADER = 20;
+/** Source port, then the destination port at 2. */
+export const TCP_SRC_PORT = 0;
 export const TCP_SEQ = 4;
 export const TCP_ACK = 8;
 export const TCP_DATA_OFFSET = 12;

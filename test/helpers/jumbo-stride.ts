@@ -4,15 +4,14 @@
 // the test runs it where it can be stopped, and this posts the outcome.
 import { parentPort, workerData } from "node:worker_threads";
 import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../../dataplane/addr.js";
-import { Engine } from "../../dataplane/engine.js";
-import { FakeDevice, FakeTransport } from "../../dataplane/fake-io.js";
+import { engineOver, FakeDevice, FakeTransport } from "../../dataplane/fake-io.js";
 import { LeaseTable } from "../../dataplane/leases.js";
 import { ACK, tcpPacket } from "./segments.js";
 
 const { gsoSize, payload, mtu } = workerData as { gsoSize: number; payload: number; mtu: number };
 const device = new FakeDevice("flannel0", { gso: true });
 const transport = new FakeTransport(8285, { gso: true });
-const engine = new Engine({ device, transport, localAddr: parseIpv4("10.244.1.0"), mtu });
+const engine = engineOver(device, transport, { localAddr: parseIpv4("10.244.1.0"), mtu });
 engine.setTable(
   LeaseTable.build(
     parsePrefix("10.244.0.0/16") as Ipv4Prefix,

@@ -18,23 +18,42 @@
 // one must arrive without one). At most 64 segments and 65535 bytes, and the
 // result stays inside the first packet's arena slot.
 
-import { type Addon, loadAddon } from "./native/index.js";
-import { PROTO_TCP, PROTO_UDP } from "./wire/ipv4.js";
+import { type Addon, loadAddon } from "../native/index.js";
 import {
+  IPV4_DST,
+  IPV4_FLAGS_FRAGMENT,
+  IPV4_ID,
+  IPV4_MIN_HEADER,
+  IPV4_PROTOCOL,
+  IPV4_SRC,
+  IPV4_TTL,
+  IPV4_VERSION_IHL,
+  PROTO_TCP,
+  PROTO_UDP,
+} from "../wire/ipv4.js";
+import {
+  readU16,
   readU32,
   TCP_ACK,
   TCP_ACK_FLAG,
   TCP_CWR,
   TCP_FIN,
   TCP_FLAGS,
+  TCP_MIN_HEADER,
   TCP_PSH,
   TCP_RST,
   TCP_SEQ,
+  TCP_SRC_PORT,
   TCP_SYN,
   TCP_URG,
   TCP_WINDOW,
   tcpHeaderLength,
-} from "./wire/tcp.js";
+} from "../wire/tcp.js";
+import { UDP_CHECKSUM, UDP_HEADER, UDP_LENGTH, UDP_SRC_PORT } from "../wire/udp.js";
+
+/** The DF bit in the flags/fragment word, and MF with the fragment offset. */
+const IPV4_DF = 0x4000;
+const IPV4_MF_OFFSET = 0x3fff;
 
 export const GRO_MAX_SEGMENTS = 64;
 const IP_MAX_TOTAL = 65535;
@@ -106,25 +125,25 @@ function tcpRunEnd(
   room: number,
 ): number {
   const head = offsets[i];
-  const ihl = (bytes[head] & 0x0f) << 2;
+  const ihl = ipv4HeaderLength(bytes, head);
   const t = head + ihl;
   const thl = tcpHeaderLength(bytes, t);
   let total = lengths[i];
   let nextSeq = (readU32(bytes, t + TCP_SEQ) + mss) >>> 0;
-  let lastId = (bytes[head + 4] << 8) | bytes[head + 5];
-  const df = (bytes[head + 6] & 0x40) !== 0;
+  let lastId = readU16(bytes, head + IPV4_ID);
+  const df = dontFragment(bytes, head);
   const wantFlags = bytes[t + TCP_FLAGS] & ~(TCP_CWR | TCP_PSH);
   let end = i + 1;
   while (end < count && end - i < GRO_MAX_SEGMENTS) {
     const q = offsets[end];
     const qLen = lengths[end];
-    if (qLen <= ihl + thl || (bytes[q] & 0x0f) << 2 !== ihl) break;
+    if (qLen <= ihl + thl || ipv4HeaderLength(bytes, q) !== ihl) break;
     const qt = q + ihl;
     const qFlags = bytes[qt + TCP_FLAGS];
     if ((qFlags & ~TCP_PSH) !== wantFlags) break;
     if (!sameFlow(bytes, head, q, ihl, thl)) break;
     if (readU32(bytes, qt + TCP_SEQ) !== nextSeq) break;
-    const id = (bytes[q + 4] << 8) | bytes[q + 5];
+    const id = readU16(bytes, q + IPV4_ID);
     if (!df && id !== ((lastId + 1) & 0xffff)) break;
     const payload = qLen - ihl - thl;
     if (payload > mss || total + payload > room) break;
@@ -149,16 +168,18 @@ function udpRunEnd(
 ): number {
   const head = offsets[i];
   let total = lengths[i];
-  let lastId = (bytes[head + 4] << 8) | bytes[head + 5];
-  const df = (bytes[head + 6] & 0x40) !== 0;
+  let lastId = readU16(bytes, head + IPV4_ID);
+  const df = dontFragment(bytes, head);
   let end = i + 1;
   while (end < count && end - i < GRO_MAX_SEGMENTS) {
     const q = offsets[end];
     const payload = udpRunPayload(bytes, q, lengths[end]);
     if (payload === 0 || payload > size || total + payload > room) break;
     if (!sameIpv4Header(bytes, head, q)) break;
-    if (readU32(bytes, q + 20) !== readU32(bytes, head + 20)) break; // ports
-    const id = (bytes[q + 4] << 8) | bytes[q + 5];
+    // Both ports in one word.
+    if (readU32(bytes, q + IPV4_MIN_HEADER + UDP_SRC_PORT) !== readU32(bytes, head + IPV4_MIN_HEADER + UDP_SRC_PORT))
+      break;
+    const id = readU16(bytes, q + IPV4_ID);
     if (!df && id !== ((lastId + 1) & 0xffff)) break;
     total += payload;
     lastId = id;
@@ -174,11 +195,11 @@ function udpRunEnd(
  * matches, a checksum, a payload); otherwise 0.
  */
 function udpRunPayload(bytes: Uint8Array, p: number, len: number): number {
-  if (bytes[p] !== 0x45 || bytes[p + 9] !== PROTO_UDP || len <= 28) return 0;
-  if ((bytes[p + 6] & 0x3f) !== 0 || bytes[p + 7] !== 0) return 0;
-  if (((bytes[p + 24] << 8) | bytes[p + 25]) !== len - 20) return 0;
-  if (bytes[p + 26] === 0 && bytes[p + 27] === 0) return 0;
-  return len - 28;
+  const u = p + IPV4_MIN_HEADER;
+  if (!plainHeader(bytes, p, PROTO_UDP) || len <= IPV4_MIN_HEADER + UDP_HEADER) return 0;
+  if (readU16(bytes, u + UDP_LENGTH) !== len - IPV4_MIN_HEADER) return 0;
+  if (readU16(bytes, u + UDP_CHECKSUM) === 0) return 0;
+  return len - IPV4_MIN_HEADER - UDP_HEADER;
 }
 
 /**
@@ -187,15 +208,14 @@ function udpRunPayload(bytes: Uint8Array, p: number, len: number): number {
  * that end a run, no PSH); otherwise 0. `len` is its IP total length.
  */
 function tcpRunPayload(bytes: Uint8Array, p: number, len: number): number {
-  if (bytes[p] !== 0x45 || bytes[p + 9] !== PROTO_TCP) return 0;
-  if ((bytes[p + 6] & 0x3f) !== 0 || bytes[p + 7] !== 0) return 0;
-  if (len < 40) return 0;
-  const t = p + 20;
+  if (!plainHeader(bytes, p, PROTO_TCP)) return 0;
+  if (len < IPV4_MIN_HEADER + TCP_MIN_HEADER) return 0;
+  const t = p + IPV4_MIN_HEADER;
   const flags = bytes[t + TCP_FLAGS];
   if ((flags & (NEVER | TCP_PSH)) !== 0 || (flags & TCP_ACK_FLAG) === 0) return 0;
   const thl = tcpHeaderLength(bytes, t);
-  if (thl < 20 || len <= 20 + thl) return 0;
-  return len - 20 - thl;
+  if (thl < TCP_MIN_HEADER || len <= IPV4_MIN_HEADER + thl) return 0;
+  return len - IPV4_MIN_HEADER - thl;
 }
 
 /**
@@ -208,19 +228,35 @@ function sameFlow(bytes: Uint8Array, p: number, q: number, ihl: number, thl: num
   const pt = p + ihl;
   const qt = q + ihl;
   if (tcpHeaderLength(bytes, qt) !== thl) return false;
-  for (let k = 0; k < 4; k++) if (bytes[qt + k] !== bytes[pt + k]) return false;
-  for (let k = TCP_ACK; k < TCP_ACK + 4; k++) if (bytes[qt + k] !== bytes[pt + k]) return false;
-  if (bytes[qt + TCP_WINDOW] !== bytes[pt + TCP_WINDOW] || bytes[qt + TCP_WINDOW + 1] !== bytes[pt + TCP_WINDOW + 1])
-    return false;
-  for (let k = 20; k < thl; k++) if (bytes[qt + k] !== bytes[pt + k]) return false;
+  // Both ports in one word, then the ACK number.
+  if (readU32(bytes, qt + TCP_SRC_PORT) !== readU32(bytes, pt + TCP_SRC_PORT)) return false;
+  if (readU32(bytes, qt + TCP_ACK) !== readU32(bytes, pt + TCP_ACK)) return false;
+  if (readU16(bytes, qt + TCP_WINDOW) !== readU16(bytes, pt + TCP_WINDOW)) return false;
+  for (let k = TCP_MIN_HEADER; k < thl; k++) if (bytes[qt + k] !== bytes[pt + k]) return false;
   return true;
 }
 
 /** Version/IHL, TOS, DF and not a fragment, TTL, protocol and addresses agree. */
 function sameIpv4Header(bytes: Uint8Array, p: number, q: number): boolean {
-  if (bytes[q] !== bytes[p] || bytes[q + 1] !== bytes[p + 1]) return false;
-  if (bytes[q + 6] !== bytes[p + 6] || bytes[q + 7] !== bytes[p + 7]) return false;
-  if (bytes[q + 8] !== bytes[p + 8] || bytes[q + 9] !== bytes[p + 9]) return false;
-  for (let k = 12; k < 20; k++) if (bytes[q + k] !== bytes[p + k]) return false;
-  return true;
+  if (readU16(bytes, q + IPV4_VERSION_IHL) !== readU16(bytes, p + IPV4_VERSION_IHL)) return false; // and TOS
+  if (readU16(bytes, q + IPV4_FLAGS_FRAGMENT) !== readU16(bytes, p + IPV4_FLAGS_FRAGMENT)) return false;
+  if (readU16(bytes, q + IPV4_TTL) !== readU16(bytes, p + IPV4_TTL)) return false; // and protocol
+  return (
+    readU32(bytes, q + IPV4_SRC) === readU32(bytes, p + IPV4_SRC) &&
+    readU32(bytes, q + IPV4_DST) === readU32(bytes, p + IPV4_DST)
+  );
+}
+
+/** IPv4 without options carrying `proto`, not a fragment (neither MF nor an offset). */
+function plainHeader(bytes: Uint8Array, p: number, proto: number): boolean {
+  if (bytes[p + IPV4_VERSION_IHL] !== 0x45 || bytes[p + IPV4_PROTOCOL] !== proto) return false;
+  return (readU16(bytes, p + IPV4_FLAGS_FRAGMENT) & IPV4_MF_OFFSET) === 0;
+}
+
+function ipv4HeaderLength(bytes: Uint8Array, p: number): number {
+  return (bytes[p + IPV4_VERSION_IHL] & 0x0f) << 2;
+}
+
+function dontFragment(bytes: Uint8Array, p: number): boolean {
+  return (readU16(bytes, p + IPV4_FLAGS_FRAGMENT) & IPV4_DF) !== 0;
 }

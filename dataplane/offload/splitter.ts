@@ -4,7 +4,7 @@
 // (gsoSplit, in place: segment k lands at off + k * stride); this wrapper only
 // keeps the result without allocating.
 
-import { type Addon, loadAddon } from "./native/index.js";
+import { type Addon, loadAddon } from "../native/index.js";
 
 export class Splitter {
   private readonly out = new Uint32Array(3);
