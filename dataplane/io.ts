@@ -15,6 +15,7 @@
 // shorter. On the wire every datagram is still one ordinary IPv4 packet.
 
 import {
+  type Addon,
   loadAddon,
   type NativeError,
   type NativePacketFd,
@@ -154,7 +155,7 @@ export function setBusyPoll(us: number, opts: BusyPollOptions = {}): void {
 export const DEFAULT_BUSY_POLL_DUTY = 50;
 
 /** Spins so far on this thread (for /metrics). */
-export function busyPollStats(): { spins: number; caught: number; waitedNs: number; windowNs: number } {
+export function busyPollStats(): ReturnType<Addon["busyPollStats"]> {
   return loadAddon().busyPollStats();
 }
 

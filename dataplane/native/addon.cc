@@ -33,7 +33,8 @@ Napi::Value SetBusyPoll(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// busyPollStats(): {spins, caught, waitedNs, windowNs} of this thread.
+// busyPollStats(): {spins, caught, waitedNs, windowNs, followUps,
+// followUpHits} of this thread.
 Napi::Value BusyPollStats(const Napi::CallbackInfo& info) {
   Spinner& s = Spinner::Get();
   Napi::Object o = Napi::Object::New(info.Env());
@@ -41,6 +42,8 @@ Napi::Value BusyPollStats(const Napi::CallbackInfo& info) {
   o.Set("caught", double(s.caught()));
   o.Set("waitedNs", double(s.waited_ns()));
   o.Set("windowNs", double(s.policy().window_ns()));
+  o.Set("followUps", double(s.follow_ups()));
+  o.Set("followUpHits", double(s.follow_up_hits()));
   return o;
 }
 

@@ -127,6 +127,10 @@ class Spinnable {
   virtual bool SpinWanted() const = 0;
   // Drains the fd and hands a batch to JavaScript, as a readable event would.
   virtual void SpinRead() = 0;
+  // True once after a batch wrote to this fd in a way that makes a packet
+  // coming back likely already queued (a TUN write: the pod's reply is made
+  // inside it). The spinner then reads it at once instead of a loop turn.
+  virtual bool TakeFollowUp() { return false; }
 
  protected:
   ~Spinnable() = default;
@@ -172,16 +176,58 @@ class Spinner {
     members_.erase(it);
   }
 
+  // Follow-up reads tried and those that found a packet.
+  uint64_t follow_ups() const { return follow_ups_; }
+  uint64_t follow_up_hits() const { return follow_up_hits_; }
+  void CountFollowUp(bool hit) {
+    follow_ups_++;
+    if (hit) follow_up_hits_++;
+  }
+
   // Called after a batch was handed over from an event-loop wake-up.
   void AfterBatch() {
-    if (spinning_ || members_.empty() || epfd_ < 0 || !policy_.enabled()) return;
+    if (spinning_) return;
+    spinning_ = true;
+    FollowUps();
+    Spin();
+    // Writes by batches the spin caught asked for follow-ups too.
+    FollowUps();
+    spinning_ = false;
+  }
+
+  static uint64_t Now() {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return uint64_t(ts.tv_sec) * 1'000'000'000u + uint64_t(ts.tv_nsec);
+  }
+
+ private:
+  // The follow-up reads the batch (and the batches they produce) asked for,
+  // each a plain drain: what one finds reaches JavaScript in fd order, as a
+  // readable event's batch would. Bounded so the event loop keeps its turn.
+  static constexpr int kMaxFollowUps = 64;
+  void FollowUps() {
+    for (int round = 0; round < kMaxFollowUps; round++) {
+      Spinnable* next = nullptr;
+      for (Spinnable* m : members_) {
+        if (m->TakeFollowUp()) {
+          next = m;
+          break;
+        }
+      }
+      if (next == nullptr) return;
+      if (next->SpinWanted()) next->SpinRead();
+    }
+  }
+
+  void Spin() {
+    if (members_.empty() || epfd_ < 0 || !policy_.enabled()) return;
     const uint64_t start = Now();
     const uint64_t window = policy_.OnWake(start);
     if (window == 0) {
       policy_.OnRanOut(start, 0);
       return;
     }
-    spinning_ = true;
     spins_++;
     const uint64_t cap_at = start + kSpinCapNs;
     uint64_t waited = 0;
@@ -227,22 +273,16 @@ class Spinner {
     }
     if (caught) caught_++;
     waited_ns_ += waited;
-    spinning_ = false;
   }
 
-  static uint64_t Now() {
-    timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return uint64_t(ts.tv_sec) * 1'000'000'000u + uint64_t(ts.tv_nsec);
-  }
-
- private:
   AdaptiveWindow policy_;
   bool spinning_ = false;
   int epfd_ = -1;
   uint64_t spins_ = 0;
   uint64_t caught_ = 0;
   uint64_t waited_ns_ = 0;
+  uint64_t follow_ups_ = 0;
+  uint64_t follow_up_hits_ = 0;
   std::vector<Spinnable*> members_;
 };
 

@@ -178,8 +178,18 @@ export interface Addon {
    * `adaptive`, waiting at most `dutyPercent` % of the time (busy_poll.h).
    */
   setBusyPoll(us: number, adaptive: boolean, dutyPercent: number): void;
-  /** This thread's spins so far: started, those that caught a batch, time spent waiting, the current window. */
-  busyPollStats(): { spins: number; caught: number; waitedNs: number; windowNs: number };
+  /**
+   * This thread's spins so far: started, those that caught a batch, time spent waiting, the current window;
+   * and the follow-up reads after a device write (busy_poll.h), tried and found a packet.
+   */
+  busyPollStats(): {
+    spins: number;
+    caught: number;
+    waitedNs: number;
+    windowNs: number;
+    followUps: number;
+    followUpHits: number;
+  };
   /** A fresh adaptive policy run over [kind, nowNs, waitedNs] triples (0 wake, 1 ran out, 2 capped): the window at each wake. */
   busyPollTrace(adaptive: boolean, fixedUs: number, dutyPercent: number, steps: number[]): number[];
   /** sd_notify: one datagram to an AF_UNIX socket path; "@name" is abstract. */
