@@ -222,7 +222,11 @@ export class Daemon {
     engine.setLocalAddresses(localAddressesAtStart());
     this.addressTimer = setInterval(() => engine.setLocalAddresses(localAddresses()), LOCAL_ADDRESS_REFRESH_MS);
     this.addressTimer.unref();
-    setBusyPoll(this.opts.busyPollUs, { adaptive: this.opts.adaptiveBusyPoll, dutyPercent: this.opts.busyPollDuty });
+    setBusyPoll(this.opts.busyPollUs, {
+      adaptive: this.opts.adaptiveBusyPoll,
+      dutyPercent: this.opts.busyPollDuty,
+      loopWait: this.opts.loopWait,
+    });
     this.engine.start();
     this.log.info({ tun: this.device.name, mtu, bind: `${formatIpv4(iface.addr)}:${port}` }, "dataplane up");
   }

@@ -140,6 +140,8 @@ export interface BusyPollOptions {
   readonly adaptive?: boolean;
   /** The share of time adaptive spins may spend waiting, in percent (default 50). */
   readonly dutyPercent?: number;
+  /** Sleep on the event loop's epoll set after a one-packet batch (default true; busy_poll.h, Spinner::Wait). */
+  readonly loopWait?: boolean;
 }
 
 /**
@@ -150,6 +152,7 @@ export interface BusyPollOptions {
  */
 export function setBusyPoll(us: number, opts: BusyPollOptions = {}): void {
   loadAddon().setBusyPoll(us, opts.adaptive ?? false, opts.dutyPercent ?? DEFAULT_BUSY_POLL_DUTY);
+  loadAddon().setLoopWait(opts.loopWait ?? true);
 }
 
 export const DEFAULT_BUSY_POLL_DUTY = 50;

@@ -31,6 +31,8 @@ class PacketFd : public PollSource<PacketFd> {
   // completed; a GSO super-packet gets gsoSize[i] (payload bytes per
   // segment) and gsoType[i] (VIRTIO_NET_HDR_GSO_*), others 0.
   Drained Drain();
+  // The first packet of the last batch (its length in the arena).
+  uint32_t FirstLength() const { return lengths_[0]; }
 
   bool TakeFollowUp() override {
     if (!follow_up_armed_) return false;
@@ -46,7 +48,7 @@ class PacketFd : public PollSource<PacketFd> {
   // call per hop, while floods (several packets per drain) keep draining to
   // EAGAIN. Nothing is lost by stopping early: the poll is level-triggered,
   // so a packet left queued wakes the next loop turn.
-  static constexpr uint32_t kSmallPacket = 512;
+  static constexpr uint32_t kSmallPacket = kConversationPacket;
   static constexpr uint64_t kQuietNs = 20'000;
 
   // After a write, whether to read back at once (busy_poll.h, TakeFollowUp):
