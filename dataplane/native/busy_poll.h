@@ -204,11 +204,14 @@ class Spinner {
     conversation_ = conversation;
     if (spinning_) return;
     spinning_ = true;
-    FollowUps();
-    Spin();
-    // Writes by batches the spin caught asked for follow-ups too.
-    FollowUps();
-    Wait();
+    for (int round = 0;; round++) {
+      FollowUps();
+      Spin();
+      // Writes by batches the spin caught asked for follow-ups too.
+      FollowUps();
+      // A batch caught by the wait is a wake-up like one through libuv.
+      if (round == kMaxWaits || !conversation_ || !WaitOnce()) break;
+    }
     spinning_ = false;
   }
 
@@ -250,46 +253,45 @@ class Spinner {
   //        finds the same events still there (level-triggered)
   //
   // Only while the traffic is a conversation (bulk keeps libuv's batching),
-  // at most kMaxWaits rounds before the loop gets its turn.
+  // at most kMaxWaits rounds before the loop gets its turn. Each batch caught
+  // gets its follow-ups and spin as one from libuv would.
   static constexpr int kMaxWaits = 64;
   static constexpr int kMaxWaitMs = 100;
-  void Wait() {
-    if (!loop_wait_ || loop_ == nullptr || members_.empty()) return;
-    const int backend = uv_backend_fd(loop_);
+  // One sleep; true when it caught batches of ours (and served them).
+  bool WaitOnce() {
+    if (!loop_wait_ || loop_ == nullptr || members_.empty()) return false;
+    // libuv applies interest changes (uv_poll_start/stop, a stream's wait
+    // for writability) to epoll only when it polls: not yet applied, the
+    // set below would not wake for them.
+    if (loop_->watcher_queue.next != &loop_->watcher_queue) return false;
+    uv_update_time(loop_);
+    int timeout = uv_backend_timeout(loop_);
+    if (timeout == 0) return false;
+    if (timeout < 0 || timeout > kMaxWaitMs) timeout = kMaxWaitMs;
+    waits_++;
     epoll_event events[8];
-    for (int round = 0; round < kMaxWaits && conversation_; round++) {
-      // libuv applies interest changes (uv_poll_start/stop, a stream's wait
-      // for writability) to epoll only when it polls: not yet applied, the
-      // set below would not wake for them.
-      if (loop_->watcher_queue.next != &loop_->watcher_queue) return;
-      uv_update_time(loop_);
-      int timeout = uv_backend_timeout(loop_);
-      if (timeout == 0) return;
-      if (timeout < 0 || timeout > kMaxWaitMs) timeout = kMaxWaitMs;
-      waits_++;
-      const int n = epoll_wait(backend, events, 8, timeout);
-      if (n <= 0) return;
-      Spinnable* ours[8];
-      for (int i = 0; i < n; i++) {
-        ours[i] = nullptr;
-        if ((events[i].events & ~uint32_t{EPOLLIN}) != 0) return;
-        for (Spinnable* m : members_) {
-          if (m->SpinFd() == events[i].data.fd && m->SpinWanted()) ours[i] = m;
-        }
-        if (ours[i] == nullptr) return;
+    const int n = epoll_wait(uv_backend_fd(loop_), events, 8, timeout);
+    if (n <= 0) return false;
+    Spinnable* ours[8];
+    for (int i = 0; i < n; i++) {
+      ours[i] = nullptr;
+      if ((events[i].events & ~uint32_t{EPOLLIN}) != 0) return false;
+      for (Spinnable* m : members_) {
+        if (m->SpinFd() == events[i].data.fd && m->SpinWanted()) ours[i] = m;
       }
-      waits_caught_++;
-      conversation_ = false;
-      for (int i = 0; i < n; i++) {
-        // A callback may have closed or paused this source (or another).
-        if (std::find(members_.begin(), members_.end(), ours[i]) == members_.end() ||
-            !ours[i]->SpinWanted()) {
-          continue;
-        }
-        ours[i]->SpinRead();
-      }
-      FollowUps();
+      if (ours[i] == nullptr) return false;
     }
+    waits_caught_++;
+    conversation_ = false;
+    for (int i = 0; i < n; i++) {
+      // A callback may have closed or paused this source (or another).
+      if (std::find(members_.begin(), members_.end(), ours[i]) == members_.end() ||
+          !ours[i]->SpinWanted()) {
+        continue;
+      }
+      ours[i]->SpinRead();
+    }
+    return true;
   }
 
   void Spin() {
