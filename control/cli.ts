@@ -75,6 +75,11 @@ export const FLAGS = {
     def: 50,
     help: "the share of a core adaptive busy polling may spend waiting, in percent",
   },
+  "loop-wait": {
+    kind: "bool",
+    def: true,
+    help: "after a one-packet batch, sleep on the event loop's own epoll set and serve flannel0 and the socket without a loop turn (one system call per wake-up instead of two; --no-loop-wait: always through the event loop)",
+  },
   "strict-inner-source": {
     kind: "bool",
     def: false,
@@ -143,6 +148,7 @@ export interface Options {
   busyPollUs: number;
   adaptiveBusyPoll: boolean;
   busyPollDuty: number;
+  loopWait: boolean;
   kubeSubnetMgr: boolean;
   kubeApiUrl: string;
   kubeconfigFile: string;

@@ -188,7 +188,11 @@ export class Daemon {
       mtu,
     });
     this.dataplane = dataplane;
-    setBusyPoll(this.opts.busyPollUs, { adaptive: this.opts.adaptiveBusyPoll, dutyPercent: this.opts.busyPollDuty });
+    setBusyPoll(this.opts.busyPollUs, {
+      adaptive: this.opts.adaptiveBusyPoll,
+      dutyPercent: this.opts.busyPollDuty,
+      loopWait: this.opts.loopWait,
+    });
     this.log.info({ tun: dataplane.tun.name, mtu, bind: `${formatIpv4(iface.addr)}:${port}` }, "dataplane up");
     return { device: dataplane.device, transport: dataplane.transport, mtu };
   }

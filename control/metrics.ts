@@ -20,7 +20,7 @@ export interface MetricSources {
   /** Sends stopped for want of kernel memory (ENOBUFS) and retried after a pause. */
   transportSendRetries(): number;
   /** Busy-poll spins: started, those that caught a batch, nanoseconds spent waiting (absent: no dataplane). */
-  busyPoll?(): { spins: number; caught: number; waitedNs: number };
+  busyPoll?(): { spins: number; caught: number; waitedNs: number; followUps?: number; followUpHits?: number };
   /** How many forwarding tables the engine has been given, and when the last one was (ms since the epoch). */
   readonly table?: { readonly generation: number; readonly swappedAt: number };
   /** UDP GSO runs the kernel refused; each sent its peer's runs datagram by datagram for a while. */
@@ -110,6 +110,18 @@ export function createMetrics(src: MetricSources): Registry {
       const b = src.busyPoll?.() ?? { spins: 0, caught: 0 };
       setTotal(this, { outcome: "caught" }, b.caught);
       setTotal(this, { outcome: "ran_out" }, b.spins - b.caught);
+    },
+  });
+  new Counter({
+    name: "weft_follow_up_reads_total",
+    help: "Reads of flannel0 right after writing to it (a reply is often already queued), by whether they found a packet",
+    labelNames: ["outcome"],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const b = src.busyPoll?.();
+      setTotal(this, { outcome: "hit" }, b?.followUpHits ?? 0);
+      setTotal(this, { outcome: "miss" }, (b?.followUps ?? 0) - (b?.followUpHits ?? 0));
     },
   });
   new Counter({

@@ -15,6 +15,7 @@ import {
   TSO_SLOT_SIZE,
 } from "./io.js";
 import {
+  type Addon,
   loadAddon,
   type NativeError,
   type NativePacketFd,
@@ -36,6 +37,8 @@ export interface BusyPollOptions {
   readonly adaptive?: boolean;
   /** The share of time adaptive spins may spend waiting, in percent (default 50). */
   readonly dutyPercent?: number;
+  /** Sleep on the event loop's epoll set after a one-packet batch (default true; busy_poll.h, Spinner::Wait). */
+  readonly loopWait?: boolean;
 }
 
 /**
@@ -46,12 +49,13 @@ export interface BusyPollOptions {
  */
 export function setBusyPoll(us: number, opts: BusyPollOptions = {}): void {
   loadAddon().setBusyPoll(us, opts.adaptive ?? false, opts.dutyPercent ?? DEFAULT_BUSY_POLL_DUTY);
+  loadAddon().setLoopWait(opts.loopWait ?? true);
 }
 
 export const DEFAULT_BUSY_POLL_DUTY = 50;
 
 /** Spins so far on this thread (for /metrics). */
-export function busyPollStats(): { spins: number; caught: number; waitedNs: number; windowNs: number } {
+export function busyPollStats(): ReturnType<Addon["busyPollStats"]> {
   return loadAddon().busyPollStats();
 }
 

@@ -4,8 +4,11 @@
 // nothing) and capped spins, and returns the window chosen at each wake.
 
 import assert from "node:assert/strict";
+import { closeSync, readSync, writeSync } from "node:fs";
 import { describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import { loadAddon } from "../dataplane/native/index.js";
+import { setBusyPoll, TunDevice } from "../dataplane/native-io.js";
 
 const US = 1000;
 const MS = 1000 * US;
@@ -125,4 +128,118 @@ describe("adaptive busy-poll window", () => {
       [0, 0],
     );
   });
+});
+
+/** Deterministic contents: packet `seq` of `len` bytes, seq in the first four. */
+function numbered(seq: number, len: number): Buffer {
+  const p = Buffer.alloc(len);
+  p.writeUInt32BE(seq, 0);
+  for (let k = 4; k < len; k++) p[k] = (seq * 7 + k * 13) & 255;
+  return p;
+}
+
+/** Every queued record of a non-blocking packet socket fd. */
+function readAll(fd: number): Buffer[] {
+  const out: Buffer[] = [];
+  const buf = Buffer.alloc(2048);
+  for (;;) {
+    try {
+      const n = readSync(fd, buf);
+      out.push(Buffer.from(buf.subarray(0, n)));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "EAGAIN") return out;
+      throw err;
+    }
+  }
+}
+
+// The follow-up read (busy_poll.h): after a batch wrote to a device, the
+// device is read at once, since the pod's reply is made inside the write. Here
+// a "pod" end of a socketpair has its replies queued before each write, so
+// every follow-up can find them; some requests get no reply (a miss), some
+// several (the drain stops early after one small packet, and the rest must
+// come through the next loop turn).
+describe("follow-up reads after a device write", () => {
+  const variants = [
+    { busyUs: 0, loopWait: true },
+    { busyUs: 50, loopWait: true },
+    { busyUs: 0, loopWait: false },
+  ];
+  for (const { busyUs, loopWait } of variants) {
+    const name = `busy poll ${busyUs} µs, ${loopWait ? "" : "no "}wait on the loop's epoll set`;
+    it(`deliver every reply once and in order, and timers still fire (${name})`, { timeout: 60_000 }, async (t) => {
+      const addon = loadAddon();
+      setBusyPoll(busyUs, { loopWait });
+      let ticks = 0;
+      const ticker = setInterval(() => ticks++, 2);
+      const [devFd, podFd] = addon.socketpair();
+      const [srcFd, feedFd] = addon.socketpair();
+      const dev = TunDevice.fromFd(devFd, "dev", { capacity: 16, slotSize: 256 });
+      const src = TunDevice.fromFd(srcFd, "src", { capacity: 16, slotSize: 256 });
+      t.after(() => {
+        clearInterval(ticker);
+        setBusyPoll(0);
+        dev.close();
+        src.close();
+        closeSync(podFd);
+        closeSync(feedFd);
+      });
+      const before = addon.busyPollStats();
+      const replies: number[] = [];
+      const atPod: number[] = [];
+      let expected = 0;
+      let replySeq = 0;
+      dev.start((count) => {
+        const { bytes, slotSize } = dev.rx;
+        for (let i = 0; i < count; i++)
+          replies.push(Buffer.from(bytes.buffer, bytes.byteOffset + i * slotSize).readUInt32BE(0));
+      });
+      src.start((count) => {
+        const { bytes, lengths, slotSize } = src.rx;
+        for (let i = 0; i < count; i++) {
+          const off = i * slotSize;
+          const req = Buffer.from(bytes.subarray(off, off + (lengths[i] as number)));
+          const seq = req.readUInt32BE(0);
+          for (const p of readAll(podFd)) atPod.push(p.readUInt32BE(0));
+          // The pod answers request seq with seq % 4 replies (0..3), queued
+          // before the write returns, as a kernel-made reply would be.
+          for (let r = 0; r < seq % 4; r++) {
+            writeSync(podFd, numbered(replySeq++, 64 + ((seq * 31) % 180)));
+            expected++;
+          }
+          const s = { bytes: new Uint8Array(req), offsets: Uint32Array.of(0), lengths: Uint32Array.of(req.length) };
+          assert.equal(dev.write(s.bytes, s.offsets, s.lengths, 0, 1), 1);
+        }
+      });
+      const total = 400;
+      for (let seq = 0; seq < total; seq++) {
+        writeSync(feedFd, numbered(seq, 80));
+        // Mostly one request per wake-up with a quiet spell between, now and
+        // then a burst.
+        if (seq % 25 !== 0) await sleep(seq % 3 === 0 ? 1 : 0);
+      }
+      const deadline = Date.now() + 20_000;
+      while ((replies.length < expected || atPod.length < total) && Date.now() < deadline) {
+        await sleep(5);
+        for (const p of readAll(podFd)) atPod.push(p.readUInt32BE(0));
+      }
+      assert.deepEqual(
+        replies,
+        Array.from({ length: expected }, (_, i) => i),
+      );
+      assert.deepEqual(
+        atPod,
+        Array.from({ length: total }, (_, i) => i),
+      );
+      const after = addon.busyPollStats();
+      assert.ok(after.followUpHits > before.followUpHits, "some follow-up reads found the reply");
+      assert.ok(after.followUps > after.followUpHits, "and some found nothing");
+      // Replies left queued by a drain that stopped after one small packet
+      // (a conversation) are caught by the thread's own sleep on the loop's
+      // epoll set, unless a spin got them first or the wait is off.
+      if (loopWait && busyUs === 0) assert.ok(after.waitsCaught > before.waitsCaught, "a wait caught a batch");
+      if (!loopWait) assert.equal(after.waits, before.waits);
+      assert.ok(ticks > 0, "a 2 ms interval fired during the exchange");
+    });
+  }
 });

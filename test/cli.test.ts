@@ -91,6 +91,11 @@ describe("weftd flags", () => {
     assert.equal(parseOptions([], { FLANNELD_BUSY_POLL_US: "20" }).busyPollUs, 20);
   });
 
+  it("waits on the event loop's epoll set by default, and not with --no-loop-wait", () => {
+    assert.equal(parseOptions([], {}).loopWait, true);
+    assert.equal(parseOptions(["--no-loop-wait"], {}).loopWait, false);
+  });
+
   it("takes -v alone or with a level", () => {
     assert.equal(parseOptions(["-v"], {}).verbosity, 1);
     assert.equal(parseOptions(["-v=10"], {}).verbosity, 10);

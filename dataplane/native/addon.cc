@@ -33,7 +33,20 @@ Napi::Value SetBusyPoll(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// busyPollStats(): {spins, caught, waitedNs, windowNs} of this thread.
+// setLoopWait(on): whether this thread may sleep on libuv's epoll set itself
+// after a conversation's batch (busy_poll.h, Spinner::Wait).
+Napi::Value SetLoopWait(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsBoolean()) {
+    ThrowTypeError(env, "setLoopWait(on: boolean)");
+    return Napi::Value();
+  }
+  Spinner::Get().SetLoopWait(info[0].As<Napi::Boolean>().Value());
+  return env.Undefined();
+}
+
+// busyPollStats(): {spins, caught, waitedNs, windowNs, waits, waitsCaught,
+// followUps, followUpHits} of this thread.
 Napi::Value BusyPollStats(const Napi::CallbackInfo& info) {
   Spinner& s = Spinner::Get();
   Napi::Object o = Napi::Object::New(info.Env());
@@ -41,6 +54,10 @@ Napi::Value BusyPollStats(const Napi::CallbackInfo& info) {
   o.Set("caught", double(s.caught()));
   o.Set("waitedNs", double(s.waited_ns()));
   o.Set("windowNs", double(s.policy().window_ns()));
+  o.Set("waits", double(s.waits()));
+  o.Set("waitsCaught", double(s.waits_caught()));
+  o.Set("followUps", double(s.follow_ups()));
+  o.Set("followUpHits", double(s.follow_up_hits()));
   return o;
 }
 
@@ -88,6 +105,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("groMerge", Napi::Function::New(env, GroMerge, "groMerge"));
   exports.Set("setBusyPoll",
               Napi::Function::New(env, SetBusyPoll, "setBusyPoll"));
+  exports.Set("setLoopWait",
+              Napi::Function::New(env, SetLoopWait, "setLoopWait"));
   exports.Set("busyPollStats",
               Napi::Function::New(env, BusyPollStats, "busyPollStats"));
   exports.Set("busyPollTrace",

@@ -1,14 +1,16 @@
-// Busy polling: after a batch, keep checking the thread's sources for a short
-// window instead of going back to sleep in epoll. On a VM a sleeping process
-// takes tens of µs to resume, and a reply (a ping, a request/response, an ACK)
-// often comes back within that time; caught by polling it costs no wake-up.
+// What a thread does after a batch, instead of going straight back to
+// libuv: everything here saves wake-ups or system calls per hop, which is
+// where a userspace hop's time goes on a VM (docs/latency.md).
 //
-//   batch handled ──► Spinner::AfterBatch()
-//                       window = policy.OnWake(gap since the last spin ran out)
-//                       ├─ window 0 ─────────────────────────► back to libuv
-//                       └─ epoll_pwait(private set, timeout 0) per step
-//                            ├─ readable: drain + onBatch, the wait restarts
-//                            └─ quiet for the window, or 2 ms in all ─► libuv
+//   batch handled ──► Spinner::AfterBatch(conversation: one small packet?)
+//     1. follow-ups: a device written to is read at once (the pod's reply is
+//        made inside the write); each read that finds one is a batch
+//     2. spin (busy polling, off by default): window = policy.OnWake(...)
+//          epoll_wait(private set, 0) + sched_yield per step
+//          ├─ readable: drain + onBatch, the wait restarts
+//          └─ quiet for the window, or 2 ms in all
+//     3. wait (conversations only): sleep on libuv's own epoll set, serve our
+//        fds directly, back to libuv for anything else (Spinner::Wait)
 //
 // The window (AdaptiveWindow) adapts the way KVM's halt-poll governor does:
 // it starts at kStartNs when a packet arrives soon after the previous one,
@@ -19,9 +21,11 @@
 // replaces the policy with a fixed window (the old --busy-poll-us).
 #pragma once
 
+#include <sched.h>
 #include <sys/epoll.h>
 #include <time.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -127,6 +131,10 @@ class Spinnable {
   virtual bool SpinWanted() const = 0;
   // Drains the fd and hands a batch to JavaScript, as a readable event would.
   virtual void SpinRead() = 0;
+  // True once after a batch wrote to this fd in a way that makes a packet
+  // coming back likely already queued (a TUN write: the pod's reply is made
+  // inside it). The spinner then reads it at once instead of a loop turn.
+  virtual bool TakeFollowUp() { return false; }
 
  protected:
   ~Spinnable() = default;
@@ -172,16 +180,128 @@ class Spinner {
     members_.erase(it);
   }
 
-  // Called after a batch was handed over from an event-loop wake-up.
-  void AfterBatch() {
-    if (spinning_ || members_.empty() || epfd_ < 0 || !policy_.enabled()) return;
+  // Follow-up reads tried and those that found a packet.
+  uint64_t follow_ups() const { return follow_ups_; }
+  uint64_t follow_up_hits() const { return follow_up_hits_; }
+  void CountFollowUp(bool hit) {
+    follow_ups_++;
+    if (hit) follow_up_hits_++;
+  }
+
+  // Waits that the event loop would have made itself (each saves libuv's
+  // empty epoll_pwait), and the batches they caught.
+  uint64_t waits() const { return waits_; }
+  uint64_t waits_caught() const { return waits_caught_; }
+
+  void SetLoop(uv_loop_t* loop) { loop_ = loop; }
+  // Off: every wait goes back through the event loop (setLoopWait).
+  void SetLoopWait(bool on) { loop_wait_ = on; }
+
+  // Called after a batch was handed over (from an event-loop wake-up, or
+  // nested, from a follow-up, spin or wait). `conversation`: it was one small
+  // packet, the pattern of request-response traffic.
+  void AfterBatch(bool conversation) {
+    conversation_ = conversation;
+    if (spinning_) return;
+    spinning_ = true;
+    for (int round = 0;; round++) {
+      FollowUps();
+      Spin();
+      // Writes by batches the spin caught asked for follow-ups too.
+      FollowUps();
+      // A batch caught by the wait is a wake-up like one through libuv.
+      if (round == kMaxWaits || !conversation_ || !WaitOnce()) break;
+    }
+    spinning_ = false;
+  }
+
+  static uint64_t Now() {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return uint64_t(ts.tv_sec) * 1'000'000'000u + uint64_t(ts.tv_nsec);
+  }
+
+ private:
+  // The follow-up reads the batch (and the batches they produce) asked for,
+  // each a plain drain: what one finds reaches JavaScript in fd order, as a
+  // readable event's batch would. Bounded so the event loop keeps its turn.
+  static constexpr int kMaxFollowUps = 64;
+  void FollowUps() {
+    for (int round = 0; round < kMaxFollowUps; round++) {
+      Spinnable* next = nullptr;
+      for (Spinnable* m : members_) {
+        if (m->TakeFollowUp()) {
+          next = m;
+          break;
+        }
+      }
+      if (next == nullptr) return;
+      if (next->SpinWanted()) next->SpinRead();
+    }
+  }
+
+  // Sleeping through libuv costs two system calls per wake-up: with the loop
+  // metrics Node turns on, libuv first polls with timeout 0 (empty while
+  // traffic is a conversation) and only then sleeps. Here the thread sleeps
+  // once, on libuv's own epoll set with libuv's own timeout, and serves a
+  // packet of its own sources without a loop turn:
+  //
+  //   epoll_wait(uv_backend_fd, uv_backend_timeout)
+  //     ├─ only our fds, readable ─► drain + onBatch (+ follow-ups), again
+  //     └─ anything else (a timer due, another fd, a writable wait, an
+  //        interest change not yet given to epoll) ─► back to libuv, which
+  //        finds the same events still there (level-triggered)
+  //
+  // Only while the traffic is a conversation (bulk keeps libuv's batching),
+  // at most kMaxWaits rounds before the loop gets its turn. Each batch caught
+  // gets its follow-ups and spin as one from libuv would.
+  static constexpr int kMaxWaits = 64;
+  static constexpr int kMaxWaitMs = 100;
+  // One sleep; true when it caught batches of ours (and served them).
+  bool WaitOnce() {
+    if (!loop_wait_ || loop_ == nullptr || members_.empty()) return false;
+    // libuv applies interest changes (uv_poll_start/stop, a stream's wait
+    // for writability) to epoll only when it polls: not yet applied, the
+    // set below would not wake for them.
+    if (loop_->watcher_queue.next != &loop_->watcher_queue) return false;
+    uv_update_time(loop_);
+    int timeout = uv_backend_timeout(loop_);
+    if (timeout == 0) return false;
+    if (timeout < 0 || timeout > kMaxWaitMs) timeout = kMaxWaitMs;
+    waits_++;
+    epoll_event events[8];
+    const int n = epoll_wait(uv_backend_fd(loop_), events, 8, timeout);
+    if (n <= 0) return false;
+    Spinnable* ours[8];
+    for (int i = 0; i < n; i++) {
+      ours[i] = nullptr;
+      if ((events[i].events & ~uint32_t{EPOLLIN}) != 0) return false;
+      for (Spinnable* m : members_) {
+        if (m->SpinFd() == events[i].data.fd && m->SpinWanted()) ours[i] = m;
+      }
+      if (ours[i] == nullptr) return false;
+    }
+    waits_caught_++;
+    conversation_ = false;
+    for (int i = 0; i < n; i++) {
+      // A callback may have closed or paused this source (or another).
+      if (std::find(members_.begin(), members_.end(), ours[i]) == members_.end() ||
+          !ours[i]->SpinWanted()) {
+        continue;
+      }
+      ours[i]->SpinRead();
+    }
+    return true;
+  }
+
+  void Spin() {
+    if (members_.empty() || epfd_ < 0 || !policy_.enabled()) return;
     const uint64_t start = Now();
     const uint64_t window = policy_.OnWake(start);
     if (window == 0) {
       policy_.OnRanOut(start, 0);
       return;
     }
-    spinning_ = true;
     spins_++;
     const uint64_t cap_at = start + kSpinCapNs;
     uint64_t waited = 0;
@@ -224,25 +344,27 @@ class Spinner {
         policy_.OnRanOut(now, waited);
         break;
       }
+      // Whoever this packet woke (the pod, ping, the peer's weftd on the
+      // same machine) may be queued behind us on this CPU: let it run.
+      sched_yield();
     }
     if (caught) caught_++;
     waited_ns_ += waited;
-    spinning_ = false;
   }
 
-  static uint64_t Now() {
-    timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return uint64_t(ts.tv_sec) * 1'000'000'000u + uint64_t(ts.tv_nsec);
-  }
-
- private:
   AdaptiveWindow policy_;
   bool spinning_ = false;
   int epfd_ = -1;
   uint64_t spins_ = 0;
   uint64_t caught_ = 0;
   uint64_t waited_ns_ = 0;
+  uv_loop_t* loop_ = nullptr;
+  bool loop_wait_ = true;
+  bool conversation_ = false;
+  uint64_t waits_ = 0;
+  uint64_t waits_caught_ = 0;
+  uint64_t follow_ups_ = 0;
+  uint64_t follow_up_hits_ = 0;
   std::vector<Spinnable*> members_;
 };
 

@@ -178,8 +178,23 @@ export interface Addon {
    * `adaptive`, waiting at most `dutyPercent` % of the time (busy_poll.h).
    */
   setBusyPoll(us: number, adaptive: boolean, dutyPercent: number): void;
-  /** This thread's spins so far: started, those that caught a batch, time spent waiting, the current window. */
-  busyPollStats(): { spins: number; caught: number; waitedNs: number; windowNs: number };
+  /** Whether this thread may sleep on libuv's own epoll set after a one-packet batch (busy_poll.h, Spinner::Wait); on by default. */
+  setLoopWait(on: boolean): void;
+  /**
+   * This thread's spins so far: started, those that caught a batch, time spent waiting, the current window;
+   * its own sleeps on libuv's epoll set and those that caught a batch; and the follow-up reads after a device write
+   * (busy_poll.h), tried and found a packet.
+   */
+  busyPollStats(): {
+    spins: number;
+    caught: number;
+    waitedNs: number;
+    windowNs: number;
+    waits: number;
+    waitsCaught: number;
+    followUps: number;
+    followUpHits: number;
+  };
   /** A fresh adaptive policy run over [kind, nowNs, waitedNs] triples (0 wake, 1 ran out, 2 capped): the window at each wake. */
   busyPollTrace(adaptive: boolean, fixedUs: number, dutyPercent: number, steps: number[]): number[];
   /** sd_notify: one datagram to an AF_UNIX socket path; "@name" is abstract. */

@@ -94,8 +94,26 @@ ssize_t PacketFd::ReadOne(uint8_t* slot, void* vnet_hdr) {
 }
 
 Drained PacketFd::Drain() {
+  Drained d = DrainQueue();
+  if (following_up_) {
+    following_up_ = false;
+    follow_up_hits_ = static_cast<uint8_t>(follow_up_hits_ << 1 | (d.count > 0 ? 1 : 0));
+    Spinner::Get().CountFollowUp(d.count > 0);
+  }
+  // A read that found nothing (a follow-up's miss) says nothing of the pace.
+  if (d.count > 0) {
+    last_drain_count_ = d.count;
+    last_drain_end_ = Spinner::Now();
+  }
+  return d;
+}
+
+Drained PacketFd::DrainQueue() {
   const char* syscall = is_socket_ ? "recv" : "read";
   const uint32_t hdr_len = vnet_ ? kVnetHdrLen : 0;
+  // See kSmallPacket: one packet per wake-up lately, and a quiet spell since.
+  const bool one_at_a_time =
+      last_drain_count_ == 1 && Spinner::Now() - last_drain_end_ >= kQuietNs;
   uint32_t count = 0;
   for (uint32_t attempt = 0; attempt < capacity_ && count < capacity_;
        attempt++) {
@@ -129,6 +147,10 @@ Drained PacketFd::Drain() {
       }
     }
     lengths_[count++] = len;
+    if (one_at_a_time && count == 1 && len <= kSmallPacket &&
+        (!vnet_ || gso_size_[0] == 0)) {
+      break;
+    }
   }
   return {count, 0, syscall};
 }
@@ -215,6 +237,7 @@ Napi::Value PacketFd::Write(const Napi::CallbackInfo& info) {
     }
     done++;
   }
+  if (done > 0) ArmFollowUp();
   return Napi::Number::New(env, done);
 }
 

@@ -31,8 +31,34 @@ class PacketFd : public PollSource<PacketFd> {
   // completed; a GSO super-packet gets gsoSize[i] (payload bytes per
   // segment) and gsoType[i] (VIRTIO_NET_HDR_GSO_*), others 0.
   Drained Drain();
+  // The first packet of the last batch (its length in the arena).
+  uint32_t FirstLength() const { return lengths_[0]; }
+
+  bool TakeFollowUp() override {
+    if (!follow_up_armed_) return false;
+    follow_up_armed_ = false;
+    following_up_ = true;
+    return true;
+  }
 
  private:
+  // A drain whose first packet is this small, after a drain of one packet
+  // that ended this long ago, stops without the read that would only say
+  // EAGAIN: request-response traffic (one packet per wake-up) saves a system
+  // call per hop, while floods (several packets per drain) keep draining to
+  // EAGAIN. Nothing is lost by stopping early: the poll is level-triggered,
+  // so a packet left queued wakes the next loop turn.
+  static constexpr uint32_t kSmallPacket = kConversationPacket;
+  static constexpr uint64_t kQuietNs = 20'000;
+
+  // After a write, whether to read back at once (busy_poll.h, TakeFollowUp):
+  // while one of the last 8 follow-ups found a packet, and as a probe every
+  // 16th write otherwise, so a device whose peer never answers at once costs
+  // one EAGAIN read per 16 writes.
+  void ArmFollowUp() {
+    follow_up_armed_ = follow_up_hits_ != 0 || (++follow_up_probe_ & 15) == 0;
+  }
+
   // bindWrite(bytes, offsets, lengths, gsoSize?): the arrays the following
   // writes read, until the next bindWrite. With vnet, gsoSize[i] > 0 marks a
   // TCP/UDP super-packet (its L4 checksum seeded with the pseudo-header sum)
@@ -43,6 +69,7 @@ class PacketFd : public PollSource<PacketFd> {
   Napi::Value WriteErrors(const Napi::CallbackInfo& info);
   Napi::Value TruncatedDrops(const Napi::CallbackInfo& info);
 
+  Drained DrainQueue();
   ssize_t ReadOne(uint8_t* slot, void* vnet_hdr);
   ssize_t WriteOne(const uint8_t* packet, uint32_t len, uint32_t gso_size);
 
@@ -56,6 +83,12 @@ class PacketFd : public PollSource<PacketFd> {
   uint32_t capacity_ = 0;
   bool is_socket_ = false;
   bool vnet_ = false;
+  bool follow_up_armed_ = false;
+  bool following_up_ = false;
+  uint8_t follow_up_hits_ = 1;  // the last 8 follow-ups, newest in bit 0
+  uint8_t follow_up_probe_ = 0;
+  uint32_t last_drain_count_ = 0;
+  uint64_t last_drain_end_ = 0;
   double write_errors_ = 0;
   double truncated_drops_ = 0;
 };

@@ -46,6 +46,8 @@ constexpr int kEndOfStream = -1;
 // The receive arena's memory was detached or shrunk: reading stops (and a
 // resume() only reports it again).
 constexpr int kArenaDetached = -2;
+// A batch of one packet this small looks like request-response traffic.
+constexpr uint32_t kConversationPacket = 512;
 
 // Lives apart from the JS object: libuv closes handles asynchronously, and the
 // close callback (which closes the fd) may run after the object is collected.
@@ -99,6 +101,7 @@ class PollSource : public Napi::ObjectWrap<T>, public Spinnable {
       return false;
     }
     handle->poll.data = this;
+    Spinner::Get().SetLoop(loop);
     handle_ = handle;
     fd_ = fd;
     async_ = std::make_unique<Napi::AsyncContext>(env, resource);
@@ -244,7 +247,11 @@ class PollSource : public Napi::ObjectWrap<T>, public Spinnable {
       if (d.error != 0) ReportReadError(env, d);
       if (handle_ == nullptr) return;
       UpdateInterest();
-      if (d.count > 0) Spinner::Get().AfterBatch();
+      if (d.count > 0) {
+        Spinner::Get().AfterBatch(
+            d.count == 1 &&
+            static_cast<T*>(this)->FirstLength() <= kConversationPacket);
+      }
       return;
     }
     UpdateInterest();

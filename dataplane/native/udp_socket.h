@@ -47,6 +47,8 @@ class UdpSocket : public PollSource<UdpSocket> {
   // srcAddr[i]/srcPort[i] the sender in host order, segSize[i] the GRO
   // segment size when the slot holds several datagrams (else 0).
   Drained Drain();
+  // The first packet of the last batch (its length in the arena).
+  uint32_t FirstLength() const { return lengths_[0]; }
 
  private:
   // bindSend(bytes, offsets, lengths, dstAddr, dstPort, segSize?): the
