@@ -17,9 +17,13 @@ import { Etcd3 } from "etcd3";
 import { EtcdRegistry } from "../../control/registry/etcd.js";
 import { FileRegistry } from "../../control/registry/file.js";
 import type { Registry } from "../../control/registry/registry.js";
+import { type KubeSpec, KubeWriter } from "./kube-writer.js";
 import { peerPublicIp, peerSubnet } from "./peers.js";
 
-export type RegistrySpec = { kind: "file"; dir: string } | { kind: "etcd"; endpoint: string; config: string };
+export type RegistrySpec =
+  | { kind: "file"; dir: string }
+  | { kind: "etcd"; endpoint: string; config: string }
+  | KubeSpec;
 
 export interface SeedCommand {
   command: "seed";
@@ -55,9 +59,25 @@ export interface ChurnResult {
 const TTL_SECONDS = 24 * 3600;
 const SEED_CONCURRENCY = 16;
 
-async function openRegistry(spec: RegistrySpec): Promise<Registry> {
-  if (spec.kind === "file") return FileRegistry.open(spec.dir);
-  return new EtcdRegistry({ endpoints: [spec.endpoint] });
+/** Adds and removes made-up peers: leases in file and etcd mode, Node objects in kube mode. */
+interface Writer {
+  add(i: number): Promise<void>;
+  remove(i: number): Promise<void>;
+  close(): Promise<void> | void;
+}
+
+async function openWriter(spec: RegistrySpec): Promise<Writer> {
+  if (spec.kind === "kube") return new KubeWriter(spec);
+  const registry: Registry =
+    spec.kind === "file" ? await FileRegistry.open(spec.dir) : new EtcdRegistry({ endpoints: [spec.endpoint] });
+  return {
+    async add(i) {
+      if ((await registry.createLease(peerSubnet(i), peerPublicIp(i), TTL_SECONDS)) === null)
+        throw new Error(`lease ${i} exists already`);
+    },
+    remove: (i) => registry.deleteLease(peerSubnet(i)),
+    close: () => registry.close(),
+  };
 }
 
 async function seed(c: SeedCommand): Promise<void> {
@@ -67,16 +87,13 @@ async function seed(c: SeedCommand): Promise<void> {
     await client.put("/coreos.com/network/config").value(c.registry.config);
     client.close();
   }
-  const registry = await openRegistry(c.registry);
+  const writer = await openWriter(c.registry);
   let next = 0;
   const worker = async () => {
-    for (let i = next++; i < c.peers; i = next++) {
-      const lease = await registry.createLease(peerSubnet(i), peerPublicIp(i), TTL_SECONDS);
-      if (lease === null) throw new Error(`seed: lease ${i} exists already`);
-    }
+    for (let i = next++; i < c.peers; i = next++) await writer.add(i);
   };
   await Promise.all(Array.from({ length: SEED_CONCURRENCY }, worker));
-  await registry.close();
+  await writer.close();
   say({ seeded: c.peers, seconds: (performance.now() - t0) / 1000 });
 }
 
@@ -102,7 +119,7 @@ async function until(done: () => boolean, timeoutMs: number): Promise<void> {
 }
 
 async function churn(c: ChurnCommand): Promise<void> {
-  const registry = await openRegistry(c.registry);
+  const registry = await openWriter(c.registry);
   const adds = Math.floor(c.changes / 2);
   const start = await tableState(c.metricsPort);
   say({ phase: "baseline" });
@@ -120,9 +137,8 @@ async function churn(c: ChurnCommand): Promise<void> {
   const write = async (k: number) => {
     began[k] = Date.now();
     const i = c.firstIndex + (k < adds ? k : k - adds);
-    if (k >= adds) await registry.deleteLease(peerSubnet(i));
-    else if ((await registry.createLease(peerSubnet(i), peerPublicIp(i), TTL_SECONDS)) === null)
-      throw new Error(`churn: lease ${i} exists already`);
+    if (k >= adds) await registry.remove(i);
+    else await registry.add(i);
   };
   // Adds at `rate`, then (once the table shows every add, so its size can
   // only fall from there) removes at `rate`.

@@ -22,7 +22,8 @@ const DEFAULT_PREFIX = "wscale";
 
 const USAGE = `usage: npm run bench -- scale [options]   (root: builds network namespaces ${DEFAULT_PREFIX}-*, or --prefix P)
   --peers LIST        peer counts (default 100,1000,5000,10000; at most ${MAX_PEERS})
-  --modes LIST        registries, from file,etcd (default file,etcd; etcd needs etcd-server and etcd-client)
+  --modes LIST        registries, from file,etcd,kube (default file,etcd,kube; etcd needs etcd-server and
+                      etcd-client; kube runs the stand-in API server of lab/kube/ with 7 kB Node objects)
   --rate N            lease changes per second during churn (default 10)
   --churn-seconds S   seconds of churn (half adds, half removes), after as many of polling alone (default 10)
   --settle-seconds S  after ready, before memory is read (default 5)
@@ -63,8 +64,9 @@ export async function runScale(argv: string[]): Promise<number> {
       throw new Error(`--peers: ${JSON.stringify(s)} is not a count from 1 to ${MAX_PEERS}`);
     return n;
   });
-  const modes = parseList(values.modes ?? "file,etcd", (s) => {
-    if (s !== "file" && s !== "etcd") throw new Error(`--modes: ${JSON.stringify(s)} is not one of file, etcd`);
+  const modes = parseList(values.modes ?? "file,etcd,kube", (s) => {
+    if (s !== "file" && s !== "etcd" && s !== "kube")
+      throw new Error(`--modes: ${JSON.stringify(s)} is not one of file, etcd, kube`);
     return s as RegistryKind;
   });
   const o: ScaleOptions = {
