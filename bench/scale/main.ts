@@ -122,12 +122,13 @@ export async function runScale(argv: string[]): Promise<number> {
         ready_s: "s from spawning weftd to its subnet.env's mtime",
         cpu_to_ready_s: "CPU s (user+sys) of weftd at that moment",
         memory_after_start: "MiB after --settle-seconds",
+        anon_bytes_per_peer: "anonymous memory growth from the mode's smallest peer count, per peer added",
         cpu_per_change_ms: "weftd CPU ms per lease change: (churn CPU - polling-alone CPU rate × churn time) ÷ changes",
         change_to_table_ms:
           "ms from the start of a change's write to weft_table_swapped_at_seconds of the table that held it",
         tcp_churn_ratio: "iperf3 p1 → p2 through weft during churn ÷ without",
       },
-      points,
+      points: points.map((p) => ({ ...p, anon_bytes_per_peer: bytesPerPeer(points, p) })),
     },
     { dir: values["out-dir"] },
   );
@@ -151,6 +152,18 @@ export async function runScale(argv: string[]): Promise<number> {
   return 0;
 }
 
+/**
+ * Anonymous memory per peer: the growth from the mode's smallest peer count
+ * to this one, divided by the peers added (null for the smallest). What a
+ * peer costs in the registry's cache, the manager and the table together.
+ */
+export function bytesPerPeer(points: readonly ScalePoint[], p: ScalePoint): number | null {
+  const same = points.filter((q) => q.mode === p.mode);
+  const least = same.reduce((a, b) => (b.peers < a.peers ? b : a), p);
+  if (least.peers >= p.peers) return null;
+  return ((p.memory_after_start.anon_mb - least.memory_after_start.anon_mb) * 2 ** 20) / (p.peers - least.peers);
+}
+
 export function scaleReport(points: readonly ScalePoint[], o: ScaleOptions, machine: string): string[] {
   const rows = points.map((p) => [
     p.mode,
@@ -158,6 +171,7 @@ export function scaleReport(points: readonly ScalePoint[], o: ScaleOptions, mach
     fmt(p.ready_s, 2),
     fmt(p.cpu_to_ready_s, 2),
     `${fmt(p.memory_after_start.rss_mb, 1)} / ${fmt(p.memory_after_start.anon_mb, 1)}`,
+    ((b) => (b === null ? "-" : fmt(b, 0)))(bytesPerPeer(points, p)),
     String(p.log_lines_at_start),
     fmt(p.cpu_per_change_ms, 2),
     `${fmt(p.change_to_table_p50_ms, 0)} / ${fmt(p.change_to_table_p99_ms, 0)}`,
@@ -176,6 +190,7 @@ export function scaleReport(points: readonly ScalePoint[], o: ScaleOptions, mach
         "ready s",
         "CPU to ready s",
         "RSS / anon MiB",
+        "anon B/peer",
         "log lines",
         "CPU/change ms",
         "change→table p50/p99 ms",
