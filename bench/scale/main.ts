@@ -125,7 +125,7 @@ export async function runScale(argv: string[]): Promise<number> {
         anon_bytes_per_peer: "anonymous memory growth from the mode's smallest peer count, per peer added",
         cpu_per_change_ms: "weftd CPU ms per lease change: (churn CPU - polling-alone CPU rate × churn time) ÷ changes",
         change_to_table_ms:
-          "ms from the start of a change's write to weft_table_swapped_at_seconds of the table that held it",
+          "ms from the start of a change's write to weftd's log line for it (written right after the table swap)",
         tcp_churn_ratio: "iperf3 p1 → p2 through weft during churn ÷ without",
       },
       points: points.map((p) => ({ ...p, anon_bytes_per_peer: bytesPerPeer(points, p) })),

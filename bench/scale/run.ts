@@ -219,6 +219,7 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
     rate: o.rate,
     pollMs: o.pollMs,
     metricsPort: METRICS_PORT,
+    logPath: join(h1.dir, "weftd.log"),
   });
   const lat = churn.result.latencies_ms.filter((x): x is number => x !== null);
 
@@ -244,6 +245,7 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
       rate: o.rate,
       pollMs: o.pollMs,
       metricsPort: METRICS_PORT,
+      logPath: join(h1.dir, "weftd.log"),
     });
     tcpChurn = (await tcp(env, o.tcpSeconds)).gbps;
     const r = await during;
