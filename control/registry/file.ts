@@ -672,11 +672,16 @@ class DirectoryWatch {
     }
     if (this.closed) return;
     const events: LeaseEvent[] = [];
+    let earliestMoved = false;
     for (let i = 0; i < names.length; i++) {
       const name = names[i] as string;
       const state = states[i] as KeyState;
       const key = join(this.subnetsDir, name);
       const before = known.get(name);
+      // The earliest expiry can only have moved if this key held it or now holds an earlier one.
+      const after = state.kind === "lease" ? state.lease.expiresAt : null;
+      if ((before?.expiresAt ?? Number.POSITIVE_INFINITY) <= this.expiryTimerFor) earliestMoved = true;
+      if (after !== null && after < this.expiryTimerFor) earliestMoved = true;
       if (state.kind === "skipped") {
         if (this.reported.get(key) !== state.reason) {
           this.reported.set(key, state.reason);
@@ -699,7 +704,8 @@ class DirectoryWatch {
         events.push({ type: "delete", subnet: before.subnet });
       }
     }
-    this.scheduleExpiry();
+    // Not a walk over every known lease per change unless the earliest expiry may have moved.
+    if (earliestMoved) this.scheduleExpiry();
     this.emit(events);
   }
 
