@@ -101,8 +101,12 @@ const DEFAULT_RESCAN_MS = 30_000;
 const RETRY_MS = 1000;
 /** setTimeout fires at once for delays above 2^31-1 ms. */
 const LONGEST_TIMER_MS = 2 ** 31 - 1;
-/** Listings a watch may start from; older revisions get a resync instead. */
-const KEPT_SNAPSHOTS = 16;
+/**
+ * Listings a watch may start from; older revisions get a resync instead. Each
+ * holds every lease (a Map entry, a Lease and its subnet per peer), and a lease manager watches from
+ * the listing it just took, so two suffice.
+ */
+const KEPT_SNAPSHOTS = 2;
 
 export class FileRegistry implements Registry {
   readonly description: string;
