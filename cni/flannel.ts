@@ -13,6 +13,7 @@
 import { constants } from "node:fs";
 import { mkdir, open, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
+import { DEFAULT_SUBNET_ENV_PATH, subnetEnvValues } from "../control/subnet-env.js";
 import {
   CniError,
   ErrCode,
@@ -25,7 +26,6 @@ import {
 } from "./chain.js";
 
 export const SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"] as const;
-export const DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env";
 export const DEFAULT_DATA_DIR = "/var/lib/cni/flannel";
 
 /** The newest version we speak; used for VERSION and for errors before a config is read. */
@@ -140,16 +140,7 @@ export function parseSubnetEnv(text: string, file: string): SubnetEnv {
   let subnet: string | null = null;
   let mtu: number | null = null;
   let ipMasq: boolean | null = null;
-  for (const raw of text.split("\n")) {
-    const line = raw.trim();
-    if (line === "" || line.startsWith("#")) continue;
-    const eq = line.indexOf("=");
-    if (eq < 0) continue;
-    const key = line.slice(0, eq).trim();
-    let value = line.slice(eq + 1).trim();
-    if (value.length >= 2 && (value[0] === '"' || value[0] === "'") && value.at(-1) === value[0]) {
-      value = value.slice(1, -1);
-    }
+  for (const [key, value] of subnetEnvValues(text)) {
     const bad = (what: string) =>
       new CniError(ErrCode.BadSubnetEnv, `${file}: ${key} ${JSON.stringify(value)} is not ${what}`);
     switch (key) {
@@ -245,7 +236,7 @@ export function parseFlannelConf(obj: Record<string, unknown>): FlannelConf {
   return {
     cniVersion: typeof cniVersion === "string" ? cniVersion : "",
     name,
-    subnetFile: optionalPath(obj, "subnetFile", DEFAULT_SUBNET_FILE),
+    subnetFile: optionalPath(obj, "subnetFile", DEFAULT_SUBNET_ENV_PATH),
     dataDir: optionalPath(obj, "dataDir", DEFAULT_DATA_DIR),
     delegate: optionalObject(obj, "delegate"),
     ipam: optionalObject(obj, "ipam"),

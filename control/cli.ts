@@ -4,6 +4,7 @@
 // Go's flag package semantics: a boolean takes `--x`, `--x=true|false`.
 
 import { normaliseAnnotationPrefix } from "./kube/node.js";
+import { DEFAULT_SUBNET_ENV_PATH } from "./subnet-env.js";
 
 export type FlagKind = "string" | "bool" | "int" | "list";
 
@@ -36,7 +37,7 @@ export const FLAGS = {
   "public-ip": { kind: "string", def: "", help: "IP accessible by other nodes for inter-host communication" },
   "subnet-file": {
     kind: "string",
-    def: "/run/flannel/subnet.env",
+    def: DEFAULT_SUBNET_ENV_PATH,
     help: "filename where env variables (subnet, MTU, ...) will be written to",
   },
   "subnet-lease-renew-margin": { kind: "int", def: 60, help: "subnet lease renewal margin, in minutes" },

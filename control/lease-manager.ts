@@ -50,7 +50,7 @@ export async function acquireLease(registry: Registry, config: NetworkConfig, op
   const { publicIp } = options;
   for (let attempt = 1; attempt <= ACQUIRE_ATTEMPTS; attempt++) {
     // Unreadable keys are the manager's to report (once each), not every attempt's.
-    const listing = await registry.getLeases();
+    const listing = await registry.getLeases(publicIp);
     let taken = listing.leases;
 
     const ours = taken.filter((lease) => lease.publicIp === publicIp);
@@ -364,7 +364,7 @@ export class LeaseManager {
     const { registry } = this.options;
     const lease = this.ownLease;
     if (lease === null) throw new Error("lease manager: follow() before acquire()");
-    const listing = await registry.getLeases();
+    const listing = await registry.getLeases(this.options.publicIp);
     this.throwIfStopped();
     const listed = listing.leases.find((other) => sameSubnet(other.subnet, lease.subnet));
     if (listed === undefined || listed.publicIp !== lease.publicIp) {
@@ -376,16 +376,20 @@ export class LeaseManager {
     // Whatever a registry delivers, nothing thrown here may escape into its
     // timer or stream callback: that would end the process (every node of a
     // cluster at once, for one bad key). The last good table stays in force.
-    this.watch = registry.watchLeases(listing.revision, {
-      onEvent: (event) =>
-        this.guard("lease event", () => {
-          if (event.type === "put") this.onPut(event.lease);
-          else this.onDelete(event.subnet);
-        }),
-      onResync: (fresh) => this.guard("lease listing", () => this.onResync(fresh)),
-      onConnection: (connected, error) => this.guard("connection event", () => this.onConnection(connected, error)),
-      onSkipped: (key, reason) => this.guard("unreadable lease", () => this.ignore(key, reason)),
-    });
+    this.watch = registry.watchLeases(
+      listing.revision,
+      {
+        onEvent: (event) =>
+          this.guard("lease event", () => {
+            if (event.type === "put") this.onPut(event.lease);
+            else this.onDelete(event.subnet);
+          }),
+        onResync: (fresh) => this.guard("lease listing", () => this.onResync(fresh)),
+        onConnection: (connected, error) => this.guard("connection event", () => this.onConnection(connected, error)),
+        onSkipped: (key, reason) => this.guard("unreadable lease", () => this.ignore(key, reason)),
+      },
+      this.options.publicIp,
+    );
     this.scheduleRenewal();
     this.lastWallMs = this.now();
     this.lastMonotonicMs = this.monotonicNow();
@@ -584,7 +588,7 @@ export class LeaseManager {
           let lease = await registry.createLease(own.subnet, publicIp, this.ttlSeconds);
           if (lease === null) {
             // A renewal of ours may have won the create; only another host's key is a loss.
-            const holder = (await registry.getLeases()).leases.find((l) => sameSubnet(l.subnet, own.subnet));
+            const holder = (await registry.getLeases(publicIp)).leases.find((l) => sameSubnet(l.subnet, own.subnet));
             if (holder !== undefined && holder.publicIp !== publicIp) {
               const when = expired ? "after it expired" : "while the registry was away";
               this.revoke(`lease ${subnet} was taken by ${formatIpv4(holder.publicIp)} ${when}`);

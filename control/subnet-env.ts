@@ -74,7 +74,7 @@ export async function readSubnetEnv(path: string): Promise<SubnetEnvReadBack | n
     if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
     throw err;
   }
-  const values = parseEnvLines(text);
+  const values = subnetEnvValues(text);
   return {
     network: parseNetworkValue(values.get("FLANNEL_NETWORK")),
     subnet: leaseFromSubnetValue(values.get("FLANNEL_SUBNET")),
@@ -91,7 +91,11 @@ export function leaseFromSubnetValue(value: string | undefined): Ipv4Prefix | nu
   return value === undefined ? null : parsePrefix(value);
 }
 
-function parseEnvLines(text: string): Map<string, string> {
+/**
+ * The one subnet.env line parser (weftd's read-back, the CNI plugin, the lab):
+ * key to raw value, the last of a repeated key winning, as godotenv and flannel read it.
+ */
+export function subnetEnvValues(text: string): Map<string, string> {
   const values = new Map<string, string>();
   for (const rawLine of text.split(/\r?\n/)) {
     let line = rawLine.trim();

@@ -10,6 +10,7 @@ import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { closeSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { subnetEnvValues } from "../control/subnet-env.js";
 
 const execFileAsync = promisify(execFile);
 
@@ -67,8 +68,8 @@ export interface SubnetEnvFields {
 }
 
 export function readSubnetEnvFile(path: string): SubnetEnvFields {
-  const text = readFileSync(path, "utf8");
-  const get = (k: string) => new RegExp(`^${k}=(.*)$`, "m").exec(text)?.[1];
+  const values = subnetEnvValues(readFileSync(path, "utf8"));
+  const get = (k: string) => values.get(k);
   const network = get("FLANNEL_NETWORK");
   const subnet = get("FLANNEL_SUBNET");
   const mtu = Number(get("FLANNEL_MTU"));

@@ -6,8 +6,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { scaleChartSvg } from "../bench/scale/chart.js";
-import { scaleReport } from "../bench/scale/main.js";
-import { MAX_PEERS, peerPublicIp, peerSubnet } from "../bench/scale/peers.js";
+import { bytesPerPeer, scaleReport } from "../bench/scale/main.js";
+import { MAX_PEERS, peerNode, peerPublicIp, peerSubnet } from "../bench/scale/peers.js";
 import type { ScalePoint } from "../bench/scale/run.js";
 import { formatIpv4, formatPrefix, isMartian, prefixesOverlap } from "../dataplane/addr.js";
 
@@ -39,6 +39,22 @@ describe("bench scale peers", () => {
   });
 });
 
+describe("bench scale Node objects", () => {
+  it("are several kB, as real nodes, and carry the peer's podCIDR and public-ip annotation", () => {
+    const node = peerNode(300) as {
+      metadata: { name: string; annotations: Record<string, string> };
+      spec: { podCIDR: string; podCIDRs: string[] };
+    };
+    const size = JSON.stringify(node).length;
+    assert.ok(size >= 4000 && size <= 12_000, `${size} bytes`);
+    assert.equal(node.metadata.name, "peer-300");
+    assert.equal(node.spec.podCIDR, formatPrefix(peerSubnet(300)));
+    assert.deepEqual(node.spec.podCIDRs, [node.spec.podCIDR]);
+    assert.equal(node.metadata.annotations["flannel.alpha.coreos.com/public-ip"], formatIpv4(peerPublicIp(300)));
+    assert.equal(node.metadata.annotations["flannel.alpha.coreos.com/kube-subnet-manager"], "true");
+  });
+});
+
 describe("bench scale report", () => {
   const point = (mode: "file" | "etcd", peers: number, cpu: number): ScalePoint => ({
     mode,
@@ -67,6 +83,15 @@ describe("bench scale report", () => {
     const text = scaleReport(points, o, "machine").join("\n");
     assert.match(text, /^file\s+5,000\s.*\s70\.00\s.*0\.75×$/m);
     assert.equal(text.split("\n").filter((l) => /^(file|etcd)\s/.test(l)).length, 3);
+  });
+
+  it("states anonymous memory per peer against the mode's smallest count", () => {
+    const small = point("file", 100, 1);
+    const big = { ...point("file", 5100, 1), memory_after_start: { ...small.memory_after_start, anon_mb: 29 } };
+    const all = [small, big, point("etcd", 100, 1)];
+    assert.equal(bytesPerPeer(all, small), null);
+    assert.equal(bytesPerPeer(all, big), (5 * 2 ** 20) / 5000);
+    assert.match(scaleReport(all, o, "machine").join("\n"), /^file\s+5,100\s.*\s1049\s/m);
   });
 
   it("draws one line per registry mode in each panel", () => {

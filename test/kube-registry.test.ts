@@ -286,6 +286,57 @@ describe("kube mode against the stand-in API server", () => {
     }
   });
 
+  it("keeps of each Node only its name, podCIDRs and flannel's annotations, from the list and from watch events", async () => {
+    // A real Node is several kB (labels, conditions, images); issue 17 asks for what forwarding needs only.
+    const fat = (name: string, cidr: string, ip: string) => ({
+      ...node(name, cidr, {
+        ...peerAnnotations(ip),
+        "node.alpha.kubernetes.io/ttl": "0",
+        "other.example.com/public-ip": "192.0.2.9",
+      }),
+      metadata: {
+        name,
+        labels: { "kubernetes.io/hostname": name, "topology.kubernetes.io/zone": "eu-west-1b" },
+        annotations: { ...peerAnnotations(ip), "node.alpha.kubernetes.io/ttl": "0" },
+      },
+      status: {
+        conditions: [
+          { type: "Ready", status: "True", reason: "KubeletReady", message: "kubelet is posting ready status" },
+        ],
+        images: [{ names: ["registry.example.com/app@sha256:00"], sizeBytes: 123456789 }],
+        nodeInfo: { kubeletVersion: "v1.31.1", osImage: "Debian GNU/Linux 12 (bookworm)" },
+      },
+    });
+    const slim = (name: string, cidr: string, ip: string) => ({
+      metadata: { name, annotations: peerAnnotations(ip) },
+      spec: { podCIDR: cidr, podCIDRs: [cidr] },
+    });
+    admin().create("nodes", "n1", node("n1", "10.244.1.0/24"));
+    admin().create("nodes", "n2", fat("n2", "10.244.2.0/24", "198.18.0.2"));
+    const registry = await open();
+    try {
+      assert.deepEqual(registry.heldNode("n2"), slim("n2", "10.244.2.0/24", "198.18.0.2"));
+      const events: LeaseEvent[] = [];
+      registry.watchLeases((await registry.getLeases()).revision, {
+        onEvent: (e) => events.push(e),
+        onResync: () => {},
+      });
+      admin().create("nodes", "n3", fat("n3", "10.244.3.0/24", "198.18.0.3"));
+      await until("n3's put", () => events.length === 1);
+      assert.deepEqual(registry.heldNode("n3"), slim("n3", "10.244.3.0/24", "198.18.0.3"));
+      const leases = (await registry.getLeases()).leases.map(
+        (l) => `${formatPrefix(l.subnet)} ${formatIpv4(l.publicIp)}`,
+      );
+      assert.deepEqual(leases.sort(), [
+        "10.244.1.0/24 198.18.0.1",
+        "10.244.2.0/24 198.18.0.2",
+        "10.244.3.0/24 198.18.0.3",
+      ]);
+    } finally {
+      await registry.close();
+    }
+  });
+
   it("a podCIDR outside Network is one sentence", async () => {
     admin().create("nodes", "n1", node("n1", "10.99.1.0/24"));
     await assert.rejects(

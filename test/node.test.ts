@@ -10,8 +10,10 @@ import { MemoryRegistry } from "../control/registry/memory.js";
 import { formatIpv4, formatPrefix, parseIpv4 } from "../dataplane/addr.js";
 import { Drop } from "../dataplane/counters.js";
 import { FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
+import { LeaseTable } from "../dataplane/leases.js";
 import { plainDataplane } from "../dataplane/plain.js";
 import { headerChecksumOk, udpPacket } from "./helpers/packets.js";
+import { randomInt, seededRandom } from "./helpers/random.js";
 import { FakeUnderlay } from "./helpers/underlay.js";
 
 const CONFIG = '{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":8285}}';
@@ -248,5 +250,94 @@ describe("a node joining a populated cluster", () => {
     await registry.updateLease({ subnet: subnet(4), publicIp: peerIp(4), expiresAt: 0 }, peerIp(4), 7200);
     await settled();
     assert.equal(swaps, 1);
+  });
+});
+
+describe("a node at 10,000 peers, incremental against a rebuild", () => {
+  it("random bursts of adds, removes and changes: one swap per burst, the table a rebuild of the registry gives", async () => {
+    const PEERS = 10_000;
+    const seed = 17;
+    const rand = seededRandom(seed);
+    const network = { base: parseIpv4("10.0.0.0"), len: 8 };
+    // Slots 256.. (10.1.0.0/24 up): the node's own lease takes the first free one below.
+    const subnetOf = (slot: number) => ({ base: (network.base + (256 + slot) * 256) >>> 0, len: 24 });
+    const keyOf = (slot: number) => `${formatIpv4(subnetOf(slot).base)}-24`;
+    const value = (ip: number) => `{"PublicIP":"${formatIpv4(ip)}","PublicIPv6":null}`;
+    const far = Date.now() + 86_400_000;
+    const registry = new MemoryRegistry();
+    registry.setNetworkConfig('{"Network":"10.0.0.0/8","Backend":{"Type":"udp","Port":8285}}');
+    const owners = new Map<number, number>();
+    const pool = Array.from({ length: 3000 }, (_, i) => (parseIpv4("198.19.0.1") + i) >>> 0);
+    for (let slot = 0; slot < PEERS; slot++) {
+      const ip = pool[randomInt(rand, pool.length)] as number;
+      owners.set(slot, ip);
+      registry.put(keyOf(slot), value(ip), far);
+    }
+    let swaps = 0;
+    const node = new Node({
+      registry,
+      publicIp: HOSTS[0] as number,
+      manager: { random: () => 0 },
+      onTableSwap: () => swaps++,
+      openDataplane: async () => ({
+        ...plainDataplane({
+          device: new FakeDevice("flannel0", { record: false }),
+          transport: new FakeTransport(8285, { record: false }),
+        }),
+        mtu: 1472,
+      }),
+    });
+    try {
+      await node.start();
+      const engine = node.engine;
+      assert.ok(engine !== null);
+      const show = (leases: readonly { subnet: { base: number }; publicIp: number }[]) =>
+        leases.map((l) => `${formatIpv4(l.subnet.base)} ${formatIpv4(l.publicIp)}`).sort();
+      const rebuilt = () =>
+        LeaseTable.build(
+          network,
+          24,
+          [...owners].map(([slot, publicIp]) => ({ subnet: subnetOf(slot), publicIp })),
+          8285,
+        );
+      assert.deepEqual(show(engine.leaseTable.leases), show(rebuilt().leases), `seed ${seed}: the first table`);
+      const first = swaps;
+      for (let burst = 1; burst <= 30; burst++) {
+        // Bursts from 1 to 400 writes, some touching one key twice (the last write wins).
+        const writes = burst % 5 === 0 ? 200 + randomInt(rand, 200) : 1 + randomInt(rand, 20);
+        for (let w = 0; w < writes; w++) {
+          const slot = randomInt(rand, PEERS + 2000);
+          if (owners.has(slot) && rand() < 0.4) {
+            registry.remove(keyOf(slot));
+            owners.delete(slot);
+          } else {
+            const ip = pool[randomInt(rand, pool.length)] as number;
+            owners.set(slot, ip);
+            registry.put(keyOf(slot), value(ip), far);
+          }
+        }
+        for (let i = 0; i < 4; i++) await new Promise((r) => setImmediate(r));
+        assert.ok(swaps <= first + burst, `seed ${seed}, burst ${burst}: at most one swap per burst`);
+        const table: LeaseTable = engine.leaseTable;
+        const reference = rebuilt();
+        assert.deepEqual(show(table.leases), show(reference.leases), `seed ${seed}, burst ${burst}: the leases`);
+        for (let k = 0; k < 500; k++) {
+          const addr = (subnetOf(randomInt(rand, PEERS + 2000)).base + randomInt(rand, 256)) >>> 0;
+          const a = table.lookup(addr);
+          const b = reference.lookup(addr);
+          assert.equal(
+            a < 0 ? -1 : table.peerAddr[a],
+            b < 0 ? -1 : reference.peerAddr[b],
+            `lookup ${formatIpv4(addr)}`,
+          );
+          const ip = pool[randomInt(rand, pool.length)] as number;
+          assert.equal(table.isPeer(ip), reference.isPeer(ip), `isPeer ${formatIpv4(ip)}`);
+        }
+      }
+      assert.ok(swaps > first, "the bursts reached the table");
+    } finally {
+      node.stop();
+      await registry.close();
+    }
   });
 });

@@ -6,20 +6,28 @@
 //   node driver.js '{"command":"seed", ...}'    → {"seeded":N,"seconds":S}
 //   node driver.js '{"command":"churn", ...}'   → {"phase":"baseline"} {"phase":"churn"} {"phase":"done",…}
 //
-// How a change is seen reaching the table: churn first adds K new peers, then
-// removes them, so weft_leases (the table's size) says how many changes are
-// in; weft_table_swapped_at_seconds says when the table that showed it went
-// in. A change's time is that moment minus the moment its write began. When
-// two tables go in between two polls, the later one's time is taken: an
-// overestimate of at most one poll interval for the earlier change.
+// How a change is seen reaching the table: weftd logs each peer added or
+// removed after the initial sync right after the table holding it went in
+// (control/node.ts), with the time in ms; the driver tails weftd's log and
+// takes that line's time minus the moment the change's write began. (The
+// first version read weft_table_swapped_at_seconds from /metrics, but
+// /metrics is rendered at most every 250 ms, so at 10 changes/s a change was
+// often credited with the swap of the one after it: ~100 ms at any size.)
+// /metrics is still polled at the same pace, so the CPU figures compare.
 
+import { closeSync, openSync, readSync } from "node:fs";
 import { Etcd3 } from "etcd3";
 import { EtcdRegistry } from "../../control/registry/etcd.js";
 import { FileRegistry } from "../../control/registry/file.js";
 import type { Registry } from "../../control/registry/registry.js";
+import { formatPrefix } from "../../dataplane/addr.js";
+import { type KubeSpec, KubeWriter } from "./kube-writer.js";
 import { peerPublicIp, peerSubnet } from "./peers.js";
 
-export type RegistrySpec = { kind: "file"; dir: string } | { kind: "etcd"; endpoint: string; config: string };
+export type RegistrySpec =
+  | { kind: "file"; dir: string }
+  | { kind: "etcd"; endpoint: string; config: string }
+  | KubeSpec;
 
 export interface SeedCommand {
   command: "seed";
@@ -39,6 +47,8 @@ export interface ChurnCommand {
   rate: number;
   pollMs: number;
   metricsPort: number;
+  /** weftd's log (JSON lines), tailed for its "peer added" and "peer removed" lines. */
+  logPath: string;
 }
 
 export interface ChurnResult {
@@ -55,9 +65,25 @@ export interface ChurnResult {
 const TTL_SECONDS = 24 * 3600;
 const SEED_CONCURRENCY = 16;
 
-async function openRegistry(spec: RegistrySpec): Promise<Registry> {
-  if (spec.kind === "file") return FileRegistry.open(spec.dir);
-  return new EtcdRegistry({ endpoints: [spec.endpoint] });
+/** Adds and removes made-up peers: leases in file and etcd mode, Node objects in kube mode. */
+interface Writer {
+  add(i: number): Promise<void>;
+  remove(i: number): Promise<void>;
+  close(): Promise<void> | void;
+}
+
+async function openWriter(spec: RegistrySpec): Promise<Writer> {
+  if (spec.kind === "kube") return new KubeWriter(spec);
+  const registry: Registry =
+    spec.kind === "file" ? await FileRegistry.open(spec.dir) : new EtcdRegistry({ endpoints: [spec.endpoint] });
+  return {
+    async add(i) {
+      if ((await registry.createLease(peerSubnet(i), peerPublicIp(i), TTL_SECONDS)) === null)
+        throw new Error(`lease ${i} exists already`);
+    },
+    remove: (i) => registry.deleteLease(peerSubnet(i)),
+    close: () => registry.close(),
+  };
 }
 
 async function seed(c: SeedCommand): Promise<void> {
@@ -67,16 +93,13 @@ async function seed(c: SeedCommand): Promise<void> {
     await client.put("/coreos.com/network/config").value(c.registry.config);
     client.close();
   }
-  const registry = await openRegistry(c.registry);
+  const writer = await openWriter(c.registry);
   let next = 0;
   const worker = async () => {
-    for (let i = next++; i < c.peers; i = next++) {
-      const lease = await registry.createLease(peerSubnet(i), peerPublicIp(i), TTL_SECONDS);
-      if (lease === null) throw new Error(`seed: lease ${i} exists already`);
-    }
+    for (let i = next++; i < c.peers; i = next++) await writer.add(i);
   };
   await Promise.all(Array.from({ length: SEED_CONCURRENCY }, worker));
-  await registry.close();
+  await writer.close();
   say({ seeded: c.peers, seconds: (performance.now() - t0) / 1000 });
 }
 
@@ -101,10 +124,51 @@ async function until(done: () => boolean, timeoutMs: number): Promise<void> {
   while (!done() && performance.now() < deadline) await sleep(5);
 }
 
+/** Reads what was appended to a file since the last call, as whole lines. */
+class Tail {
+  private offset = 0;
+  private partial = "";
+  private readonly buffer = Buffer.alloc(1 << 20);
+  constructor(private readonly path: string) {}
+
+  lines(): string[] {
+    const fd = openSync(this.path, "r");
+    let text = "";
+    try {
+      for (;;) {
+        const n = readSync(fd, this.buffer, 0, this.buffer.length, this.offset);
+        if (n === 0) break;
+        this.offset += n;
+        text += this.buffer.toString("utf8", 0, n);
+      }
+    } finally {
+      closeSync(fd);
+    }
+    const all = (this.partial + text).split("\n");
+    this.partial = all.pop() ?? "";
+    return all;
+  }
+}
+
+/** "peer added 10.1.2.0/24" → ms, from weftd's log lines. */
+function tableTimes(lines: readonly string[], into: Map<string, number>): void {
+  for (const line of lines) {
+    if (!line.includes('"msg":"peer ')) continue;
+    const o = JSON.parse(line) as { time?: number; msg?: string; lease?: string };
+    const subnet = o.lease?.split(" ")[0];
+    if (typeof o.time !== "number" || subnet === undefined) continue;
+    const key = `${o.msg} ${subnet}`;
+    if (!into.has(key)) into.set(key, o.time);
+  }
+}
+
 async function churn(c: ChurnCommand): Promise<void> {
-  const registry = await openRegistry(c.registry);
+  const registry = await openWriter(c.registry);
   const adds = Math.floor(c.changes / 2);
-  const start = await tableState(c.metricsPort);
+  await tableState(c.metricsPort);
+  const tail = new Tail(c.logPath);
+  tail.lines(); // what is there before the churn
+  const times = new Map<string, number>();
   say({ phase: "baseline" });
   const baselineEnd = performance.now() + c.baselineSeconds * 1000;
   while (performance.now() < baselineEnd) {
@@ -120,9 +184,8 @@ async function churn(c: ChurnCommand): Promise<void> {
   const write = async (k: number) => {
     began[k] = Date.now();
     const i = c.firstIndex + (k < adds ? k : k - adds);
-    if (k >= adds) await registry.deleteLease(peerSubnet(i));
-    else if ((await registry.createLease(peerSubnet(i), peerPublicIp(i), TTL_SECONDS)) === null)
-      throw new Error(`churn: lease ${i} exists already`);
+    if (k >= adds) await registry.remove(i);
+    else await registry.add(i);
   };
   // Adds at `rate`, then (once the table shows every add, so its size can
   // only fall from there) removes at `rate`.
@@ -155,11 +218,16 @@ async function churn(c: ChurnCommand): Promise<void> {
   );
   let deadline = Number.POSITIVE_INFINITY;
   while (seen < adds * 2 && performance.now() < deadline && failed === null) {
-    const t = await tableState(c.metricsPort);
-    // How many changes the table shows: its size climbs by one per add, then falls by one per remove.
-    const shown = seen < adds ? t.leases - start.leases : adds + (start.leases + adds - t.leases);
-    while (seen < shown && began[seen] !== undefined) {
-      latencies[seen] = Math.max(0, t.swappedAtMs - (began[seen] as number));
+    await tableState(c.metricsPort);
+    tableTimes(tail.lines(), times);
+    // Changes are seen in order: change k is "peer added" (k < adds) or "peer removed" of its subnet.
+    for (;;) {
+      const k = seen;
+      if (k >= adds * 2 || began[k] === undefined) break;
+      const i = c.firstIndex + (k < adds ? k : k - adds);
+      const at = times.get(`${k < adds ? "peer added" : "peer removed"} ${formatPrefix(peerSubnet(i))}`);
+      if (at === undefined) break;
+      latencies[k] = Math.max(0, at - (began[k] as number));
       seen++;
     }
     if (!writing && deadline === Number.POSITIVE_INFINITY) deadline = performance.now() + 30_000;

@@ -22,7 +22,8 @@ const DEFAULT_PREFIX = "wscale";
 
 const USAGE = `usage: npm run bench -- scale [options]   (root: builds network namespaces ${DEFAULT_PREFIX}-*, or --prefix P)
   --peers LIST        peer counts (default 100,1000,5000,10000; at most ${MAX_PEERS})
-  --modes LIST        registries, from file,etcd (default file,etcd; etcd needs etcd-server and etcd-client)
+  --modes LIST        registries, from file,etcd,kube (default file,etcd,kube; etcd needs etcd-server and
+                      etcd-client; kube runs the stand-in API server of lab/kube/ with 7 kB Node objects)
   --rate N            lease changes per second during churn (default 10)
   --churn-seconds S   seconds of churn (half adds, half removes), after as many of polling alone (default 10)
   --settle-seconds S  after ready, before memory is read (default 5)
@@ -63,8 +64,9 @@ export async function runScale(argv: string[]): Promise<number> {
       throw new Error(`--peers: ${JSON.stringify(s)} is not a count from 1 to ${MAX_PEERS}`);
     return n;
   });
-  const modes = parseList(values.modes ?? "file,etcd", (s) => {
-    if (s !== "file" && s !== "etcd") throw new Error(`--modes: ${JSON.stringify(s)} is not one of file, etcd`);
+  const modes = parseList(values.modes ?? "file,etcd,kube", (s) => {
+    if (s !== "file" && s !== "etcd" && s !== "kube")
+      throw new Error(`--modes: ${JSON.stringify(s)} is not one of file, etcd, kube`);
     return s as RegistryKind;
   });
   const o: ScaleOptions = {
@@ -120,12 +122,13 @@ export async function runScale(argv: string[]): Promise<number> {
         ready_s: "s from spawning weftd to its subnet.env's mtime",
         cpu_to_ready_s: "CPU s (user+sys) of weftd at that moment",
         memory_after_start: "MiB after --settle-seconds",
+        anon_bytes_per_peer: "anonymous memory growth from the mode's smallest peer count, per peer added",
         cpu_per_change_ms: "weftd CPU ms per lease change: (churn CPU - polling-alone CPU rate × churn time) ÷ changes",
         change_to_table_ms:
-          "ms from the start of a change's write to weft_table_swapped_at_seconds of the table that held it",
+          "ms from the start of a change's write to weftd's log line for it (written right after the table swap)",
         tcp_churn_ratio: "iperf3 p1 → p2 through weft during churn ÷ without",
       },
-      points,
+      points: points.map((p) => ({ ...p, anon_bytes_per_peer: bytesPerPeer(points, p) })),
     },
     { dir: values["out-dir"] },
   );
@@ -149,6 +152,18 @@ export async function runScale(argv: string[]): Promise<number> {
   return 0;
 }
 
+/**
+ * Anonymous memory per peer: the growth from the mode's smallest peer count
+ * to this one, divided by the peers added (null for the smallest). What a
+ * peer costs in the registry's cache, the manager and the table together.
+ */
+export function bytesPerPeer(points: readonly ScalePoint[], p: ScalePoint): number | null {
+  const same = points.filter((q) => q.mode === p.mode);
+  const least = same.reduce((a, b) => (b.peers < a.peers ? b : a), p);
+  if (least.peers >= p.peers) return null;
+  return ((p.memory_after_start.anon_mb - least.memory_after_start.anon_mb) * 2 ** 20) / (p.peers - least.peers);
+}
+
 export function scaleReport(points: readonly ScalePoint[], o: ScaleOptions, machine: string): string[] {
   const rows = points.map((p) => [
     p.mode,
@@ -156,6 +171,7 @@ export function scaleReport(points: readonly ScalePoint[], o: ScaleOptions, mach
     fmt(p.ready_s, 2),
     fmt(p.cpu_to_ready_s, 2),
     `${fmt(p.memory_after_start.rss_mb, 1)} / ${fmt(p.memory_after_start.anon_mb, 1)}`,
+    ((b) => (b === null ? "-" : fmt(b, 0)))(bytesPerPeer(points, p)),
     String(p.log_lines_at_start),
     fmt(p.cpu_per_change_ms, 2),
     `${fmt(p.change_to_table_p50_ms, 0)} / ${fmt(p.change_to_table_p99_ms, 0)}`,
@@ -174,6 +190,7 @@ export function scaleReport(points: readonly ScalePoint[], o: ScaleOptions, mach
         "ready s",
         "CPU to ready s",
         "RSS / anon MiB",
+        "anon B/peer",
         "log lines",
         "CPU/change ms",
         "change→table p50/p99 ms",

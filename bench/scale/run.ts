@@ -12,11 +12,12 @@
 // etcd, etcd runs in h1 on the underlay address, reached by both weftds.
 
 import { spawn } from "node:child_process";
-import { readFileSync, statSync } from "node:fs";
+import { mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { writeSubnetEnv } from "../../control/subnet-env.js";
 import { parsePrefix } from "../../dataplane/addr.js";
 import { startLabEtcd } from "../../lab/etcd.js";
+import { startStandin } from "../../lab/kube/standin.js";
 import { cpuSeconds, type Memory, memoryOf } from "../../lab/proc.js";
 import { Lab, type LabHost } from "../../lab/topology.js";
 import { live, sleep, track } from "../lab/children.js";
@@ -24,9 +25,9 @@ import { type Env, METRICS_PORT, waitReachable } from "../lab/modes.js";
 import { tcp } from "../lab/workloads.js";
 import { percentile } from "../report.js";
 import type { ChurnCommand, ChurnResult, RegistrySpec, SeedCommand } from "./driver.js";
-import { HOST_SUBNET_THIRD_OCTET, SCALE_CONFIG, SCALE_NETWORK } from "./peers.js";
+import { HOST_SUBNET_THIRD_OCTET, kubeNode, SCALE_CONFIG, SCALE_NETWORK } from "./peers.js";
 
-export type RegistryKind = "file" | "etcd";
+export type RegistryKind = "file" | "etcd" | "kube";
 
 export interface ScaleOptions {
   /** Churn: changes per second, and seconds of it (half adds, half removes). */
@@ -110,10 +111,17 @@ async function previousLease(lab: Lab, h: LabHost): Promise<void> {
 }
 
 /** Starts weftd on `h` and waits for its subnet.env; returns the ms to it and the CPU seconds spent. */
-async function startTimed(lab: Lab, h: LabHost, extra: readonly string[]): Promise<{ readyMs: number; cpu: number }> {
+async function startTimed(
+  lab: Lab,
+  h: LabHost,
+  extra: readonly string[],
+  env?: Record<string, string>,
+): Promise<{ readyMs: number; cpu: number }> {
   const path = lab.subnetFile(h);
   const t0 = Date.now();
-  const child = lab.startWeft(h, ["--healthz-port", String(METRICS_PORT), "--healthz-ip", "127.0.0.1", ...extra]);
+  const child = lab.startWeft(h, ["--healthz-port", String(METRICS_PORT), "--healthz-ip", "127.0.0.1", ...extra], {
+    env,
+  });
   for (;;) {
     const mtime = statSync(path).mtimeMs;
     if (mtime >= t0) {
@@ -160,7 +168,26 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
   const [h1, h2] = lab.hosts as [LabHost, LabHost];
   let spec: RegistrySpec;
   let extra: string[] = [];
-  if (mode === "etcd") {
+  // Kube mode: each weftd is a Node named after its host.
+  const nodeEnv = (h: LabHost) => (mode === "kube" ? { NODE_NAME: `h${h.index}` } : undefined);
+  if (mode === "kube") {
+    const apiDir = join(lab.dir, "api");
+    mkdirSync(apiDir, { recursive: true });
+    const api = await startStandin({
+      dir: apiDir,
+      listen: `${h1.underlayIp}:6443`,
+      commandPrefix: ["ip", "netns", "exec", h1.ns],
+    });
+    track(api.child);
+    const netConf = join(lab.dir, "net-conf.json");
+    writeFileSync(netConf, SCALE_CONFIG);
+    for (const h of [h1, h2]) {
+      const third = HOST_SUBNET_THIRD_OCTET[h.index - 1] as number;
+      await api.putNode(kubeNode(`h${h.index}`, `10.244.${third}.0/24`, null));
+    }
+    spec = { kind: "kube", url: api.url, adminKubeconfig: api.adminKubeconfig };
+    extra = ["--kube-subnet-mgr", "--kubeconfig-file", api.flannelKubeconfig, "--net-config-path", netConf];
+  } else if (mode === "etcd") {
     const etcd = await startLabEtcd({ ns: h1.ns, ip: h1.underlayIp, dir: lab.dir, spawned: () => {} });
     track(etcd.child);
     spec = { kind: "etcd", endpoint: etcd.endpoint, config: SCALE_CONFIG };
@@ -173,7 +200,7 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
   for (const h of [h1, h2]) await previousLease(lab, h);
 
   // 1. Start-up, weftd alone.
-  const start = await startTimed(lab, h1, extra);
+  const start = await startTimed(lab, h1, extra, nodeEnv(h1));
   await sleep(o.settleSeconds * 1000);
   const pid1 = weftPid(h1);
   const memory = memoryOf(pid1);
@@ -192,6 +219,7 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
     rate: o.rate,
     pollMs: o.pollMs,
     metricsPort: METRICS_PORT,
+    logPath: join(h1.dir, "weftd.log"),
   });
   const lat = churn.result.latencies_ms.filter((x): x is number => x !== null);
 
@@ -200,7 +228,7 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
   let tcpChurn: number | null = null;
   let tcpSeen: number | null = null;
   if (!o.noTcp) {
-    await startTimed(lab, h2, extra);
+    await startTimed(lab, h2, extra, nodeEnv(h2));
     const e1 = { network: SCALE_NETWORK, subnet: "10.244.1.1/24", mtu: 1472 };
     const e2 = { network: SCALE_NETWORK, subnet: "10.244.2.1/24", mtu: 1472 };
     const p1 = await lab.addPod(h1, e1);
@@ -217,6 +245,7 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
       rate: o.rate,
       pollMs: o.pollMs,
       metricsPort: METRICS_PORT,
+      logPath: join(h1.dir, "weftd.log"),
     });
     tcpChurn = (await tcp(env, o.tcpSeconds)).gbps;
     const r = await during;

@@ -23,6 +23,34 @@ export type KubeNode = {
   spec?: { podCIDR?: string; podCIDRs?: string[] };
 };
 
+/** The annotations (after the prefix) weftd reads or writes: all a Node's forwarding needs, with its podCIDRs. */
+const KEPT_ANNOTATIONS = [
+  "backend-data",
+  "backend-type",
+  "kube-subnet-manager",
+  "public-ip",
+  "public-ip-overwrite",
+  "node-public-ip",
+];
+
+/**
+ * What weftd keeps of a Node: its name, podCIDR(s) and flannel's annotations
+ * under `prefix`; a real Node is several kB (labels, conditions, images),
+ * this a few hundred bytes. Every reader in this file works on either.
+ */
+export function slimNode(node: KubeNode, prefix: string): KubeNode {
+  const from = node.metadata?.annotations ?? {};
+  const annotations: Record<string, string> = {};
+  for (const name of KEPT_ANNOTATIONS) {
+    const value = from[`${prefix}${name}`];
+    if (typeof value === "string") annotations[`${prefix}${name}`] = value;
+  }
+  const spec: NonNullable<KubeNode["spec"]> = {};
+  if (typeof node.spec?.podCIDR === "string") spec.podCIDR = node.spec.podCIDR;
+  if (Array.isArray(node.spec?.podCIDRs)) spec.podCIDRs = node.spec.podCIDRs.filter((c) => typeof c === "string");
+  return { metadata: { name: nodeName(node), annotations }, spec };
+}
+
 export function nodeName(node: KubeNode): string {
   return node.metadata?.name ?? "";
 }

@@ -255,7 +255,12 @@ export class EtcdRegistry implements Registry {
     return ttl < 0 ? Date.now() : Date.now() + ttl * 1000;
   }
 
-  async getLeases(): Promise<LeaseListing> {
+  /** Whether a lease naming `publicIp` needs its TTL looked up (see Registry.getLeases). */
+  static wantsExpiry(publicIp: number, owner: number | undefined): boolean {
+    return owner === undefined || publicIp === owner;
+  }
+
+  async getLeases(owner?: number): Promise<LeaseListing> {
     const what = `listing ${this.subnetsPrefix.toString()}`;
     try {
       const res = await this.client.kv.range({
@@ -263,7 +268,11 @@ export class EtcdRegistry implements Registry {
         range_end: prefixRangeEnd(this.subnetsPrefix),
       });
       const parsed = res.kvs.map((kv) => this.parseKv(kv));
-      const ids = [...new Set(parsed.flatMap((p) => ("etcdLease" in p ? [p.etcdLease] : [])))];
+      const ids = [
+        ...new Set(
+          parsed.flatMap((p) => ("etcdLease" in p && EtcdRegistry.wantsExpiry(p.publicIp, owner) ? [p.etcdLease] : [])),
+        ),
+      ];
       const expiry = new Map<string, number | null>();
       for (let i = 0; i < ids.length; i += TTL_CONCURRENCY) {
         const batch = ids.slice(i, i + TTL_CONCURRENCY);
@@ -379,9 +388,9 @@ export class EtcdRegistry implements Registry {
     }
   }
 
-  watchLeases(revision: number, handlers: WatchHandlers): Watch {
+  watchLeases(revision: number, handlers: WatchHandlers, owner?: number): Watch {
     if (this.closed) throw new Error(`${this.description}: cannot watch leases: the registry is closed`);
-    const watch = new EtcdLeaseWatch(this, this.client, this.subnetsPrefix, revision, handlers, this.log, () =>
+    const watch = new EtcdLeaseWatch(this, this.client, this.subnetsPrefix, revision, handlers, this.log, owner, () =>
       this.watches.delete(watch),
     );
     this.watches.add(watch);
@@ -437,6 +446,7 @@ class EtcdLeaseWatch implements Watch {
     revision: number,
     private readonly handlers: WatchHandlers,
     private readonly log: Logger,
+    private readonly owner: number | undefined,
     private readonly onClosed: () => void,
   ) {
     this.nextRevision = revision + 1;
@@ -539,9 +549,14 @@ class EtcdLeaseWatch implements Watch {
         this.call("onSkipped", () => this.handlers.onSkipped?.(parsed.key, parsed.reason));
       } else {
         // A failed lookup throws into enqueue(), which treats it as a lost
-        // connection: the re-list after reconnecting carries this lease.
-        const expiresAt = await this.registry.expiryOf(parsed.etcdLease);
-        if (attempt !== this.attempt || this.closed) return;
+        // connection: the re-list after reconnecting carries this lease. A
+        // peer's expiry is not looked up: one call per change, and the events
+        // behind it waiting on it, for a figure forwarding never reads.
+        let expiresAt: number | null = null;
+        if (EtcdRegistry.wantsExpiry(parsed.publicIp, this.owner)) {
+          expiresAt = await this.registry.expiryOf(parsed.etcdLease);
+          if (attempt !== this.attempt || this.closed) return;
+        }
         const lease: Lease = { subnet: parsed.subnet, publicIp: parsed.publicIp, expiresAt };
         this.call("onEvent", () => this.handlers.onEvent({ type: "put", lease }));
       }
@@ -569,7 +584,7 @@ class EtcdLeaseWatch implements Watch {
     const attempt = ++this.attempt;
     let listing: LeaseListing;
     try {
-      listing = await this.registry.getLeases();
+      listing = await this.registry.getLeases(this.owner);
     } catch (err) {
       this.failed(attempt, err);
       return;

@@ -31,6 +31,7 @@ import {
   podCidr,
   publicIpOverride,
   STRATEGIC_MERGE,
+  slimNode,
 } from "../kube/node.js";
 import type { Logger } from "../lease-manager.js";
 import type { Lease, LeaseListing, Registry, Watch, WatchHandlers } from "./registry.js";
@@ -61,6 +62,7 @@ export class KubeRegistry implements Registry {
   readonly description: string;
   private readonly opts: KubeRegistryOptions;
   private readonly informer: Informer;
+  /** Every Node by name, slimmed (slimNode): what forwarding needs, not the whole object. */
   private readonly nodes = new Map<string, KubeNode>();
   private readonly network: Ipv4Prefix;
   private own: Ipv4Prefix | null = null;
@@ -113,6 +115,11 @@ export class KubeRegistry implements Registry {
     return registry;
   }
 
+  /** @internal What is kept of Node `name` (tests: only the fields forwarding needs). */
+  heldNode(name: string): KubeNode | undefined {
+    return this.nodes.get(name);
+  }
+
   /** Address published in public-ip: the node's public-ip-overwrite, else the interface's. */
   get publicIp(): number {
     return this.published;
@@ -157,7 +164,7 @@ export class KubeRegistry implements Registry {
     if (body !== null) {
       // The answer is the node as patched: a second call before the watch reports it sends nothing.
       const patched = (await this.patchStatus(body)) as KubeNode;
-      if (nodeName(patched) === name) this.nodes.set(name, patched);
+      if (nodeName(patched) === name) this.nodes.set(name, slimNode(patched, this.opts.annotationPrefix));
       this.opts.log.info(
         { node: this.opts.nodeName, publicIp: formatIpv4(this.published) },
         "published the node's annotations",
@@ -221,7 +228,8 @@ export class KubeRegistry implements Registry {
   private onList(items: KubeObject[]): void {
     const hadOwn = this.nodes.has(this.opts.nodeName);
     this.nodes.clear();
-    for (const item of items) this.nodes.set(nodeName(item as KubeNode), item as KubeNode);
+    for (const item of items)
+      this.nodes.set(nodeName(item as KubeNode), slimNode(item as KubeNode, this.opts.annotationPrefix));
     this.revision++;
     if (this.ownReady !== null) {
       this.checkOwn();
@@ -233,7 +241,7 @@ export class KubeRegistry implements Registry {
   }
 
   private onEvent(type: "ADDED" | "MODIFIED" | "DELETED", object: KubeObject): void {
-    const node = object as KubeNode;
+    const node = slimNode(object as KubeNode, this.opts.annotationPrefix);
     const name = nodeName(node);
     const before = this.nodes.get(name);
     if (type === "DELETED") this.nodes.delete(name);

@@ -8,7 +8,11 @@ export interface Lease {
   readonly subnet: Ipv4Prefix;
   /** The owner's underlay address (host order). */
   readonly publicIp: number;
-  /** Expiry in ms since the epoch; null for a reservation (a key with no TTL). */
+  /**
+   * Expiry in ms since the epoch; null for a reservation (a key with no TTL),
+   * or for another host's lease where finding its expiry costs a call per key
+   * (etcd: see `owner` below). Peers' expiries never reach forwarding.
+   */
   readonly expiresAt: number | null;
 }
 
@@ -43,7 +47,13 @@ export interface Registry {
   readonly description: string;
   /** The raw network config JSON, or null while the key is absent. */
   getNetworkConfig(): Promise<string | null>;
-  getLeases(): Promise<LeaseListing>;
+  /**
+   * Every lease. With `owner` (this host's PublicIP), only leases naming it
+   * need their true expiry (ours, for renewal): etcd then skips a TTL call per
+   * key, which at 5,000 peers was most of the start-up (etcd removes expired
+   * keys itself). Without it, every expiry is looked up.
+   */
+  getLeases(owner?: number): Promise<LeaseListing>;
   /** Atomically creates the key with a TTL; null when someone else holds it. */
   createLease(subnet: Ipv4Prefix, publicIp: number, ttlSeconds: number): Promise<Lease | null>;
   /**
@@ -52,8 +62,8 @@ export interface Registry {
    */
   updateLease(lease: Lease, publicIp: number, ttlSeconds: number): Promise<Lease>;
   deleteLease(subnet: Ipv4Prefix): Promise<void>;
-  /** Delivers changes made after `revision`, until closed. */
-  watchLeases(revision: number, handlers: WatchHandlers): Watch;
+  /** Delivers changes made after `revision`, until closed; `owner` as for getLeases. */
+  watchLeases(revision: number, handlers: WatchHandlers, owner?: number): Watch;
   close(): Promise<void>;
 }
 

@@ -12,14 +12,13 @@
 
 import { parseArgs } from "node:util";
 import { CniError } from "../../cni/chain.js";
+import { DEFAULT_SUBNET_ENV_PATH } from "../../control/subnet-env.js";
 import { cniAdd, cniDel, defaultCniPath, KUBE_FLANNEL_CONFLIST, labConflist } from "../pods.js";
-
-const DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env";
 
 async function main(): Promise<number> {
   const { values, positionals } = parseArgs({
     options: {
-      "subnet-file": { type: "string", default: DEFAULT_SUBNET_FILE },
+      "subnet-file": { type: "string", default: DEFAULT_SUBNET_ENV_PATH },
       "cni-path": { type: "string" },
       "cache-dir": { type: "string", default: "/var/lib/cni" },
     },
@@ -35,7 +34,7 @@ async function main(): Promise<number> {
     hostNs: null,
     varLib: null,
     cacheDir: values["cache-dir"] as string,
-    conflist: subnetFile === DEFAULT_SUBNET_FILE ? KUBE_FLANNEL_CONFLIST : labConflist(subnetFile),
+    conflist: subnetFile === DEFAULT_SUBNET_ENV_PATH ? KUBE_FLANNEL_CONFLIST : labConflist(subnetFile),
     cniPath: values["cni-path"]?.split(":") ?? defaultCniPath(),
   };
   // The container ID names the pod in host-local's and flannel's state; the namespace name is unique here.
