@@ -219,6 +219,36 @@ describe("packet fd over a SOCK_SEQPACKET socketpair", () => {
     assert.deepEqual(got.packets, sent);
   });
 
+  it(
+    "fills every slot of a fresh arena to its last byte, in order (arena pages are mapped on first write)",
+    TIMEOUT,
+    async (t) => {
+      // The arena is not touched at start-up: the kernel's first write into a
+      // slot is what maps its pages, so every byte of every slot must arrive.
+      const slotSize = 8192;
+      const { reader, writer } = socketpairDevices(t, { capacity: 8, slotSize });
+      assert.ok(
+        reader.rx.bytes.every((b) => b === 0),
+        "a fresh arena reads as zeros",
+      );
+      const sent = Array.from({ length: 16 }, (_, i) => packet(i, slotSize));
+      const s = stage(sent);
+      const got = collect(reader);
+      let written = 0;
+      while (written < sent.length) {
+        written += writer.write(s.bytes, s.offsets, s.lengths, written, sent.length - written);
+        if (written < sent.length) await new Promise<void>((resolve) => writer.onWritable(resolve));
+      }
+      await got.received(16);
+      assert.deepEqual(got.packets, sent);
+      assert.ok(
+        got.batches.every((n) => n <= 8),
+        `batches ${got.batches.join(",")}`,
+      );
+      assert.equal(reader.truncatedDrops, 0);
+    },
+  );
+
   it("drops and counts a packet longer than the slot", TIMEOUT, async (t) => {
     const { reader, writer } = socketpairDevices(t, { capacity: 8, slotSize: 64 });
     const sent = [packet(0, 65), packet(1, 64)];
