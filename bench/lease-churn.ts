@@ -19,7 +19,7 @@ import { Node } from "../control/node.js";
 import { FileRegistry } from "../control/registry/file.js";
 import { MemoryRegistry } from "../control/registry/memory.js";
 import type { Registry } from "../control/registry/registry.js";
-import { formatIpv4, parseIpv4 } from "../dataplane/addr.js";
+import { formatIpv4, parseIpv4 } from "../net/addr.js";
 import { FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
 import type { LeaseTable } from "../dataplane/leases.js";
 import { plainDataplane } from "../dataplane/plain.js";

@@ -7,7 +7,7 @@
 
 import { parseArgs } from "node:util";
 import { Bench } from "tinybench";
-import { type Ipv4Prefix, parseIpv4 } from "../dataplane/addr.js";
+import { type Ipv4Prefix, parseIpv4 } from "../net/addr.js";
 import { engineOver, FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
 import { LeaseTable } from "../dataplane/leases.js";
 import { buildIcmpError, CODE_NET_UNREACH, ICMP_DEST_UNREACH, ICMP_ERROR_MAX } from "../dataplane/wire/icmp.js";

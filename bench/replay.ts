@@ -22,7 +22,7 @@ import {
   parsePrefix,
   prefixContains,
   prefixMask,
-} from "../dataplane/addr.js";
+} from "../net/addr.js";
 import { DirectionCounters, DROP_NAMES, Drop } from "../dataplane/counters.js";
 import { engineOver, FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
 import { LeaseTable, type PeerLease } from "../dataplane/leases.js";

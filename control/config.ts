@@ -14,7 +14,7 @@ import {
   prefixMask,
   prefixSize,
   RESERVED_RANGES,
-} from "../dataplane/addr.js";
+} from "../net/addr.js";
 
 export interface NetworkConfig {
   readonly network: Ipv4Prefix;

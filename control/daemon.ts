@@ -3,7 +3,7 @@
 // rules, subnet.env, READY=1; health and signals around them. Everything
 // between the registry and the engine is the node's.
 
-import { formatIpv4, formatPrefix, parseIpv4 } from "../dataplane/addr.js";
+import { formatIpv4, formatPrefix, parseIpv4 } from "../net/addr.js";
 import { Counters } from "../dataplane/counters.js";
 import { MAX_RUN_BYTES } from "../dataplane/io.js";
 import {

@@ -7,7 +7,7 @@ import { execFile, execFileSync } from "node:child_process";
 import { accessSync, constants, readFileSync, writeFileSync } from "node:fs";
 import { networkInterfaces } from "node:os";
 import { promisify } from "node:util";
-import { formatIpv4, formatPrefix, type Ipv4Prefix, parseIpv4 } from "../dataplane/addr.js";
+import { formatIpv4, formatPrefix, type Ipv4Prefix, parseIpv4 } from "../net/addr.js";
 
 const run = promisify(execFile);
 

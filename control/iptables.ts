@@ -6,7 +6,7 @@
 
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
-import { formatPrefix, type Ipv4Prefix } from "../dataplane/addr.js";
+import { formatPrefix, type Ipv4Prefix } from "../net/addr.js";
 
 const run = promisify(execFile);
 

@@ -7,7 +7,7 @@
 // a suspend would leave the renewal timer aiming at the wrong moment: a
 // periodic check compares the two clocks and reschedules from the expiry.
 
-import { formatIpv4, formatPrefix, type Ipv4Prefix, isMartian, prefixContains, prefixSize } from "../dataplane/addr.js";
+import { formatIpv4, formatPrefix, type Ipv4Prefix, isMartian, prefixContains, prefixSize } from "../net/addr.js";
 import { type NetworkConfig, parseNetworkConfig } from "./config.js";
 import { type Logger, silentLogger } from "./log.js";
 import {

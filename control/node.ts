@@ -14,7 +14,7 @@
 // here, once, from the manager's batches; the first batch, however large,
 // is one table build and one line.
 
-import type { Ipv4Prefix } from "../dataplane/addr.js";
+import type { Ipv4Prefix } from "../net/addr.js";
 import { Counters } from "../dataplane/counters.js";
 import { Engine } from "../dataplane/engine.js";
 import type { Device, Transport } from "../dataplane/io.js";

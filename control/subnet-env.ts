@@ -5,7 +5,7 @@
 import { randomBytes } from "node:crypto";
 import { chmod, mkdir, open, readFile, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { formatPrefix, type Ipv4Prefix, parsePrefix } from "../dataplane/addr.js";
+import { formatPrefix, type Ipv4Prefix, parsePrefix } from "../net/addr.js";
 
 export const DEFAULT_SUBNET_ENV_PATH = "/run/flannel/subnet.env";
 

@@ -23,7 +23,7 @@
 // receive batch is never overwritten while packets in it wait. Nothing here
 // awaits, allocates per packet or logs.
 
-import type { Ipv4Prefix } from "./addr.js";
+import type { Ipv4Prefix } from "../net/addr.js";
 import { Counters, Drop, Icmp } from "./counters.js";
 import { IcmpOut } from "./icmp-out.js";
 import { type Device, MAX_RUN_BYTES, type Transport } from "./io.js";

@@ -15,7 +15,7 @@
 // Ids stay dense (0..size-1): a removed id takes the last one's place, so the
 // engine's per-id scratch arrays are sized by `size`.
 
-import { formatPrefix, type Ipv4Prefix, prefixMask } from "./addr.js";
+import { formatPrefix, type Ipv4Prefix, prefixMask } from "../net/addr.js";
 
 export interface PeerLease {
   readonly subnet: Ipv4Prefix;

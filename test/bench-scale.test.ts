@@ -9,7 +9,7 @@ import { scaleChartSvg } from "../bench/scale/chart.js";
 import { bytesPerPeer, scaleReport } from "../bench/scale/main.js";
 import { MAX_PEERS, peerNode, peerPublicIp, peerSubnet } from "../bench/scale/peers.js";
 import type { ScalePoint } from "../bench/scale/run.js";
-import { formatIpv4, formatPrefix, isMartian, prefixesOverlap } from "../dataplane/addr.js";
+import { formatIpv4, formatPrefix, isMartian, prefixesOverlap } from "../net/addr.js";
 
 describe("bench scale peers", () => {
   it("gives 10,000 peers distinct /24 leases in 10/8, none in 10.244/16", () => {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { ConfigError, type NetworkConfig, parseNetworkConfig } from "../control/config.js";
-import { formatIpv4, formatPrefix } from "../dataplane/addr.js";
+import { formatIpv4, formatPrefix } from "../net/addr.js";
 
 /** The config in dotted form, so expectations read like the JSON they come from. */
 function readable(config: NetworkConfig) {

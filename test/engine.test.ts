@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { beforeEach, describe, it } from "node:test";
-import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../dataplane/addr.js";
+import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../net/addr.js";
 import { Drop, Icmp } from "../dataplane/counters.js";
 import type { Engine } from "../dataplane/engine.js";
 import { engineOver, FakeDevice, FakeTransport } from "../dataplane/fake-io.js";

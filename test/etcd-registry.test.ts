@@ -19,7 +19,7 @@ import {
   type Watch,
   type WatchHandlers,
 } from "../control/registry/registry.js";
-import { formatIpv4, formatPrefix, type Ipv4Prefix, parseIpv4, parsePrefix } from "../dataplane/addr.js";
+import { formatIpv4, formatPrefix, type Ipv4Prefix, parseIpv4, parsePrefix } from "../net/addr.js";
 import { type EtcdServer, makeCerts, startEtcd } from "./helpers/etcd.js";
 
 const DAY = 86_400;

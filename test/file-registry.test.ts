@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { afterEach, beforeEach, describe, test } from "node:test";
 import { FileRegistry } from "../control/registry/file.js";
 import type { LeaseEvent, LeaseListing, WatchHandlers } from "../control/registry/registry.js";
-import { formatPrefix, type Ipv4Prefix, parseIpv4, parsePrefix } from "../dataplane/addr.js";
+import { formatPrefix, type Ipv4Prefix, parseIpv4, parsePrefix } from "../net/addr.js";
 import { raceChildren } from "./helpers/children.js";
 
 function ip(text: string): number {

@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../dataplane/addr.js";
+import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../net/addr.js";
 import { Drop } from "../dataplane/counters.js";
 import { engineOver, FakeDevice, FakeTransport, type InjectedPacket } from "../dataplane/fake-io.js";
 import { LeaseTable } from "../dataplane/leases.js";

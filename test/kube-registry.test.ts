@@ -14,7 +14,7 @@ import { type KubeCredentials, loadCredentials } from "../control/kube/credentia
 import { normaliseAnnotationPrefix } from "../control/kube/node.js";
 import { KubeRegistry, resolveNodeName } from "../control/registry/kube.js";
 import type { LeaseEvent, LeaseListing } from "../control/registry/registry.js";
-import { formatIpv4, formatPrefix, parseIpv4 } from "../dataplane/addr.js";
+import { formatIpv4, formatPrefix, parseIpv4 } from "../net/addr.js";
 import { FLANNEL_USER, KubeApiServer } from "../lab/kube/apiserver.js";
 import { createPki, kubeconfig, type Pki } from "../lab/kube/pki.js";
 

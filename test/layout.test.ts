@@ -39,6 +39,14 @@ describe("layout", () => {
     assert.deepEqual(offenders, []);
   });
 
+  it("net/ is neutral ground: it imports nothing of dataplane/ or control/", () => {
+    for (const f of sources("net")) {
+      const bad = imports(f).filter((s) => s.includes("dataplane/") || s.includes("control/"));
+      assert.deepEqual(bad, [], `${f} imports ${bad.join(", ")}`);
+    }
+    assert.ok(sources("net").length > 0, "net/ has sources");
+  });
+
   it("io.ts holds contracts only: it imports nothing", () => {
     assert.deepEqual(imports("dataplane/io.ts"), []);
   });

@@ -17,7 +17,7 @@ import { FileRegistry } from "../control/registry/file.js";
 import { MemoryRegistry } from "../control/registry/memory.js";
 import type { Lease, Registry, WatchHandlers } from "../control/registry/registry.js";
 import { readSubnetEnv, writeSubnetEnv } from "../control/subnet-env.js";
-import { formatIpv4, formatPrefix, type Ipv4Prefix, parseIpv4, parsePrefix, prefixSize } from "../dataplane/addr.js";
+import { formatIpv4, formatPrefix, type Ipv4Prefix, parseIpv4, parsePrefix, prefixSize } from "../net/addr.js";
 import { raceChildren } from "./helpers/children.js";
 
 function ip(text: string): number {

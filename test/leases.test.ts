@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { type Ipv4Prefix, parsePrefix, prefixContains } from "../dataplane/addr.js";
+import { type Ipv4Prefix, parsePrefix, prefixContains } from "../net/addr.js";
 import { LeaseTable, type PeerEdit, type PeerLease } from "../dataplane/leases.js";
 import { randomInt, seededRandom } from "./helpers/random.js";
 

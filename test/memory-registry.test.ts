@@ -10,7 +10,7 @@ import { afterEach, beforeEach, describe, it } from "node:test";
 import { FileRegistry } from "../control/registry/file.js";
 import { MemoryRegistry } from "../control/registry/memory.js";
 import type { Lease, LeaseEvent, LeaseListing, Registry } from "../control/registry/registry.js";
-import { formatIpv4, formatPrefix, type Ipv4Prefix, parseIpv4, parsePrefix } from "../dataplane/addr.js";
+import { formatIpv4, formatPrefix, type Ipv4Prefix, parseIpv4, parsePrefix } from "../net/addr.js";
 
 const T0 = 1_700_000_000_000;
 const A = parseIpv4("198.18.0.1");

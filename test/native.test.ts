@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { after, before, describe, it, type TestContext } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
-import { type Ipv4Prefix, parsePrefix } from "../dataplane/addr.js";
+import { type Ipv4Prefix, parsePrefix } from "../net/addr.js";
 import { engineOver, FakeDevice } from "../dataplane/fake-io.js";
 import { LeaseTable } from "../dataplane/leases.js";
 import { loadAddon, type NativeError, UDP_STATE } from "../dataplane/native/index.js";

@@ -7,7 +7,7 @@ import { afterEach, beforeEach, describe, it } from "node:test";
 import type { Logger } from "../control/log.js";
 import { Node } from "../control/node.js";
 import { MemoryRegistry } from "../control/registry/memory.js";
-import { formatIpv4, formatPrefix, parseIpv4 } from "../dataplane/addr.js";
+import { formatIpv4, formatPrefix, parseIpv4 } from "../net/addr.js";
 import { Drop } from "../dataplane/counters.js";
 import { FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
 import { LeaseTable } from "../dataplane/leases.js";

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { Worker } from "node:worker_threads";
 import { overlayMtu } from "../control/daemon.js";
-import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../dataplane/addr.js";
+import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../net/addr.js";
 import { Drop } from "../dataplane/counters.js";
 import { engineOver, FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
 import { MAX_RUN_BYTES, TSO_SLOT_SIZE } from "../dataplane/io.js";

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { leaseFromSubnetValue, readSubnetEnv, renderSubnetEnv, writeSubnetEnv } from "../control/subnet-env.js";
-import { parsePrefix } from "../dataplane/addr.js";
+import { parsePrefix } from "../net/addr.js";
 
 function prefix(text: string) {
   const p = parsePrefix(text, true);

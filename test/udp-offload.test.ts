@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../dataplane/addr.js";
+import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../net/addr.js";
 import { engineOver, FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
 import { MAX_RUN_BYTES } from "../dataplane/io.js";
 import { LeaseTable } from "../dataplane/leases.js";

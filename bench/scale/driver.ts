@@ -20,7 +20,7 @@ import { Etcd3 } from "etcd3";
 import { EtcdRegistry } from "../../control/registry/etcd.js";
 import { FileRegistry } from "../../control/registry/file.js";
 import type { Registry } from "../../control/registry/registry.js";
-import { formatPrefix } from "../../dataplane/addr.js";
+import { formatPrefix } from "../../net/addr.js";
 import { type KubeSpec, KubeWriter } from "./kube-writer.js";
 import { peerPublicIp, peerSubnet } from "./peers.js";
 

@@ -4,7 +4,7 @@
 // its own underlay address in 198.19.0.0/16 (inside the lab's 198.18.0.0/15,
 // and never on any interface: nothing is ever sent to a made-up peer).
 
-import type { Ipv4Prefix } from "../../dataplane/addr.js";
+import type { Ipv4Prefix } from "../../net/addr.js";
 
 export const SCALE_NETWORK = "10.0.0.0/8";
 export const SCALE_CONFIG = `{"Network":"${SCALE_NETWORK}","SubnetLen":24,"Backend":{"Type":"udp","Port":8285}}`;

@@ -15,7 +15,7 @@ import { spawn } from "node:child_process";
 import { mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { writeSubnetEnv } from "../../control/subnet-env.js";
-import { parsePrefix } from "../../dataplane/addr.js";
+import { parsePrefix } from "../../net/addr.js";
 import { startLabEtcd } from "../../lab/etcd.js";
 import { startStandin } from "../../lab/kube/standin.js";
 import { cpuSeconds, type Memory, memoryOf } from "../../lab/proc.js";

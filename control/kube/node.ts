@@ -2,7 +2,7 @@
 // flanneld (COMPAT.md, "Kubernetes subnet manager"): the annotation prefix,
 // the podCIDR, the peer annotations, and the two status PATCH bodies.
 
-import { formatIpv4, type Ipv4Prefix, parseIpv4, parsePrefix } from "../../dataplane/addr.js";
+import { formatIpv4, type Ipv4Prefix, parseIpv4, parsePrefix } from "../../net/addr.js";
 
 export const DEFAULT_ANNOTATION_PREFIX = "flannel.alpha.coreos.com";
 

@@ -18,7 +18,7 @@ import {
   type IWatchResponse,
   isRecoverableError,
 } from "etcd3";
-import type { Ipv4Prefix } from "../../dataplane/addr.js";
+import type { Ipv4Prefix } from "../../net/addr.js";
 import { type Logger, silentLogger } from "../log.js";
 import {
   decodeLeaseValue,

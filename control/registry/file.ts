@@ -34,7 +34,7 @@ import {
 } from "node:fs";
 import { link, lstat, mkdir, open, readdir, rename, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { formatIpv4, formatPrefix, type Ipv4Prefix } from "../../dataplane/addr.js";
+import { formatIpv4, formatPrefix, type Ipv4Prefix } from "../../net/addr.js";
 import {
   decodeLeaseValue,
   encodeLeaseValue,

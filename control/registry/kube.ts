@@ -18,7 +18,7 @@
 // podCIDR, telling readiness what it waits for.
 
 import { readFileSync } from "node:fs";
-import { formatIpv4, formatPrefix, type Ipv4Prefix, prefixContains } from "../../dataplane/addr.js";
+import { formatIpv4, formatPrefix, type Ipv4Prefix, prefixContains } from "../../net/addr.js";
 import { ConfigError, parseNetworkConfig } from "../config.js";
 import type { KubeClient } from "../kube/client.js";
 import { Informer, type InformerOptions, type KubeObject } from "../kube/informer.js";

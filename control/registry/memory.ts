@@ -17,7 +17,7 @@
 // together, like inotify or an etcd watch response. setReachable(false)
 // stands in for a store that went away: calls reject, watches hear it.
 
-import { formatIpv4, formatPrefix, type Ipv4Prefix } from "../../dataplane/addr.js";
+import { formatIpv4, formatPrefix, type Ipv4Prefix } from "../../net/addr.js";
 import {
   decodeLeaseValue,
   encodeLeaseValue,

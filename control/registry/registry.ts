@@ -2,7 +2,7 @@
 // that acquires, renews and watches them (flannel's subnet.Manager seam). Both
 // registries store flannel's exact keys and values; only the store differs.
 
-import { formatIpv4, formatPrefix, type Ipv4Prefix, parseIpv4, parsePrefix } from "../../dataplane/addr.js";
+import { formatIpv4, formatPrefix, type Ipv4Prefix, parseIpv4, parsePrefix } from "../../net/addr.js";
 
 export interface Lease {
   readonly subnet: Ipv4Prefix;

@@ -1,7 +1,7 @@
 // ICMP error messages weft writes back into flannel0 (COMPAT.md): source is
 // the flannel0 address, TTL 8, payload the offender's IP header + 8 bytes.
 
-import { isMartian } from "../addr.js";
+import { isMartian } from "../../net/addr.js";
 import { internetChecksum } from "./checksum.js";
 import {
   IPV4_CHECKSUM,
