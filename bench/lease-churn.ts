@@ -19,10 +19,10 @@ import { Node } from "../control/node.js";
 import { FileRegistry } from "../control/registry/file.js";
 import { MemoryRegistry } from "../control/registry/memory.js";
 import type { Registry } from "../control/registry/registry.js";
-import { formatIpv4, parseIpv4 } from "../net/addr.js";
 import { FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
 import type { LeaseTable } from "../dataplane/leases.js";
 import { plainDataplane } from "../dataplane/plain.js";
+import { formatIpv4, parseIpv4 } from "../net/addr.js";
 
 const CONFIG = '{"Network":"10.0.0.0/8","Backend":{"Type":"udp","Port":8285}}';
 const OWN_IP = parseIpv4("198.18.0.1");

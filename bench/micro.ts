@@ -7,11 +7,11 @@
 
 import { parseArgs } from "node:util";
 import { Bench } from "tinybench";
-import { type Ipv4Prefix, parseIpv4 } from "../net/addr.js";
 import { engineOver, FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
 import { LeaseTable } from "../dataplane/leases.js";
 import { buildIcmpError, CODE_NET_UNREACH, ICMP_DEST_UNREACH, ICMP_ERROR_MAX } from "../dataplane/wire/icmp.js";
 import { Ipv4View, readAddr } from "../dataplane/wire/ipv4.js";
+import { type Ipv4Prefix, parseIpv4 } from "../net/addr.js";
 import { FlannelRouteList, generatedInput, positiveInt, type ReplayInput } from "./replay.js";
 import {
   fmtSummary,

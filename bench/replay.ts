@@ -15,20 +15,13 @@
 import { readFileSync } from "node:fs";
 import { basename } from "node:path";
 import { parseArgs } from "node:util";
-import {
-  formatPrefix,
-  type Ipv4Prefix,
-  parseIpv4,
-  parsePrefix,
-  prefixContains,
-  prefixMask,
-} from "../net/addr.js";
 import { DirectionCounters, DROP_NAMES, Drop } from "../dataplane/counters.js";
 import { engineOver, FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
 import { LeaseTable, type PeerLease } from "../dataplane/leases.js";
 import { Ipv4Check, Ipv4View, readAddr } from "../dataplane/wire/ipv4.js";
 import { readCapture } from "../fixtures/pcap.js";
 import { generateTrace, type TraceLease, type TraceSize } from "../fixtures/tracegen.js";
+import { formatPrefix, type Ipv4Prefix, parseIpv4, parsePrefix, prefixContains, prefixMask } from "../net/addr.js";
 import {
   fmt,
   fmtRatio,

@@ -17,8 +17,8 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { realpathSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { formatIpv4, parseIpv4 } from "../net/addr.js";
 import { UdpTransport } from "../dataplane/native-io.js";
+import { formatIpv4, parseIpv4 } from "../net/addr.js";
 
 const MAGIC = 0x77656674; // "weft"
 export const MIN_PAYLOAD = 12;

@@ -3,7 +3,6 @@
 // rules, subnet.env, READY=1; health and signals around them. Everything
 // between the registry and the engine is the node's.
 
-import { formatIpv4, formatPrefix, parseIpv4 } from "../net/addr.js";
 import { Counters } from "../dataplane/counters.js";
 import { MAX_RUN_BYTES } from "../dataplane/io.js";
 import {
@@ -13,6 +12,7 @@ import {
   sdNotify,
   setBusyPoll,
 } from "../dataplane/native-io.js";
+import { formatIpv4, formatPrefix, parseIpv4 } from "../net/addr.js";
 import type { Options } from "./cli.js";
 import type { NetworkConfig } from "./config.js";
 import type { HealthServer } from "./health.js";

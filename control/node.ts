@@ -14,11 +14,11 @@
 // here, once, from the manager's batches; the first batch, however large,
 // is one table build and one line.
 
-import type { Ipv4Prefix } from "../net/addr.js";
 import { Counters } from "../dataplane/counters.js";
 import { Engine } from "../dataplane/engine.js";
 import type { Device, Transport } from "../dataplane/io.js";
 import { LeaseTable, type PeerEdit, type PeerLease } from "../dataplane/leases.js";
+import type { Ipv4Prefix } from "../net/addr.js";
 import type { NetworkConfig } from "./config.js";
 import { LeaseManager, type LeaseManagerOptions, type PeerBatch } from "./lease-manager.js";
 import { type Logger, silentLogger } from "./log.js";

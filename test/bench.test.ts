@@ -41,10 +41,10 @@ import {
   writeResult,
 } from "../bench/report.js";
 import { type RecvResult, type SendResult, spawnUdpgen } from "../bench/udpgen.js";
-import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../net/addr.js";
 import { LeaseTable, type PeerLease } from "../dataplane/leases.js";
 import { internetChecksum, onesSum } from "../dataplane/wire/checksum.js";
 import { generateTrace, Prng } from "../fixtures/tracegen.js";
+import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../net/addr.js";
 
 const execFileAsync = promisify(execFile);
 

@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import { beforeEach, describe, it } from "node:test";
-import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../net/addr.js";
 import { Drop, Icmp } from "../dataplane/counters.js";
 import type { Engine } from "../dataplane/engine.js";
 import { engineOver, FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
 import { LeaseTable } from "../dataplane/leases.js";
 import { onesSum } from "../dataplane/wire/checksum.js";
+import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../net/addr.js";
 import { headerChecksumOk, icmpMessage, ipv4Packet, udpPacket } from "./helpers/packets.js";
 
 const network = parsePrefix("10.244.0.0/16") as Ipv4Prefix;

@@ -6,12 +6,12 @@
 
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../net/addr.js";
 import { Drop } from "../dataplane/counters.js";
 import { engineOver, FakeDevice, FakeTransport, type InjectedPacket } from "../dataplane/fake-io.js";
 import { LeaseTable } from "../dataplane/leases.js";
 import { GSO_TYPE } from "../dataplane/native/index.js";
 import { onesSum } from "../dataplane/wire/checksum.js";
+import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../net/addr.js";
 import { edgeSize, flow, fuzzSeed, mutate, mutateFlow, packet } from "./helpers/mutate.js";
 import { headerChecksumOk, ipv4Packet } from "./helpers/packets.js";
 import { randomBytes, randomInt, seededRandom } from "./helpers/random.js";

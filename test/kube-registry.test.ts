@@ -14,9 +14,9 @@ import { type KubeCredentials, loadCredentials } from "../control/kube/credentia
 import { normaliseAnnotationPrefix } from "../control/kube/node.js";
 import { KubeRegistry, resolveNodeName } from "../control/registry/kube.js";
 import type { LeaseEvent, LeaseListing } from "../control/registry/registry.js";
-import { formatIpv4, formatPrefix, parseIpv4 } from "../net/addr.js";
 import { FLANNEL_USER, KubeApiServer } from "../lab/kube/apiserver.js";
 import { createPki, kubeconfig, type Pki } from "../lab/kube/pki.js";
+import { formatIpv4, formatPrefix, parseIpv4 } from "../net/addr.js";
 
 const NET_CONF = '{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}';
 const P = "flannel.alpha.coreos.com/";

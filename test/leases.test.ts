@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { type Ipv4Prefix, parsePrefix, prefixContains } from "../net/addr.js";
 import { LeaseTable, type PeerEdit, type PeerLease } from "../dataplane/leases.js";
+import { type Ipv4Prefix, parsePrefix, prefixContains } from "../net/addr.js";
 import { randomInt, seededRandom } from "./helpers/random.js";
 
 /** The obviously-correct reference: scan every lease. */

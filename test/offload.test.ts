@@ -5,7 +5,6 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { Worker } from "node:worker_threads";
 import { overlayMtu } from "../control/daemon.js";
-import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../net/addr.js";
 import { Drop } from "../dataplane/counters.js";
 import { engineOver, FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
 import { MAX_RUN_BYTES, TSO_SLOT_SIZE } from "../dataplane/io.js";
@@ -13,6 +12,7 @@ import { LeaseTable } from "../dataplane/leases.js";
 import { GSO_TYPE, loadAddon } from "../dataplane/native/index.js";
 import { Coalescer } from "../dataplane/offload/coalescer.js";
 import { internetChecksum, onesSum } from "../dataplane/wire/checksum.js";
+import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../net/addr.js";
 import { randomBytes, randomInt, seededRandom } from "./helpers/random.js";
 import {
   ACK,

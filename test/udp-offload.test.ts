@@ -5,13 +5,13 @@
 
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../net/addr.js";
 import { engineOver, FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
 import { MAX_RUN_BYTES } from "../dataplane/io.js";
 import { LeaseTable } from "../dataplane/leases.js";
 import { GSO_TYPE } from "../dataplane/native/index.js";
 import { Coalescer } from "../dataplane/offload/coalescer.js";
 import { internetChecksum, onesSum } from "../dataplane/wire/checksum.js";
+import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../net/addr.js";
 import { randomBytes, randomInt, seededRandom } from "./helpers/random.js";
 import {
   hex,

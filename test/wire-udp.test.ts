@@ -4,10 +4,10 @@
 
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { parseIpv4 } from "../net/addr.js";
 import { onesSum } from "../dataplane/wire/checksum.js";
 import { IPV4_DST, IPV4_SRC, IPV4_TTL, Ipv4Check, Ipv4View, readAddr } from "../dataplane/wire/ipv4.js";
 import { UDP_CHECKSUM, UDP_HEADER, UdpCheck, UdpView } from "../dataplane/wire/udp.js";
+import { parseIpv4 } from "../net/addr.js";
 import { headerChecksumOk, ipv4Packet, udpPacket } from "./helpers/packets.js";
 import { randomBytes, seededRandom } from "./helpers/random.js";
 

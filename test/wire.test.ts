@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { parseIpv4 } from "../net/addr.js";
 import { internetChecksum, onesSum, updateChecksum16 } from "../dataplane/wire/checksum.js";
 import { buildIcmpError, ICMP_ERROR_MAX, mayAnswerWithError } from "../dataplane/wire/icmp.js";
 import { Ipv4Check, Ipv4View } from "../dataplane/wire/ipv4.js";
+import { parseIpv4 } from "../net/addr.js";
 import { headerChecksumOk, icmpMessage, ipv4Packet } from "./helpers/packets.js";
 import { randomBytes, randomInt, seededRandom } from "./helpers/random.js";
 

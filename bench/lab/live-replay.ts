@@ -5,12 +5,12 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { parseIpv4 } from "../../net/addr.js";
 import { internetChecksum, updateChecksum16 } from "../../dataplane/wire/checksum.js";
 import { Ipv4Check, Ipv4View, PROTO_TCP, PROTO_UDP } from "../../dataplane/wire/ipv4.js";
 import { TCP_CHECKSUM, writeU16 } from "../../dataplane/wire/tcp.js";
 import { UDP_CHECKSUM, UdpView } from "../../dataplane/wire/udp.js";
 import { readCapture } from "../../fixtures/pcap.js";
+import { parseIpv4 } from "../../net/addr.js";
 import {
   fmtRatio,
   fmtSummary,

@@ -3,9 +3,9 @@
 // derived from loopback's 65,536. The old staging looped forever on it, so
 // the test runs it where it can be stopped, and this posts the outcome.
 import { parentPort, workerData } from "node:worker_threads";
-import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../../net/addr.js";
 import { engineOver, FakeDevice, FakeTransport } from "../../dataplane/fake-io.js";
 import { LeaseTable } from "../../dataplane/leases.js";
+import { type Ipv4Prefix, parseIpv4, parsePrefix } from "../../net/addr.js";
 import { ACK, tcpPacket } from "./segments.js";
 
 const { gsoSize, payload, mtu } = workerData as { gsoSize: number; payload: number; mtu: number };

@@ -1,9 +1,9 @@
 // Builds small, valid IPv4 packets for tests: a slow, obvious construction
 // (full checksums, no tricks) that the fast code is compared against.
 
-import { parseIpv4 } from "../../net/addr.js";
 import { internetChecksum, onesSum } from "../../dataplane/wire/checksum.js";
 import { writeAddr } from "../../dataplane/wire/ipv4.js";
+import { parseIpv4 } from "../../net/addr.js";
 
 export interface PacketSpec {
   src: string | number;
