@@ -18,6 +18,7 @@ import {
   type RawDevice,
   type RawTransport,
   type RxArena,
+  type SendPieces,
   TSO_SLOT_SIZE,
 } from "./io.js";
 import { offloadDataplane } from "./offload/index.js";
@@ -245,6 +246,7 @@ export class FakeTransport extends FakeEndpoint implements RawTransport {
     start: number,
     count: number,
     segSize?: Uint16Array,
+    pieces?: SendPieces,
   ): number {
     const n = this.take(count);
     for (let i = start; i < start + n; i++) {
@@ -255,6 +257,11 @@ export class FakeTransport extends FakeEndpoint implements RawTransport {
       if (step !== len && Math.ceil(len / step) > 64) throw new Error(`fake transport: run of ${len / step} > 64`);
       if (step !== len && len > MAX_RUN_BYTES) throw new Error(`fake transport: run of ${len} bytes`);
       this.entries++;
+      const k = step !== len && pieces !== undefined ? (pieces.count[i] as number) : 0;
+      if (k > 0) {
+        this.sendPieces(bytes, pieces as SendPieces, i, k, step, len, dstAddr[i] as number, dstPort[i] as number);
+        continue;
+      }
       for (let o = off; o < off + len; o += step) {
         const l = Math.min(step, off + len - o);
         if (this.record) {
@@ -265,6 +272,31 @@ export class FakeTransport extends FakeEndpoint implements RawTransport {
       }
     }
     return n;
+  }
+
+  /** A run sent from pieces: the kernel's rule (all but the last exactly seg) checked. */
+  private sendPieces(
+    bytes: Uint8Array,
+    pieces: SendPieces,
+    i: number,
+    k: number,
+    seg: number,
+    len: number,
+    addr: number,
+    port: number,
+  ): void {
+    const first = pieces.first[i] as number;
+    let total = 0;
+    for (let p = first; p < first + k; p++) {
+      const o = pieces.offsets[p] as number;
+      const l = pieces.lengths[p] as number;
+      if (p < first + k - 1 && l !== seg) throw new Error(`fake transport: piece of ${l} bytes in a run of ${seg}`);
+      total += l;
+      if (this.record) this.sent.push({ data: bytes.slice(o, o + l), addr, port });
+      this.outPackets++;
+      this.outBytes += l;
+    }
+    if (total !== len) throw new Error(`fake transport: pieces of ${total} bytes for a run of ${len}`);
   }
 }
 

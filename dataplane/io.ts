@@ -151,6 +151,18 @@ export interface RawDevice extends Source {
   readonly writeErrors: number;
 }
 
+/**
+ * Where a run's datagrams lie when not back to back: entry i (count[i] > 0)
+ * is the datagrams at offsets/lengths [first[i], first[i] + count[i]), every
+ * one but the last exactly segSize[i] long.
+ */
+export interface SendPieces {
+  readonly first: Uint32Array;
+  readonly count: Uint16Array;
+  readonly offsets: Uint32Array;
+  readonly lengths: Uint32Array;
+}
+
 export interface RawTransport extends Source {
   readonly rx: DatagramArena;
   readonly localPort: number;
@@ -162,7 +174,11 @@ export interface RawTransport extends Source {
   readonly gsoMaxSegments: number;
   /** Runs the kernel refused (EINVAL/EIO), each making its peer fall back to datagrams for a while. */
   readonly gsoFallbacks: number;
-  /** segSize[i] > 0: entry i is a run of datagrams of that size (see above). */
+  /**
+   * segSize[i] > 0: entry i is a run of datagrams of that size (see above);
+   * with pieces, a run whose datagrams do not lie back to back is sent from
+   * them, one iovec per datagram (lengths[i] still the run's total).
+   */
   send(
     bytes: Uint8Array,
     offsets: Uint32Array,
@@ -172,6 +188,7 @@ export interface RawTransport extends Source {
     start: number,
     count: number,
     segSize?: Uint16Array,
+    pieces?: SendPieces,
   ): number;
   /** Datagrams the kernel refused with an error other than EAGAIN (counted drops). */
   readonly sendErrors: number;

@@ -12,6 +12,7 @@ import {
   type RawDevice,
   type RawTransport,
   type RxArena,
+  type SendPieces,
   TSO_SLOT_SIZE,
 } from "./io.js";
 import {
@@ -301,6 +302,7 @@ export class UdpTransport extends NativeEndpoint<NativeUdpSocket> implements Raw
   private boundAddrs: Uint32Array | null = null;
   private boundPorts: Uint16Array | null = null;
   private boundSeg: Uint16Array | undefined;
+  private boundPieces: SendPieces | undefined;
 
   send(
     bytes: Uint8Array,
@@ -311,6 +313,7 @@ export class UdpTransport extends NativeEndpoint<NativeUdpSocket> implements Raw
     start: number,
     count: number,
     segSize?: Uint16Array,
+    pieces?: SendPieces,
   ): number {
     if (
       bytes !== this.boundBytes ||
@@ -318,9 +321,11 @@ export class UdpTransport extends NativeEndpoint<NativeUdpSocket> implements Raw
       lengths !== this.boundLengths ||
       dstAddr !== this.boundAddrs ||
       dstPort !== this.boundPorts ||
-      segSize !== this.boundSeg
+      segSize !== this.boundSeg ||
+      pieces !== this.boundPieces
     ) {
-      this.native.bindSend(bytes, offsets, lengths, dstAddr, dstPort, segSize);
+      this.native.bindSend(bytes, offsets, lengths, dstAddr, dstPort, segSize, pieces);
+      this.boundPieces = pieces;
       this.boundBytes = bytes;
       this.boundOffsets = offsets;
       this.boundLengths = lengths;

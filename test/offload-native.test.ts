@@ -181,6 +181,57 @@ describe("UDP GSO and GRO on 127.0.0.1", () => {
     assert.equal(slots[0]?.segSize, 100);
   });
 
+  it(
+    "sends a run of datagrams lying apart as one message from its pieces, and apart again when GSO is refused",
+    TIMEOUT,
+    async (t) => {
+      const tx = UdpTransport.bind(LOOPBACK, 0, { offload: true });
+      const rx = UdpTransport.bind(LOOPBACK, 0, { offload: true });
+      t.after(() => {
+        tx.close();
+        rx.close();
+      });
+      const slots = collect(rx);
+      // Ten datagrams of 100 bytes (the last 50) stored in reverse, 300 bytes
+      // apart: the run is sent in piece order, not arena order.
+      const { bytes: data, expect } = run(10, 100, 50);
+      const bytes = new Uint8Array(3000);
+      const offsets = new Uint32Array(10);
+      const lengths = new Uint32Array(10);
+      for (let k = 0; k < 10; k++) {
+        offsets[k] = (9 - k) * 300;
+        lengths[k] = k === 9 ? 50 : 100;
+        bytes.set(data.subarray(k * 100, k * 100 + lengths[k]), offsets[k]);
+      }
+      const pieces = { first: Uint32Array.of(0), count: Uint16Array.of(10), offsets, lengths };
+      const send = () =>
+        tx.send(
+          bytes,
+          Uint32Array.of(0),
+          Uint32Array.of(950),
+          Uint32Array.of(LOOPBACK),
+          Uint16Array.of(rx.localPort),
+          0,
+          1,
+          Uint16Array.of(100),
+          pieces,
+        );
+      assert.equal(send(), 1);
+      await until(() => datagrams(slots).length >= 10);
+      assert.deepEqual(datagrams(slots), expect);
+      assert.ok(slots.length < 10, `one GSO message, kept together by GRO (${slots.length} slots)`);
+      assert.equal(slots[0]?.segSize, 100);
+      injectSendErrors(tx, os.errno.EIO, 1);
+      assert.equal(send(), 1);
+      await until(() => datagrams(slots).length >= 20);
+      assert.deepEqual(datagrams(slots).slice(10), expect);
+      assert.equal(tx.gsoFallbacks, 1);
+      assert.equal(tx.sendErrors, 0);
+      pieces.first[0] = 1;
+      assert.throws(send, /pieces of entry 0 lie outside pieces.offsets/);
+    },
+  );
+
   it("a socket without GRO receives the datagrams of a run one by one", TIMEOUT, async (t) => {
     const tx = UdpTransport.bind(LOOPBACK, 0, { offload: true });
     const rx = UdpTransport.bind(LOOPBACK, 0);

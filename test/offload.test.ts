@@ -572,6 +572,26 @@ describe("engine with offloads (fakes)", () => {
     for (const d of r.transport.sent) assert.ok(ipChecksumOk(d.data) && l4ChecksumOk(d.data) && d.data.length <= 1472);
   });
 
+  it("sends the segments of two super-packets to one peer as one run, from where they lie, datagram for datagram", () => {
+    // The two split super-packets lie in two device slots: the second's
+    // segments are not behind the first's, yet they leave as one UDP_SEGMENT
+    // entry (one iovec per datagram), byte for byte what single sends carry.
+    const packets = [
+      { data: superPacket(10000), gsoSize: 1000 },
+      { data: superPacket(9000), gsoSize: 1000 },
+    ];
+    const runs = rig({ transportGso: true });
+    const single = rig({ transportGso: false });
+    runs.device.inject(packets);
+    single.device.inject(packets);
+    assert.equal(runs.transport.sent.length, 19);
+    assert.equal(runs.transport.entries, 1);
+    assert.deepEqual(
+      runs.transport.sent.map((d) => hex(d.data)),
+      single.transport.sent.map((d) => hex(d.data)),
+    );
+  });
+
   it("goes back to one datagram per entry once the transport refuses UDP GSO", () => {
     const r = rig({ transportGso: true });
     r.transport.refuseGso();

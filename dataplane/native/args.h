@@ -119,6 +119,13 @@ struct BoundArrays {
   ArrayView<uint16_t> ports;
   // Absent (data null) when not bound.
   ArrayView<uint16_t> gso;
+  // Scatter-gather (absent when not bound): entry i with piece_count[i] > 0
+  // is sent from the pieces [piece_first[i], +piece_count[i]) of
+  // piece_offsets/piece_lengths, one iovec each, instead of one span.
+  ArrayView<uint32_t> piece_first;
+  ArrayView<uint16_t> piece_count;
+  ArrayView<uint32_t> piece_offsets;
+  ArrayView<uint32_t> piece_lengths;
   // The shortest per-packet array: every batch must lie below it.
   size_t shortest = 0;
   BufferWatch watch;

@@ -94,6 +94,7 @@ export interface NativeUdpSocket extends NativeSource {
     dstAddr: Uint32Array,
     dstPort: Uint16Array,
     segSize?: Uint16Array,
+    pieces?: { first: Uint32Array; count: Uint16Array; offsets: Uint32Array; lengths: Uint32Array },
   ): void;
   /**
    * sendmmsg of the bound datagrams in [start, start + count); returns

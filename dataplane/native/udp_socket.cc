@@ -24,6 +24,10 @@ constexpr size_t kRxCtlBytes = CMSG_SPACE(sizeof(int));
 constexpr size_t kTxCtlBytes = CMSG_SPACE(sizeof(uint16_t));
 constexpr size_t kRxCtlWords = (kRxCtlBytes + 7) / 8;
 constexpr size_t kTxCtlWords = (kTxCtlBytes + 7) / 8;
+// iovecs one message may carry (UIO_MAXIOV), and the pool pieced run
+// entries share per chunk (a chunk ends early when it is used up).
+constexpr uint32_t kMaxIov = 1024;
+constexpr uint32_t kPieceIovPool = 4096;
 
 std::string FormatAddress(uint32_t addr, uint32_t port) {
   return std::to_string(addr >> 24) + "." + std::to_string((addr >> 16) & 255) +
@@ -124,6 +128,7 @@ UdpSocket::UdpSocket(const Napi::CallbackInfo& info) : PollSource(info) {
     tx_to_[i].sin_family = AF_INET;
   }
 
+  tx_piece_iov_.resize(kPieceIovPool);
   seg_msgs_.resize(kMaxGsoSegments);
   seg_iov_.resize(kMaxGsoSegments);
   for (uint32_t i = 0; i < kMaxGsoSegments; i++) {
@@ -337,7 +342,35 @@ Napi::Value UdpSocket::BindSend(const Napi::CallbackInfo& info) {
     if (!GetArray(env, info[5], "segSize", &a.gso)) return Napi::Value();
     a.shortest = std::min(a.shortest, a.gso.length);
   }
+  napi_value pieces[4] = {nullptr, nullptr, nullptr, nullptr};
+  if (info.Length() > 6 && !info[6].IsUndefined()) {
+    if (!info[6].IsObject() || a.gso.data == nullptr) {
+      Napi::TypeError::New(env, "bindSend: pieces must be an object, with segSize")
+          .ThrowAsJavaScriptException();
+      return Napi::Value();
+    }
+    Napi::Object o = info[6].As<Napi::Object>();
+    Napi::Value first = o.Get("first");
+    Napi::Value count = o.Get("count");
+    Napi::Value offs = o.Get("offsets");
+    Napi::Value lens = o.Get("lengths");
+    if (!GetArray(env, first, "pieces.first", &a.piece_first) ||
+        !GetArray(env, count, "pieces.count", &a.piece_count) ||
+        !GetArray(env, offs, "pieces.offsets", &a.piece_offsets) ||
+        !GetArray(env, lens, "pieces.lengths", &a.piece_lengths)) {
+      return Napi::Value();
+    }
+    a.shortest = std::min({a.shortest, a.piece_first.length,
+                           a.piece_count.length});
+    pieces[0] = first;
+    pieces[1] = count;
+    pieces[2] = offs;
+    pieces[3] = lens;
+  }
   a.Keep({info[0], info[1], info[2], info[3], info[4], info[5]}, env);
+  for (napi_value v : pieces) {
+    if (v != nullptr) a.watch.Add(env, v);
+  }
   tx_bound_ = std::move(a);
   return env.Undefined();
 }
@@ -360,11 +393,19 @@ Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
   const auto& dst_port = a.ports;
   const auto& seg_size = a.gso;
   const bool has_seg = seg_size.data != nullptr;
+  const bool has_pieces = a.piece_count.data != nullptr;
+  const size_t piece_room =
+      std::min(a.piece_offsets.length, a.piece_lengths.length);
   // Entry i is a run of datagrams when segSize[i] > 0 and it is longer than
   // one segment: one message with a UDP_SEGMENT control message.
   auto run_segment = [&](uint32_t i) -> uint32_t {
     uint32_t seg = has_seg ? seg_size.data[i] : 0;
     return seg != 0 && lengths.data[i] > seg ? seg : 0;
+  };
+  // Pieces of entry i (0: one span). Out-of-range pieces are a caller bug.
+  auto piece_count = [&](uint32_t i) -> uint32_t {
+    if (!has_pieces || run_segment(i) == 0) return 0;
+    return a.piece_count.data[i];
   };
   auto destination = [&](uint32_t i) {
     sockaddr_in to = {};
@@ -372,6 +413,24 @@ Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
     to.sin_addr.s_addr = htonl(dst_addr.data[i]);
     to.sin_port = htons(dst_port.data[i]);
     return to;
+  };
+  if (has_pieces) {
+    for (uint32_t i = start; i < start + count; i++) {
+      uint32_t k = piece_count(i);
+      if (k != 0 && (k > kMaxIov || size_t{a.piece_first.data[i]} + k > piece_room)) {
+        Napi::RangeError::New(env, "send: pieces of entry " + std::to_string(i) +
+                                       " lie outside pieces.offsets")
+            .ThrowAsJavaScriptException();
+        return Napi::Value();
+      }
+    }
+  }
+  // Sends entry i datagram by datagram (GSO off or refused for its peer).
+  auto send_apart = [&](uint32_t i, const sockaddr_in& to) {
+    return piece_count(i) != 0
+               ? SendPieces(i, to)
+               : SendSegments(bytes.data + offsets.data[i], lengths.data[i],
+                              run_segment(i), to);
   };
   const uint32_t chunk = static_cast<uint32_t>(tx_msgs_.size());
   uint32_t done = 0;
@@ -381,6 +440,7 @@ Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
     // socket has no GSO or its peer fell back, and goes out datagram by
     // datagram below.
     uint32_t n = 0;
+    uint32_t pool = 0;
     while (n < chunk && done + n < count) {
       uint32_t i = start + done + n;
       uint32_t seg = run_segment(i);
@@ -389,9 +449,25 @@ Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
                                                   tx_to_[n].sin_port))) {
         break;
       }
-      tx_iov_[n].iov_base = bytes.data + offsets.data[i];
-      tx_iov_[n].iov_len = lengths.data[i];
       msghdr& h = tx_msgs_[n].msg_hdr;
+      uint32_t k = piece_count(i);
+      if (k == 0) {
+        tx_iov_[n].iov_base = bytes.data + offsets.data[i];
+        tx_iov_[n].iov_len = lengths.data[i];
+        h.msg_iov = &tx_iov_[n];
+        h.msg_iovlen = 1;
+      } else {
+        if (pool + k > kPieceIovPool) break;
+        uint32_t first = a.piece_first.data[i];
+        for (uint32_t p = 0; p < k; p++) {
+          tx_piece_iov_[pool + p].iov_base =
+              bytes.data + a.piece_offsets.data[first + p];
+          tx_piece_iov_[pool + p].iov_len = a.piece_lengths.data[first + p];
+        }
+        h.msg_iov = &tx_piece_iov_[pool];
+        h.msg_iovlen = k;
+        pool += k;
+      }
       if (seg != 0) {
         h.msg_control = &tx_ctl_[size_t{n} * kTxCtlWords];
         h.msg_controllen = kTxCtlBytes;
@@ -409,8 +485,7 @@ Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
     }
     if (n == 0) {
       uint32_t i = start + done;
-      if (!SendSegments(bytes.data + offsets.data[i], lengths.data[i],
-                        run_segment(i), destination(i))) {
+      if (!send_apart(i, destination(i))) {
         return Napi::Number::New(env, done);
       }
       done++;
@@ -442,8 +517,7 @@ Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
           fallbacks_.Record(tx_to_[sent].sin_addr.s_addr,
                             tx_to_[sent].sin_port);
           uint32_t i = start + done + sent;
-          if (!SendSegments(bytes.data + offsets.data[i], lengths.data[i],
-                            run_segment(i), tx_to_[sent])) {
+          if (!send_apart(i, tx_to_[sent])) {
             return Napi::Number::New(env, done + sent);
           }
           refill = true;
@@ -464,15 +538,38 @@ Napi::Value UdpSocket::Send(const Napi::CallbackInfo& info) {
 
 bool UdpSocket::SendSegments(const uint8_t* data, uint32_t len, uint32_t seg,
                              const sockaddr_in& to) {
+  uint32_t n = (len + seg - 1) / seg;
+  return SendEach(
+      n,
+      [&](uint32_t k) {
+        uint32_t o = k * seg;
+        return iovec{const_cast<uint8_t*>(data + o), std::min(seg, len - o)};
+      },
+      to);
+}
+
+bool UdpSocket::SendPieces(uint32_t i, const sockaddr_in& to) {
+  const BoundArrays& a = tx_bound_;
+  uint32_t first = a.piece_first.data[i];
+  return SendEach(
+      a.piece_count.data[i],
+      [&](uint32_t k) {
+        return iovec{a.bytes.data + a.piece_offsets.data[first + k],
+                     a.piece_lengths.data[first + k]};
+      },
+      to);
+}
+
+template <class Datagram>
+bool UdpSocket::SendEach(uint32_t total, Datagram datagram,
+                         const sockaddr_in& to) {
   sockaddr_in dst = to;
   uint32_t at = 0;
   bool any = false;
-  while (at < len) {
+  while (at < total) {
     uint32_t n = 0;
-    for (; n < kMaxGsoSegments && at + n * seg < len; n++) {
-      uint32_t o = at + n * seg;
-      seg_iov_[n].iov_base = const_cast<uint8_t*>(data + o);
-      seg_iov_[n].iov_len = std::min(seg, len - o);
+    for (; n < kMaxGsoSegments && at + n < total; n++) {
+      seg_iov_[n] = datagram(at + n);
       seg_msgs_[n].msg_hdr.msg_name = &dst;
     }
     uint32_t sent = 0;
@@ -493,8 +590,7 @@ bool UdpSocket::SendSegments(const uint8_t* data, uint32_t len, uint32_t seg,
           }
           // Part of the run is out: the rest is lost, like a full queue
           // would lose it; TCP repairs it.
-          uint32_t left = (len - (at + sent * seg) + seg - 1) / seg;
-          send_errors_ += left;
+          send_errors_ += total - (at + sent);
           return true;
         }
         send_errors_++;
@@ -505,7 +601,7 @@ bool UdpSocket::SendSegments(const uint8_t* data, uint32_t len, uint32_t seg,
         any = true;
       }
     }
-    at += n * seg;
+    at += n;
   }
   return true;
 }

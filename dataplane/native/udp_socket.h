@@ -51,8 +51,11 @@ class UdpSocket : public PollSource<UdpSocket> {
   uint32_t FirstLength() const { return lengths_[0]; }
 
  private:
-  // bindSend(bytes, offsets, lengths, dstAddr, dstPort, segSize?): the
-  // arrays the following sends read, until the next bindSend.
+  // bindSend(bytes, offsets, lengths, dstAddr, dstPort, segSize?, pieces?):
+  // the arrays the following sends read, until the next bindSend. pieces
+  // {first, count, offsets, lengths}: a run entry whose datagrams do not lie
+  // back to back (count[i] > 0) is sent as one message with one iovec per
+  // datagram, no bytes moved; lengths[i] is still the run's total.
   Napi::Value BindSend(const Napi::CallbackInfo& info);
   // send(start, count) -> consumed.
   Napi::Value Send(const Napi::CallbackInfo& info);
@@ -79,6 +82,11 @@ class UdpSocket : public PollSource<UdpSocket> {
   // then retry later) before the first one went out.
   bool SendSegments(const uint8_t* data, uint32_t len, uint32_t seg,
                     const sockaddr_in& to);
+  // The same for a run entry made of pieces: each piece one datagram.
+  bool SendPieces(uint32_t i, const sockaddr_in& to);
+  // Datagrams datagram(k) for k < n, each its own message to `to`.
+  template <class Datagram>
+  bool SendEach(uint32_t n, Datagram datagram, const sockaddr_in& to);
 
   // Into the receive arena (watched by arena_watch_).
   uint8_t* bytes_ = nullptr;
@@ -96,6 +104,8 @@ class UdpSocket : public PollSource<UdpSocket> {
   std::vector<uint64_t> rx_ctl_;
   std::vector<mmsghdr> tx_msgs_;
   std::vector<iovec> tx_iov_;
+  // The iovecs of run entries sent from pieces, filled per chunk.
+  std::vector<iovec> tx_piece_iov_;
   std::vector<sockaddr_in> tx_to_;
   std::vector<uint64_t> tx_ctl_;
   std::vector<mmsghdr> seg_msgs_;

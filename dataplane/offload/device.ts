@@ -5,8 +5,6 @@
 //
 //   slot 0: [super-packet 3×MSS]     split ──► entries [s0][s1][s2]
 //   slot 1: [packet]                          entry  [p]
-//   slotEnd[slot]: where the last read's bytes in that slot end (the
-//   transport may gather a run behind a packet alone in its slot)
 //
 // A super-packet that is not valid IPv4 is handed over whole: the engine
 // drops it like any malformed packet. One that cannot be split, or whose
@@ -42,7 +40,6 @@ export interface OffloadDeviceOptions {
 export class OffloadDevice extends Wrapped<RawDevice> implements Device {
   readonly rx: RxBatch;
   /** Per slot of the raw arena: one past the last byte the last read left there. */
-  readonly slotEnd: Uint32Array;
   private readonly counters: DirectionCounters;
   private readonly mtu: number;
   private readonly splitter = new Splitter();
@@ -62,7 +59,6 @@ export class OffloadDevice extends Wrapped<RawDevice> implements Device {
     const a = raw.rx;
     const capacity = a.capacity * GRO_MAX_SEGMENTS;
     this.rx = { bytes: a.bytes, offsets: new Uint32Array(capacity), lengths: new Uint32Array(capacity), capacity };
-    this.slotEnd = new Uint32Array(a.capacity);
     this.counters = opts.counters;
     // As the engine: no segment longer than the largest UDP payload.
     this.mtu = Math.min(opts.mtu, MAX_RUN_BYTES);
@@ -102,10 +98,8 @@ export class OffloadDevice extends Wrapped<RawDevice> implements Device {
         offsets[n] = off;
         lengths[n] = len;
         n++;
-        this.slotEnd[i] = off + len;
         continue;
       }
-      this.slotEnd[i] = off;
       n = this.split(i, off, len, n);
     }
     this.handler(n);
@@ -135,7 +129,6 @@ export class OffloadDevice extends Wrapped<RawDevice> implements Device {
       this.rx.lengths[n] = k === segs - 1 ? s.total - k * stride : stride;
       n++;
     }
-    this.slotEnd[i] = off + s.total;
     return n;
   }
 

@@ -30,6 +30,5 @@ export function offloadDataplane(raw: RawDataplane, opts: OffloadOptions): Offlo
     coalesce: opts.coalesce,
     peerArena: raw.transport.rx,
   });
-  const gather = { ...raw.device.rx, slotEnd: device.slotEnd };
-  return { device, transport: new OffloadTransport(raw.transport, gather) };
+  return { device, transport: new OffloadTransport(raw.transport, raw.device.rx) };
 }

@@ -16,8 +16,6 @@ export class RunIndex {
   readonly seg: Uint16Array;
   /** Datagrams in it. */
   readonly segments: Uint16Array;
-  /** How far copying may gather behind it (0: not at all). */
-  readonly gatherEnd: Uint32Array;
 
   /** Room for `destinations` distinct destinations per batch at half load. */
   constructor(destinations: number) {
@@ -32,7 +30,6 @@ export class RunIndex {
     this.entry = new Uint32Array(size);
     this.seg = new Uint16Array(size);
     this.segments = new Uint16Array(size);
-    this.gatherEnd = new Uint32Array(size);
   }
 
   /** Forgets every run (stamp 0 is never current). */
@@ -51,7 +48,7 @@ export class RunIndex {
   }
 
   /** Opens (or replaces) the run of (addr, port) at staged entry `entry`. */
-  open(addr: number, port: number, entry: number, seg: number, gatherEnd: number): void {
+  open(addr: number, port: number, entry: number, seg: number): void {
     const h = this.probe(addr, port);
     this.stamp[h] = this.current;
     this.addr[h] = addr;
@@ -59,7 +56,6 @@ export class RunIndex {
     this.entry[h] = entry;
     this.seg[h] = seg;
     this.segments[h] = 1;
-    this.gatherEnd[h] = gatherEnd;
   }
 
   /** The slot holding (addr, port) this batch, else the first free one on its probe path. */

@@ -5,23 +5,30 @@
 //   engine's entries:  [A 1400][B 1400][A 1400][A 700][A 1400]
 //   sent:              [A 1400+1400+700 seg=1400][B 1400][A 1400]
 //
-// A run grows in place when the next datagram lies right behind it (the
-// segments of a split super-packet do), else by copying the datagram behind
-// it, which only a run alone in its device slot has room for (slotEnd). Only
-// the last datagram of a run may be shorter; a run holds at most
-// gsoMaxSegments datagrams and MAX_RUN_BYTES bytes. Per peer the order on
-// the wire is the order of the entries.
+// No byte is moved: a run whose datagrams lie back to back (the segments of
+// a split super-packet do) is one span; any other run is sent from pieces,
+// one iovec per datagram where it lies in the arena:
+//
+//   arena:   [A0][B0][A1][B1][A2]      entries  A: A0..A2 (3 pieces)
+//   pieces:  [A0 A1 A2][B0 B1]                   B: B0..B1 (2 pieces)
+//
+// Only the last datagram of a run may be shorter; a run holds at most
+// gsoMaxSegments datagrams (≤ 64, far below UIO_MAXIOV) and MAX_RUN_BYTES
+// bytes. Per peer the order on the wire is the order of the entries.
 
-import type { BatchHandler, DatagramBatch, DatagramTxBatch, RawTransport, RxArena, Transport } from "../io.js";
+import type {
+  BatchHandler,
+  DatagramBatch,
+  DatagramTxBatch,
+  RawTransport,
+  RxArena,
+  SendPieces,
+  Transport,
+} from "../io.js";
 import { MAX_RUN_BYTES } from "../io.js";
 import { Wrapped } from "../plain.js";
 import { GRO_MAX_SEGMENTS } from "./coalescer.js";
 import { RunIndex } from "./runs.js";
-
-/** The device arena runs are gathered in: its slots and how far each is filled. */
-export interface GatherArena extends RxArena {
-  readonly slotEnd: Uint32Array;
-}
 
 export class OffloadTransport extends Wrapped<RawTransport> implements Transport {
   readonly rx: DatagramBatch & { offsets: Uint32Array; lengths: Uint32Array };
@@ -33,12 +40,24 @@ export class OffloadTransport extends Wrapped<RawTransport> implements Transport
   private addrs = new Uint32Array(0);
   private ports = new Uint16Array(0);
   private seg = new Uint16Array(0);
+  // Per staged entry: datagrams in it, whether they lie apart, where its
+  // pieces are written next; per datagram: its entry.
+  private segs = new Uint16Array(0);
+  private apart = new Uint8Array(0);
+  private cursor = new Uint32Array(0);
+  private member = new Uint32Array(0);
+  private pieces: SendPieces = {
+    first: new Uint32Array(0),
+    count: new Uint16Array(0),
+    offsets: new Uint32Array(0),
+    lengths: new Uint32Array(0),
+  };
   private count = 0;
   private pending = 0;
 
   constructor(
     raw: RawTransport,
-    private readonly gather: GatherArena,
+    private readonly gather: RxArena,
   ) {
     super(raw);
     const a = raw.rx;
@@ -123,20 +142,23 @@ export class OffloadTransport extends Wrapped<RawTransport> implements Transport
       this.pending,
       todo,
       this.seg,
+      this.pieces,
     );
     return this.pending === this.count ? count : 0;
   }
 
   private stage(batch: DatagramTxBatch, start: number, count: number): void {
     if (count > this.offsets.length) this.resize(count);
-    const bytes = batch.bytes;
     const maxRun = this.raw.gsoMaxSegments;
-    const slotSize = this.gather.slotSize;
-    const slotEnd = this.gather.slotEnd;
-    const gathers = slotSize >= MAX_RUN_BYTES;
     const runs = this.runs;
+    const { segs, apart, member } = this;
+    // Runs gather datagrams lying apart only from a device that reads
+    // super-packets (slots of a whole run); from MTU-sized slots each
+    // datagram stays its own entry, as before scatter-gather.
+    const gathers = this.gather.slotSize >= MAX_RUN_BYTES;
     runs.clear();
     let staged = 0;
+    let anyApart = false;
     for (let j = start; j < start + count; j++) {
       const off = batch.offsets[j];
       const len = batch.lengths[j];
@@ -147,21 +169,21 @@ export class OffloadTransport extends Wrapped<RawTransport> implements Transport
         const e = runs.entry[r];
         const seg = runs.seg[r];
         const runLen = this.lengths[e];
-        const end = this.offsets[e] + runLen;
-        if (len <= seg && runs.segments[r] < maxRun && runLen + len <= MAX_RUN_BYTES) {
-          let joined = off === end;
-          if (!joined && runs.gatherEnd[r] >= end + len) {
-            bytes.copyWithin(end, off, off + len);
-            joined = true;
+        // Back to back so far and this one right behind: still one span.
+        const behind = off === this.offsets[e] + runLen && apart[e] === 0;
+        if ((behind || gathers) && len <= seg && runs.segments[r] < maxRun && runLen + len <= MAX_RUN_BYTES) {
+          if (!behind) {
+            apart[e] = 1;
+            anyApart = true;
           }
-          if (joined) {
-            this.lengths[e] = runLen + len;
-            this.seg[e] = seg;
-            runs.segments[r]++;
-            // Only the last datagram of a run may be shorter.
-            if (len < seg) runs.seg[r] = 0;
-            continue;
-          }
+          this.lengths[e] = runLen + len;
+          this.seg[e] = seg;
+          segs[e]++;
+          member[j - start] = e;
+          runs.segments[r]++;
+          // Only the last datagram of a run may be shorter.
+          if (len < seg) runs.seg[r] = 0;
+          continue;
         }
       }
       this.offsets[staged] = off;
@@ -169,15 +191,40 @@ export class OffloadTransport extends Wrapped<RawTransport> implements Transport
       this.addrs[staged] = addr;
       this.ports[staged] = port;
       this.seg[staged] = 0;
-      // Room to gather behind this datagram: the rest of its slot, when it is
-      // alone there and the slot holds the largest run.
-      const slot = Math.floor(off / slotSize);
-      const alone = gathers && off === slot * slotSize && slotEnd[slot] === off + len;
-      runs.open(addr, port, staged, len, alone ? off + slotSize : 0);
+      segs[staged] = 1;
+      apart[staged] = 0;
+      member[j - start] = staged;
+      runs.open(addr, port, staged, len);
       staged++;
     }
     this.count = staged;
     this.pending = 0;
+    this.placePieces(batch, start, count, anyApart);
+  }
+
+  /** Writes the pieces of the runs whose datagrams lie apart, in entry order. */
+  private placePieces(batch: DatagramTxBatch, start: number, count: number, anyApart: boolean): void {
+    const { segs, apart, cursor, member } = this;
+    const p = this.pieces;
+    if (!anyApart) {
+      p.count.fill(0, 0, this.count);
+      return;
+    }
+    let next = 0;
+    for (let e = 0; e < this.count; e++) {
+      const k = apart[e] === 0 ? 0 : segs[e];
+      p.first[e] = next;
+      p.count[e] = k;
+      cursor[e] = next;
+      next += k;
+    }
+    for (let j = 0; j < count; j++) {
+      const e = member[j];
+      if (apart[e] === 0) continue;
+      const q = cursor[e]++;
+      p.offsets[q] = batch.offsets[start + j];
+      p.lengths[q] = batch.lengths[start + j];
+    }
   }
 
   private resize(count: number): void {
@@ -186,6 +233,16 @@ export class OffloadTransport extends Wrapped<RawTransport> implements Transport
     this.addrs = new Uint32Array(count);
     this.ports = new Uint16Array(count);
     this.seg = new Uint16Array(count);
+    this.segs = new Uint16Array(count);
+    this.apart = new Uint8Array(count);
+    this.cursor = new Uint32Array(count);
+    this.member = new Uint32Array(count);
+    this.pieces = {
+      first: new Uint32Array(count),
+      count: new Uint16Array(count),
+      offsets: new Uint32Array(count),
+      lengths: new Uint32Array(count),
+    };
   }
 
   get sendErrors(): number {
