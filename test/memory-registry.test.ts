@@ -3,7 +3,7 @@
 // what it would over the real store.
 
 import assert from "node:assert/strict";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, it } from "node:test";
@@ -60,7 +60,13 @@ const kinds: Record<string, (now: () => number) => Promise<Store>> = {
     const registry = await FileRegistry.open(dir, { now, rescanIntervalMs: 3_600_000 });
     return {
       registry,
-      putRaw: (name, value) => writeFile(join(dir, "subnets", name), value),
+      // As an operator should (and weftd does): written aside, then renamed into place,
+      // so the registry never reads a half-written file (its watch may fire in between).
+      putRaw: async (name, value) => {
+        const aside = join(dir, `.${name}.tmp`);
+        await writeFile(aside, value);
+        await rename(aside, join(dir, "subnets", name));
+      },
       done: async () => {
         await registry.close();
         await rm(dir, { recursive: true, force: true });
