@@ -10,7 +10,7 @@
 import assert from "node:assert/strict";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type Standin, startStandin } from "../lab/kube/standin.js";
 import { Lab, type LabHost, type LabPod, nsRun, sh } from "../lab/topology.js";
@@ -170,6 +170,9 @@ describe("three hosts in kube mode against the stand-in API server (netns)", { t
     const out = await nsRun(lab.switchNs as string, "kubectl", [
       "--kubeconfig",
       api.adminKubeconfig,
+      // kubectl's discovery cache stays beside the kubeconfig, not in ~/.kube.
+      "--cache-dir",
+      join(dirname(api.adminKubeconfig), "kubectl-cache"),
       "get",
       "nodes",
       "-o",
