@@ -8,46 +8,21 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import type { LoggedRequest } from "../lab/kube/apiserver.js";
+import { LabCli } from "./helpers/lab-cli.js";
 
-const CLI = new URL("../lab/netns.js", import.meta.url).pathname;
 const prefix = `wk${randomBytes(2).toString("hex")}`;
 const stateDir = join(tmpdir(), `weft-kube-lab-test-${prefix}`);
-const opts = ["--prefix", prefix, "--state-dir", stateDir];
+const cli = new LabCli(prefix, stateDir);
+const lab = (...args: string[]) => cli.run(...args);
+const namespaces = () => cli.namespaces();
+const ourProcesses = () => cli.processes();
 const [h1, h2, h3] = [1, 2, 3].map((i) => `${prefix}-h${i}`) as [string, string, string];
 const P = "flannel.alpha.coreos.com/";
-
-function lab(...args: string[]): { code: number | null; out: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args, ...opts], { encoding: "utf8", timeout: 120_000 });
-  return { code: r.status, out: r.stdout + r.stderr };
-}
-
-function namespaces(): string[] {
-  return (spawnSync("ip", ["netns", "list"], { encoding: "utf8" }).stdout ?? "")
-    .split("\n")
-    .map((l) => l.split(" ")[0] ?? "")
-    .filter((n) => n.startsWith(`${prefix}-`));
-}
-
-/** Live (not zombie) processes whose command line names our state directory or namespaces. */
-function ourProcesses(): string[] {
-  const found: string[] = [];
-  for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-      if (stat.slice(stat.lastIndexOf(")") + 2)[0] === "Z") continue;
-      const cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8").replaceAll("\0", " ");
-      if (cmd.includes(stateDir) || cmd.includes(`${prefix}-`)) found.push(`${pid} ${cmd}`);
-    } catch {
-      // Exited while we looked.
-    }
-  }
-  return found;
-}
 
 /** The index of the first output line matching `re` (the order of the lab's steps). */
 function lineOf(out: string, re: RegExp): number {

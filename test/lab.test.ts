@@ -10,53 +10,15 @@ import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
+import { LabCli, lines, running } from "./helpers/lab-cli.js";
 
-const CLI = new URL("../lab/netns.js", import.meta.url).pathname;
 const prefix = `wl${randomBytes(2).toString("hex")}`;
 const stateDir = join(tmpdir(), `weft-lab-test-${prefix}`);
-const opts = ["--prefix", prefix, "--state-dir", stateDir];
+const cli = new LabCli(prefix, stateDir);
+const lab = (...args: string[]) => cli.run(...args);
+const namespaces = () => cli.namespaces();
+const ourProcesses = () => cli.processes();
 let rulesBefore: string[] = [];
-
-function lab(...args: string[]): { code: number | null; out: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args, ...opts], { encoding: "utf8", timeout: 120_000 });
-  return { code: r.status, out: r.stdout + r.stderr };
-}
-
-/** Alive and not a zombie (a killed daemon of a kept lab waits for init to reap it). */
-function running(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
-  } catch {
-    return false;
-  }
-}
-
-/** Output lines of a command; none when it cannot run. */
-function lines(cmd: string, args: string[]): string[] {
-  return (spawnSync(cmd, args, { encoding: "utf8" }).stdout ?? "").split("\n");
-}
-
-function namespaces(): string[] {
-  return lines("ip", ["netns", "list"])
-    .map((l) => l.split(" ")[0] ?? "")
-    .filter((n) => n.startsWith(`${prefix}-`));
-}
-
-/** Processes whose command line names our state directory (weftd, etcd) or our namespaces. */
-function ourProcesses(): string[] {
-  const found: string[] = [];
-  for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
-    try {
-      const cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8").replaceAll("\0", " ");
-      if (!running(Number(pid))) continue;
-      if (cmd.includes(stateDir) || cmd.includes(`${prefix}-`)) found.push(`${pid} ${cmd}`);
-    } catch {
-      // Exited while we looked.
-    }
-  }
-  return found;
-}
 
 function rootLinks(): string[] {
   return lines("ip", ["-o", "link", "show"])
@@ -157,7 +119,7 @@ describe("npm run lab", { timeout: 170_000 }, () => {
   });
 
   it("down cleans up after the lab was killed with SIGKILL mid-way", async () => {
-    const child = spawn(process.execPath, [CLI, "up", "--keep", ...opts], { stdio: "ignore" });
+    const child = spawn(process.execPath, cli.argv("up", "--keep"), { stdio: "ignore" });
     // Kill it once it is making pods: weftd runs, some namespaces and CNI state exist.
     const deadline = Date.now() + 60_000;
     for (;;) {
