@@ -8,6 +8,7 @@ import { MAX_RUN_BYTES } from "../dataplane/io.js";
 import {
   busyPollStats,
   type NativeDataplane,
+  nftGeneration,
   openNativeDataplane,
   sdNotify,
   setBusyPoll,
@@ -25,7 +26,7 @@ import {
   localAddresses,
   localAddressesAtStart,
 } from "./host.js";
-import { ensureChain, forwardChain, masqChain } from "./iptables.js";
+import { ChainKeeper, forwardChain, iptablesIsNft, masqChain } from "./iptables.js";
 import { ensureTunDevice } from "./kube/devtun.js";
 import type { Logger } from "./log.js";
 import { type Dataplane, Node } from "./node.js";
@@ -76,6 +77,8 @@ export class Daemon {
   private dataplane: NativeDataplane | null = null;
   private health: HealthServer | null = null;
   private resyncTimer: NodeJS.Timeout | null = null;
+  /** The --ip-masq and forward chains, once the lease is known. */
+  private rules: ChainKeeper | null = null;
   private readonly ready = new Readiness();
   private readonly counters = new Counters();
   /** Read by /metrics: weft_table_generation, weft_table_swapped_at_seconds. */
@@ -149,9 +152,19 @@ export class Daemon {
 
     // Rules before subnet.env: the file is what tells the CNI plugin (and
     // anyone waiting on it) that this node can take pods.
-    await this.syncRules(config, lease);
+    const chains = [];
+    if (opts.ipMasq) chains.push(masqChain(config.network, lease.subnet));
+    if (opts.iptablesForwardRules) chains.push(forwardChain(config.network));
+    if (chains.length > 0) {
+      // Only iptables-nft's rules move the nf_tables generation; with legacy every resync runs iptables.
+      const generation = (await iptablesIsNft()) ? nftGeneration : () => null;
+      this.rules = new ChainKeeper(chains, generation, (chain) =>
+        log.info({ table: chain.table, chain: chain.chain }, "iptables rules installed"),
+      );
+      await this.rules.sync();
+      this.scheduleResync(this.rules);
+    }
     this.ready.rules = true;
-    if (opts.ipMasq || opts.iptablesForwardRules) this.scheduleResync(config, lease);
 
     await writeSubnetEnv(opts.subnetFile, { network: config.network, subnet: lease.subnet, mtu, ipMasq: opts.ipMasq });
     this.ready.subnetEnv = true;
@@ -198,25 +211,16 @@ export class Daemon {
   }
 
   /** The next resync starts a full period after the previous one ended: two runs never overlap. */
-  private scheduleResync(config: NetworkConfig, lease: Lease): void {
+  private scheduleResync(rules: ChainKeeper): void {
     this.resyncTimer = setTimeout(() => {
-      this.syncRules(config, lease)
+      rules
+        .sync()
         .catch((err) => this.log.error({ err: (err as Error).message }, "iptables resync failed"))
         .finally(() => {
-          if (this.exitCode === null) this.scheduleResync(config, lease);
+          if (this.exitCode === null) this.scheduleResync(rules);
         });
     }, this.opts.iptablesResync * 1000);
     this.resyncTimer.unref();
-  }
-
-  private async syncRules(config: NetworkConfig, lease: Lease): Promise<void> {
-    const chains = [];
-    if (this.opts.ipMasq) chains.push(masqChain(config.network, lease.subnet));
-    if (this.opts.iptablesForwardRules) chains.push(forwardChain(config.network));
-    for (const chain of chains) {
-      if (await ensureChain(chain))
-        this.log.info({ table: chain.table, chain: chain.chain }, "iptables rules installed");
-    }
   }
 
   private notifySystemd(): void {
@@ -249,6 +253,7 @@ export class Daemon {
         transportGsoFallbacks: () => this.dataplane?.socket.gsoFallbacks ?? 0,
         deviceTruncatedDrops: () => this.dataplane?.tun.truncatedDrops ?? 0,
         coalesced: () => this.dataplane?.coalesced() ?? { superPackets: 0, segments: 0 },
+        iptablesResyncs: () => this.rules?.counts ?? null,
       },
       onError: (err) => {
         this.log.error({ err: err.message }, `healthz ${this.opts.healthzIp}:${this.opts.healthzPort} failed`);

@@ -3,6 +3,9 @@
 // whole with `iptables-restore --noflush` (declaring an existing user chain
 // flushes it), so a resync is atomic and rules of an old network or subnet
 // vanish with the rewrite. The jump from the built-in chain is added once.
+// ChainKeeper re-checks them, and skips the check (two iptables processes a
+// chain) while the nf_tables generation says no ruleset changed since the
+// last clean one.
 
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
@@ -123,4 +126,60 @@ export async function ensureChain(spec: ChainSpec): Promise<boolean> {
 export async function countJumps(spec: ChainSpec): Promise<number> {
   const listing = await iptables(["-t", spec.table, "-S", spec.parent]);
   return listing.split("\n").filter((l) => l.includes(`-j ${spec.chain}`)).length;
+}
+
+/** Whether `iptables` is iptables-nft (its rules bump the nf_tables generation); false for legacy or no answer. */
+export async function iptablesIsNft(): Promise<boolean> {
+  try {
+    return (await iptables(["-V"])).includes("(nf_tables)");
+  } catch {
+    return false;
+  }
+}
+
+export interface ResyncCounts {
+  /** Syncs that ran iptables and found every chain current. */
+  current: number;
+  /** Syncs that had to (re)write a chain: the first one, and repairs. */
+  rewritten: number;
+  /** Syncs that ran nothing: the ruleset generation was the one of the last clean check. */
+  skipped: number;
+}
+
+/**
+ * Installs the chains and keeps them installed. With a generation source
+ * (nftGeneration, only for iptables-nft: legacy rules do not bump it), a
+ * check that found everything current remembers the generation, provided it
+ * did not move during the check; the next sync skips iptables while it is
+ * still that. A repair commits itself, so it is never remembered: the sync
+ * after one checks again.
+ */
+export class ChainKeeper {
+  readonly counts: ResyncCounts = { current: 0, rewritten: 0, skipped: 0 };
+  private cleanAt: number | null = null;
+
+  constructor(
+    private readonly chains: readonly ChainSpec[],
+    private readonly generation: () => number | null,
+    private readonly onInstalled: (spec: ChainSpec) => void,
+  ) {}
+
+  async sync(): Promise<void> {
+    const before = this.generation();
+    if (before !== null && before === this.cleanAt) {
+      this.counts.skipped++;
+      return;
+    }
+    this.cleanAt = null;
+    let changed = false;
+    for (const spec of this.chains) {
+      if (await ensureChain(spec)) {
+        changed = true;
+        this.onInstalled(spec);
+      }
+    }
+    if (changed) this.counts.rewritten++;
+    else this.counts.current++;
+    if (!changed && before !== null && this.generation() === before) this.cleanAt = before;
+  }
 }

@@ -4,6 +4,7 @@
 
 import { Counter, Gauge, Registry } from "prom-client";
 import { type Counters, type DirectionCounters, DROP_NAMES, ICMP_NAMES } from "../dataplane/counters.js";
+import type { ResyncCounts } from "./iptables.js";
 
 export interface MetricSources {
   readonly counters: Counters;
@@ -29,6 +30,8 @@ export interface MetricSources {
   deviceTruncatedDrops?(): number;
   /** Super-packets coalesced toward flannel0 and the packets that went into them (absent: none). */
   coalesced?(): { readonly superPackets: number; readonly segments: number };
+  /** iptables syncs by outcome (absent or null: no chains to keep). */
+  iptablesResyncs?(): Readonly<ResyncCounts> | null;
 }
 
 /**
@@ -187,6 +190,18 @@ export function createMetrics(src: MetricSources): Registry {
     collect() {
       this.reset();
       setTotal(this, {}, c.icmpRateLimited);
+    },
+  });
+  new Counter({
+    name: "weft_iptables_syncs_total",
+    help: "Checks of the --ip-masq and forward chains: current (iptables ran, nothing to do), rewritten (installed or repaired), skipped (the nf_tables ruleset had not changed since the last clean check)",
+    labelNames: ["outcome"],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const r = src.iptablesResyncs?.();
+      if (!r) return;
+      for (const outcome of ["current", "rewritten", "skipped"] as const) setTotal(this, { outcome }, r[outcome]);
     },
   });
   new Gauge({

@@ -463,3 +463,12 @@ export function sdNotify(state: SdNotifyState): boolean {
   loadAddon().notify(socket, state);
   return true;
 }
+
+/**
+ * The nf_tables ruleset generation of this network namespace: unchanged
+ * means no rule was added, removed or replaced since (iptables-nft included).
+ * Null when the kernel has no nf_tables or refuses to say.
+ */
+export function nftGeneration(): number | null {
+  return loadAddon().nftGeneration();
+}

@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, afterEach, before, describe, it } from "node:test";
 import { DEFAULT_NETWORK_CONFIG, Lab, type LabHost, nsRun } from "../lab/topology.js";
+import { DELETE_MASQ_MARK_RULE } from "./helpers/iptables.js";
 
 const MAIN = new URL("../control/main.js", import.meta.url).pathname;
 
@@ -98,8 +99,14 @@ describe("weftd as a service", { timeout: 180_000 }, () => {
   it("installs the --ip-masq and forward chains exactly once, repairs them, and keeps one copy across restarts", async () => {
     lab.writeRegistryConfig();
     const since = Date.now();
-    lab.startWeft(h1, ["--ip-masq", "--iptables-resync", "1"]);
+    lab.startWeft(h1, ["--ip-masq", "--iptables-resync", "1", "--healthz-port", "9102", "--healthz-ip", "127.0.0.1"]);
     const env = await lab.waitForSubnetEnv(h1, 20_000, since);
+    const syncs = async (outcome: string) => {
+      const m = new RegExp(`^weft_iptables_syncs_total\\{outcome="${outcome}"\\} (\\d+)$`, "m").exec(
+        (await get(h1.ns, 9102, "/metrics")).body,
+      );
+      return m ? Number(m[1]) : undefined;
+    };
     const lease = env.subnet.replace(/\.1\//, ".0/");
     const nat = async () => nsRun(h1.ns, "iptables", ["-t", "nat", "-S"]);
     const expected = [
@@ -133,25 +140,14 @@ describe("weftd as a service", { timeout: 180_000 }, () => {
     await check();
     await new Promise((r) => setTimeout(r, 2500)); // two resyncs
     await check();
+    // Nothing changed the ruleset since the check after our install: iptables-nft resyncs are skipped.
+    await until("a skipped resync", async () => ((await syncs("skipped")) ?? 0) > 0 || undefined, 5000);
+    const rewritten = await syncs("rewritten");
     // Someone deletes a rule: the next resync puts it back.
-    await nsRun(h1.ns, "iptables", [
-      "-t",
-      "nat",
-      "-D",
-      "FLANNEL-POSTRTG",
-      "-m",
-      "mark",
-      "--mark",
-      "0x4000/0x4000",
-      "-m",
-      "comment",
-      "--comment",
-      "flanneld masq",
-      "-j",
-      "RETURN",
-    ]);
+    await nsRun(h1.ns, "iptables", DELETE_MASQ_MARK_RULE);
     await until("repair", async () => ((await nat()).includes("--mark 0x4000/0x4000") ? true : undefined), 5000);
     await check();
+    assert.equal(await syncs("rewritten"), (rewritten ?? 0) + 1);
     assert.equal(await lab.stopWeft(h1), 0);
     const again = Date.now();
     lab.startWeft(h1, ["--ip-masq", "--iptables-resync", "1"]);

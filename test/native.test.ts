@@ -793,6 +793,47 @@ describe("TUN device in a network namespace", () => {
   });
 });
 
+describe("nf_tables ruleset generation", () => {
+  let ns = "";
+
+  before(async () => {
+    ns = await createNetns("ng");
+  });
+
+  after(async () => {
+    if (ns !== "") await deleteNetns(ns);
+  });
+
+  /** nftGeneration() read by a process inside the namespace. */
+  async function generation(prefix: string[] = []): Promise<number | null> {
+    const code = `
+      import { nftGeneration } from ${JSON.stringify(IO_URL)};
+      console.log(JSON.stringify(nftGeneration()));
+    `;
+    return (await runModule(["ip", "netns", "exec", ns, ...prefix], code)) as number | null;
+  }
+
+  it("stays put while rules are only read and moves when iptables adds a chain or a rule", TIMEOUT, async () => {
+    const first = await generation();
+    assert.equal(typeof first, "number");
+    assert.equal(await generation(), first);
+    await nsExec(ns, "iptables", ["-t", "nat", "-S"]);
+    await assert.rejects(nsExec(ns, "iptables", ["-t", "nat", "-C", "POSTROUTING", "-j", "RETURN"]));
+    assert.equal(await generation(), first, "listing and a failed -C commit nothing");
+    await nsExec(ns, "iptables", ["-t", "nat", "-N", "WEFT-GEN"]);
+    const second = await generation();
+    assert.notEqual(second, first);
+    await nsExec(ns, "iptables", ["-t", "nat", "-A", "WEFT-GEN", "-j", "RETURN"]);
+    const third = await generation();
+    assert.notEqual(third, second);
+    assert.equal(await generation(), third);
+  });
+
+  it("is null without CAP_NET_ADMIN", TIMEOUT, async () => {
+    assert.equal(await generation(["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin"]), null);
+  });
+});
+
 describe("notify (sd_notify)", () => {
   /** Starts a python3 AF_UNIX datagram receiver (tracked in `children`); resolves, once bound, to its first datagram. */
   async function receiver(address: string, children: ChildProcess[]): Promise<{ message: Promise<string> }> {

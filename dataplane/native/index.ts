@@ -201,6 +201,12 @@ export interface Addon {
   /** sd_notify: one datagram to an AF_UNIX socket path; "@name" is abstract. */
   notify(socketPath: string, message: string): void;
   /**
+   * The nf_tables ruleset generation of the caller's network namespace (one
+   * NFT_MSG_GETGEN; every ruleset commit, iptables-nft's too, bumps it), or
+   * null when it cannot be read (no nf_tables, no CAP_NET_ADMIN).
+   */
+  nftGeneration(): number | null;
+  /**
    * Splits the TSO/USO super-packet at bytes[off, +len) (len = its IP total
    * length) in place into segments of gsoSize payload bytes, end to end, none
    * reaching past off + room. True on success, out = [segments, stride, total].
