@@ -191,10 +191,13 @@ export function startHealthServer(opts: HealthOptions): HealthServer {
       headersTimeout: HEADERS_TIMEOUT_MS,
       requestTimeout: REQUEST_TIMEOUT_MS,
       keepAliveTimeout: KEEP_ALIVE_MS,
-      // How often Node looks for requests past their timeouts (default 30 s).
-      connectionsCheckingInterval: 1000,
+      // Node's own sweep for requests past these timeouts runs on an interval
+      // for as long as the server listens, connections or not; its default
+      // (30 s) is only a backstop: headerDeadline below closes slow clients
+      // on time without waking an idle daemon.
     },
     (req, res) => {
+      received(req.socket, res);
       // Probes and scrapes carry no body: anything else is refused unread.
       if (req.method !== "GET" && req.method !== "HEAD") {
         res.writeHead(405, { allow: "GET, HEAD", connection: "close" }).end();
@@ -213,6 +216,28 @@ export function startHealthServer(opts: HealthOptions): HealthServer {
   // an accept and a close per attempt. Closing the listening socket instead
   // hands the refusals to the kernel; it listens again when a slot frees.
   const sockets = new Set<Socket>();
+  // Per connection: a timer that closes it unless a request's headers arrive
+  // within HEADERS_TIMEOUT_MS (armed on connect and after each answer), and the
+  // requests received but not yet answered (no deadline while there are any).
+  const pending = new Map<Socket, { deadline: NodeJS.Timeout | null; unanswered: number }>();
+  const headerDeadline = (socket: Socket) => {
+    const p = pending.get(socket);
+    if (p === undefined || p.unanswered > 0) return;
+    if (p.deadline !== null) clearTimeout(p.deadline);
+    p.deadline = setTimeout(() => socket.destroy(), HEADERS_TIMEOUT_MS);
+    p.deadline.unref();
+  };
+  const received = (socket: Socket, res: ServerResponse) => {
+    const p = pending.get(socket);
+    if (p === undefined) return;
+    p.unanswered++;
+    if (p.deadline !== null) clearTimeout(p.deadline);
+    p.deadline = null;
+    res.once("close", () => {
+      p.unanswered--;
+      headerDeadline(socket);
+    });
+  };
   let port = opts.port;
   let closed = false;
   let accepting = false;
@@ -222,7 +247,12 @@ export function startHealthServer(opts: HealthOptions): HealthServer {
   };
   server.on("connection", (socket) => {
     sockets.add(socket);
+    pending.set(socket, { deadline: null, unanswered: 0 });
+    headerDeadline(socket);
     socket.once("close", () => {
+      const p = pending.get(socket);
+      if (p?.deadline) clearTimeout(p.deadline);
+      pending.delete(socket);
       sockets.delete(socket);
       if (!closed && !accepting && sockets.size < MAX_CONNECTIONS) listen();
     });
