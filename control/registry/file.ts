@@ -157,7 +157,9 @@ export class FileRegistry implements Registry {
   async getNetworkConfig(): Promise<string | null> {
     try {
       // The config may be a link (to a file an operator manages elsewhere); keys may not.
-      return await readRegularFile(this.configPath, { followLink: true });
+      // Read synchronously, as keys are: weftd reads it every 10 s, and four
+      // thread-pool round trips cost an idle daemon more than the read itself.
+      return readRegularFileNow(this.configPath, { followLink: true });
     } catch (err) {
       if (errorCode(err) === "ENOENT") return null;
       throw err;
@@ -820,8 +822,11 @@ function unreadable(err: unknown): string {
 }
 
 /** readRegularFile, synchronously (see READ_CHUNK): the same checks, the same errors. */
-function readRegularFileNow(path: string): string {
-  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
+function readRegularFileNow(path: string, opts: { followLink?: boolean } = {}): string {
+  const fd = openSync(
+    path,
+    constants.O_RDONLY | constants.O_NONBLOCK | (opts.followLink === true ? 0 : constants.O_NOFOLLOW),
+  );
   try {
     const stat = fstatSync(fd);
     if (!stat.isFile()) throw Object.assign(new Error(`${path} is not a regular file`), { code: "ENOTREG" });
