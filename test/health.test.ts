@@ -148,6 +148,16 @@ describe("health server under abuse (loopback)", () => {
     assert.doesNotMatch(r.text, /flanneld is running/);
   });
 
+  it("closes a keep-alive client that answers its first request with a second it never finishes", async () => {
+    const r = await rawExchange(
+      port,
+      "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n",
+      15_000,
+    );
+    assert.equal(r.closed, true, "the server closed the connection");
+    assert.equal(r.text.split("flanneld is running").length - 1, 1, "only the complete request was answered");
+  });
+
   it(`keeps at most ${MAX_CONNECTIONS} connections open, refusing the rest in the kernel, and listens again when one closes`, async () => {
     const sockets: Socket[] = [];
     const attempt = () =>
