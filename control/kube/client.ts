@@ -177,14 +177,12 @@ export class KubeClient {
   }
 }
 
+/** The whole body, decoded once (a NodeList page is megabytes in thousands of chunks). */
 function readAll(res: IncomingMessage): Promise<string> {
   return new Promise((resolve, reject) => {
-    let text = "";
-    res.setEncoding("utf8");
-    res.on("data", (c: string) => {
-      text += c;
-    });
-    res.once("end", () => resolve(text));
+    const chunks: Buffer[] = [];
+    res.on("data", (c: Buffer) => chunks.push(c));
+    res.once("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
     res.once("error", reject);
   });
 }

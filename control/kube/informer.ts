@@ -35,6 +35,12 @@ export interface InformerOptions {
   readonly maxBackoffMs?: number;
   /** Seconds asked of each watch; default 300–600 at random, as client-go spreads them. */
   readonly timeoutSeconds?: () => number;
+  /**
+   * What is kept of each listed or watched object (default: all of it).
+   * Applied as each page arrives, so a listing of thousands of fat objects
+   * never holds more than one page of them whole.
+   */
+  readonly keep?: (object: KubeObject) => KubeObject;
 }
 
 function rvOf(object: KubeObject): string {
@@ -90,7 +96,8 @@ export class Informer {
         items?: KubeObject[];
         metadata?: { resourceVersion?: string; continue?: string };
       };
-      items.push(...(page.items ?? []));
+      const keep = this.opts.keep;
+      for (const item of page.items ?? []) items.push(keep === undefined ? item : keep(item));
       cont = page.metadata?.continue ?? "";
       if (cont === "") return { items, resourceVersion: page.metadata?.resourceVersion ?? "" };
     }
@@ -150,7 +157,7 @@ export class Informer {
           this.setConnected(true);
         }
         if (event.type === "ADDED" || event.type === "MODIFIED" || event.type === "DELETED")
-          this.handlers.onEvent(event.type, event.object);
+          this.handlers.onEvent(event.type, this.opts.keep?.(event.object) ?? event.object);
       },
       (err) => {
         if (this.watching === handle) this.watching = null;
