@@ -44,6 +44,20 @@ export interface AcquireOptions {
 
 /** flannel's tryAcquireLease: reuse ours, else the previous subnet, else a free one at random. */
 export async function acquireLease(registry: Registry, config: NetworkConfig, options: AcquireOptions): Promise<Lease> {
+  return (await acquireListed(registry, config, options)).lease;
+}
+
+/**
+ * acquireLease, also handing back the listing it decided on, without any
+ * lease naming this host (ours is written after it, stale ones of ours were
+ * deleted): a watch from its revision delivers those writes and everything
+ * else since, so the lease manager starts from it instead of listing again.
+ */
+async function acquireListed(
+  registry: Registry,
+  config: NetworkConfig,
+  options: AcquireOptions,
+): Promise<{ lease: Lease; listing: LeaseListing }> {
   const log = options.log ?? silentLogger;
   const ttlSeconds = options.ttlSeconds ?? DEFAULT_LEASE_TTL_SECONDS;
   const random = options.random ?? Math.random;
@@ -51,16 +65,16 @@ export async function acquireLease(registry: Registry, config: NetworkConfig, op
   for (let attempt = 1; attempt <= ACQUIRE_ATTEMPTS; attempt++) {
     // Unreadable keys are the manager's to report (once each), not every attempt's.
     const listing = await registry.getLeases(publicIp);
-    let taken = listing.leases;
-
-    const ours = taken.filter((lease) => lease.publicIp === publicIp);
+    const ours = listing.leases.filter((lease) => lease.publicIp === publicIp);
+    const taken = listing.leases.filter((lease) => lease.publicIp !== publicIp);
+    const others = { ...listing, leases: taken };
     const reusable = ours.find((lease) => fitsConfig(config, lease.subnet));
     if (reusable !== undefined) {
       log.info(
         { subnet: formatPrefix(reusable.subnet), publicIp: formatIpv4(publicIp) },
         "found lease for current IP, reusing",
       );
-      return registry.updateLease(reusable, publicIp, ttlSeconds);
+      return { lease: await registry.updateLease(reusable, publicIp, ttlSeconds), listing: others };
     }
     for (const stale of ours) {
       log.info(
@@ -69,7 +83,6 @@ export async function acquireLease(registry: Registry, config: NetworkConfig, op
       );
       await registry.deleteLease(stale.subnet);
     }
-    taken = taken.filter((lease) => lease.publicIp !== publicIp);
 
     let subnet: Ipv4Prefix | null = null;
     // The previous subnet gets one try: if its create loses, something holds
@@ -99,7 +112,7 @@ export async function acquireLease(registry: Registry, config: NetworkConfig, op
     const lease = await registry.createLease(subnet, publicIp, ttlSeconds);
     if (lease !== null) {
       log.info({ subnet: formatPrefix(lease.subnet), publicIp: formatIpv4(publicIp) }, "acquired lease");
-      return lease;
+      return { lease, listing: others };
     }
     log.info({ subnet: formatPrefix(subnet), attempt }, "another host took the subnet first, trying again");
   }
@@ -251,6 +264,8 @@ export class LeaseManager {
   private readonly ttlSeconds: number;
   private readonly renewMarginMs: number;
   private ownLease: Lease | null = null;
+  /** acquire()'s listing (peers only), until follow() starts from it. */
+  private startListing: LeaseListing | null = null;
   private networkConfig: NetworkConfig | null = null;
   private readonly peerLeases = new Map<string, Lease>();
   /** Keys not routed (unreadable, or failing peerLeaseProblem) and why; each is logged once. */
@@ -344,7 +359,7 @@ export class LeaseManager {
       },
       "network config",
     );
-    const lease = await acquireLease(registry, config, {
+    const { lease, listing } = await acquireListed(registry, config, {
       publicIp: this.options.publicIp,
       previousSubnet: this.options.previousSubnet ?? null,
       ttlSeconds: this.ttlSeconds,
@@ -353,23 +368,24 @@ export class LeaseManager {
     });
     this.throwIfStopped();
     this.ownLease = lease;
+    this.startListing = listing;
     return lease;
   }
 
   /**
-   * The second half of start(): lists the peers, hands them over as the first
-   * batch (before this resolves) and watches for changes.
+   * The second half of start(): hands the peers of acquire()'s listing over
+   * as the first batch (before this resolves) and watches for changes from
+   * that listing's revision, so nothing is listed twice and nothing written
+   * since is missed: our own write arrives as an event, and should another
+   * host have taken or deleted our key meanwhile, that event revokes it.
    */
   async follow(): Promise<Lease> {
     const { registry } = this.options;
     const lease = this.ownLease;
-    if (lease === null) throw new Error("lease manager: follow() before acquire()");
-    const listing = await registry.getLeases(this.options.publicIp);
+    const listing = this.startListing;
+    if (lease === null || listing === null) throw new Error("lease manager: follow() before acquire()");
+    this.startListing = null;
     this.throwIfStopped();
-    const listed = listing.leases.find((other) => sameSubnet(other.subnet, lease.subnet));
-    if (listed === undefined || listed.publicIp !== lease.publicIp) {
-      throw new Error(`lease ${formatPrefix(lease.subnet)} was deleted or taken over right after it was acquired`);
-    }
     this.replacePeers(listing);
     this.isConnected = true;
     this.publish();

@@ -28,14 +28,18 @@ export async function startLabEtcd(opts: {
   ip: string;
   dir: string;
   spawned: (pid: number | undefined) => void;
+  /** Run etcd at this niceness (the scale bench's --nice: a registry on another machine). */
+  nice?: number;
 }): Promise<LabEtcd> {
   const endpoint = `http://${opts.ip}:2379`;
   const peer = `http://${opts.ip}:2380`;
   const log = `${opts.dir}/etcd.log`;
   const fd = openSync(log, "a");
+  const niced = opts.nice ? ["nice", "-n", String(opts.nice)] : [];
   const child = spawn(
-    "ip",
+    niced[0] ?? "ip",
     [
+      ...(niced.length ? [...niced.slice(1), "ip"] : []),
       "netns",
       "exec",
       opts.ns,

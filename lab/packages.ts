@@ -56,6 +56,10 @@ const BENCH_EXTRA: readonly Package[] = [
   { name: "iperf3", why: "throughput per mode", probe: "iperf3" },
   { name: "strace", why: "system calls per packet", probe: "strace" },
   { name: "gcc", why: "compiling the flannel-design C proxy", probe: "cc" },
+  // The scale bench's etcd mode (its lab etcd is checked with etcdctl) and kube mode (the stand-in's certificates).
+  { name: "etcd-server", why: "the scale bench's etcd mode", probe: "etcd" },
+  { name: "etcd-client", why: "checking the scale bench's etcd", probe: "etcdctl" },
+  { name: "openssl", why: "the scale bench's API server certificates", probe: "openssl" },
 ];
 
 export const JOBS = {

@@ -8,7 +8,7 @@ import { describe, it } from "node:test";
 import { scaleChartSvg } from "../bench/scale/chart.js";
 import { bytesPerPeer, scaleReport } from "../bench/scale/main.js";
 import { MAX_PEERS, peerNode, peerPublicIp, peerSubnet } from "../bench/scale/peers.js";
-import type { ScalePoint } from "../bench/scale/run.js";
+import { inNetns, type ScalePoint } from "../bench/scale/run.js";
 import { formatIpv4, formatPrefix, isMartian, prefixesOverlap } from "../net/addr.js";
 
 describe("bench scale peers", () => {
@@ -83,6 +83,16 @@ describe("bench scale report", () => {
     const text = scaleReport(points, o, "machine").join("\n");
     assert.match(text, /^file\s+5,000\s.*\s70\.00\s.*0\.75×$/m);
     assert.equal(text.split("\n").filter((l) => /^(file|etcd)\s/.test(l)).length, 3);
+  });
+
+  it("says when the churn writer and the registry ran niced, standing in for other machines", () => {
+    assert.doesNotMatch(scaleReport(points, o, "machine").join("\n"), /nice/);
+    assert.match(
+      scaleReport(points, { ...o, nice: 10 }, "machine").join("\n"),
+      /churn writer, etcd and API server at nice 10, standing in for other machines/,
+    );
+    assert.deepEqual(inNetns("ns1", 10), ["nice", "-n", "10", "ip", "netns", "exec", "ns1"]);
+    assert.deepEqual(inNetns("ns1"), ["ip", "netns", "exec", "ns1"]);
   });
 
   it("states anonymous memory per peer against the mode's smallest count", () => {

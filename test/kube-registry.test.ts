@@ -8,9 +8,11 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, beforeEach, describe, it } from "node:test";
+import { peerNode } from "../bench/scale/peers.js";
 import { parseOptions, UsageError } from "../control/cli.js";
 import { KubeClient } from "../control/kube/client.js";
 import { type KubeCredentials, loadCredentials } from "../control/kube/credentials.js";
+import { parseListPage } from "../control/kube/informer.js";
 import { normaliseAnnotationPrefix } from "../control/kube/node.js";
 import { KubeRegistry, resolveNodeName } from "../control/registry/kube.js";
 import type { LeaseEvent, LeaseListing } from "../control/registry/registry.js";
@@ -393,5 +395,38 @@ describe("kube mode against the stand-in API server", () => {
       watch.close();
       await registry.close();
     }
+  });
+});
+
+describe("a list page parsed item by item (parseListPage)", () => {
+  const pages = [
+    {
+      kind: "NodeList",
+      apiVersion: "v1",
+      metadata: { resourceVersion: "12", continue: "5" },
+      items: [peerNode(0), peerNode(1)],
+    },
+    // Brackets, braces, quotes and backslashes inside strings; a nested "items" key; an empty item.
+    { items: [{ a: 'x"}]{[', b: ["\\", '\\"'], items: [{ x: 1 }] }, {}], metadata: { resourceVersion: "1" } },
+    { metadata: { resourceVersion: "1", items: [1] }, items: [] },
+    // Not an array of objects, or no items: parsed whole, the same answer.
+    { items: [1, null], metadata: {} },
+    { kind: "items", metadata: { resourceVersion: "3" } },
+  ];
+  it("hands over exactly the items and the metadata JSON.parse finds, compact or indented", () => {
+    for (const page of pages) {
+      for (const text of [JSON.stringify(page), JSON.stringify(page, null, 2)]) {
+        const items: unknown[] = [];
+        const rest = parseListPage(text, (item) => items.push(item));
+        const whole = JSON.parse(text) as { items?: unknown[]; metadata?: unknown };
+        assert.deepEqual(items, whole.items ?? []);
+        assert.deepEqual(rest.metadata, whole.metadata);
+      }
+    }
+  });
+  it("throws on an answer that is not JSON, cut short or not", () => {
+    assert.throws(() => parseListPage('{"items":[{"a":1}', () => {}));
+    assert.throws(() => parseListPage('{"items":[{"a":1},{"b":}]}', () => {}));
+    assert.throws(() => parseListPage("<html>", () => {}));
   });
 });

@@ -945,9 +945,9 @@ describe("lease manager over the memory registry", () => {
       return `${before === null ? "+" : "~"} ${key} ${formatIpv4(after.publicIp)}`;
     });
 
-  function manager(): LeaseManager {
+  function manager(over: Registry = registry): LeaseManager {
     const m = new LeaseManager({
-      registry,
+      registry: over,
       publicIp: HOST_A,
       random: () => 0,
       now: () => clock,
@@ -987,6 +987,46 @@ describe("lease manager over the memory registry", () => {
       "+ 10.244.50.0-24 198.18.0.2",
       "+ 10.244.51.0-24 198.18.0.3",
     ]);
+  });
+
+  test("lists once at start and watches from that listing: what changes between acquire() and follow() arrives", async () => {
+    let listings = 0;
+    const counting: Registry = Object.create(registry, {
+      getLeases: {
+        value: () => {
+          listings++;
+          return registry.getLeases();
+        },
+      },
+    });
+    await registry.createLease(prefix("10.244.50.0/24"), HOST_B, 100);
+    await registry.createLease(prefix("10.244.51.0/24"), HOST_C, 100);
+    const m = manager(counting);
+    const lease = await m.acquire();
+    // Between the listing and the watch (weftd opens its dataplane here): one peer comes, one goes.
+    await registry.createLease(prefix("10.244.52.0/24"), HOST_C, 100);
+    await registry.deleteLease(prefix("10.244.50.0/24"));
+    await m.follow();
+    await settled();
+    assert.equal(listings, 1, "one listing at start");
+    assert.deepEqual(batches.map(describeBatch), [
+      ["+ 10.244.50.0-24 198.18.0.2", "+ 10.244.51.0-24 198.18.0.3"],
+      ["+ 10.244.52.0-24 198.18.0.3", "- 10.244.50.0-24"],
+    ]);
+    assert.deepEqual([...m.peers.keys()].sort(), ["10.244.51.0-24", "10.244.52.0-24"]);
+    assert.deepEqual(m.lease, lease, "our own write, replayed by the watch, is the lease acquire() returned");
+    assert.equal(revoked, 0);
+  });
+
+  test("our lease taken by another host between acquire() and follow() is revoked once watching", async () => {
+    const m = manager();
+    const lease = await m.acquire();
+    await registry.deleteLease(lease.subnet);
+    assert.ok(await registry.createLease(lease.subnet, HOST_B, 100));
+    await m.follow();
+    await settled();
+    assert.equal(revoked, 1);
+    assert.equal(m.nextRenewalAt, null, "stopped");
   });
 
   test("follows puts, rewrites, deletes and expiries, each as its own batch", async () => {

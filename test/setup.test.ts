@@ -109,6 +109,9 @@ describe("setup: the Debian packages each job uses", () => {
       assert.ok(names("test").includes(p), `test lists ${p}`);
     }
     assert.ok(names("bench").includes("gcc") && names("bench").includes("iperf3"));
+    // The scale bench runs etcd (checked with etcdctl) and the stand-in API server (openssl certificates).
+    for (const p of ["etcd-server", "etcd-client", "openssl"])
+      assert.ok(names("bench").includes(p), `bench lists ${p}`);
     // The lab's --etcd and --kube variants add only what those modes run.
     assert.deepEqual(names("lab-etcd").slice(4), ["etcd-server", "etcd-client"]);
     assert.deepEqual(names("lab-kube").slice(4), ["openssl", "kubernetes-client"]);

@@ -29,9 +29,18 @@ const USAGE = `usage: npm run bench -- scale [options]   (root: builds network n
   --settle-seconds S  after ready, before memory is read (default 5)
   --tcp-seconds S     TCP through weft without churn, then with it, S seconds each (default 5)
   --no-tcp            skip the second host and the TCP runs
+  --nice N            run the churn writer, etcd and the stand-in API server at niceness N (default 0): in a
+                      cluster they are other machines; here they share the cores with weftd and iperf3
   --poll-ms N         how often the table is looked at during churn (default 25; its CPU is measured alone and subtracted)
   --prefix P          namespace prefix, [a-z0-9]{1,8} (default ${DEFAULT_PREFIX})
   --out-dir DIR       where JSON and SVG go (default ${RESULTS_DIR})`;
+
+function niceness(text: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 0 || n > 19)
+    throw new Error(`--nice: ${JSON.stringify(text)} is not a niceness from 0 to 19`);
+  return n;
+}
 
 function parseList<T>(text: string, parse: (s: string) => T): T[] {
   return text.split(",").map((s) => parse(s.trim().replace(/_/g, "")));
@@ -48,6 +57,7 @@ export async function runScale(argv: string[]): Promise<number> {
       "settle-seconds": { type: "string" },
       "tcp-seconds": { type: "string" },
       "no-tcp": { type: "boolean", default: false },
+      nice: { type: "string" },
       "poll-ms": { type: "string" },
       prefix: { type: "string" },
       "out-dir": { type: "string" },
@@ -76,6 +86,7 @@ export async function runScale(argv: string[]): Promise<number> {
     tcpSeconds: positiveInt(values["tcp-seconds"], "--tcp-seconds", 5),
     pollMs: positiveInt(values["poll-ms"], "--poll-ms", 25),
     noTcp: values["no-tcp"] === true,
+    nice: values.nice === undefined ? 0 : niceness(values.nice),
   };
   live.prefix = values.prefix ?? DEFAULT_PREFIX;
   if (!/^[a-z0-9]{1,8}$/.test(live.prefix))
@@ -116,6 +127,7 @@ export async function runScale(argv: string[]): Promise<number> {
         settle_seconds: o.settleSeconds,
         tcp_seconds: o.noTcp ? null : o.tcpSeconds,
         poll_ms: o.pollMs,
+        nice: o.nice ?? 0,
         network: "10.0.0.0/8, /24 leases; made-up peers in the registry before weftd starts",
       },
       units: {
@@ -181,7 +193,7 @@ export function scaleReport(points: readonly ScalePoint[], o: ScaleOptions, mach
   ]);
   return [
     `bench scale — ${machine}`,
-    `one weftd in a namespace, Network 10.0.0.0/8 with /24 leases, peers in the registry before it starts; churn: ${o.rate} changes/s for ${o.churnSeconds} s (adds, then removes), after ${o.churnSeconds} s of polling alone; TCP ${o.noTcp ? "skipped" : `${o.tcpSeconds} s through weft to a second host, without and with churn`}`,
+    `one weftd in a namespace, Network 10.0.0.0/8 with /24 leases, peers in the registry before it starts; churn: ${o.rate} changes/s for ${o.churnSeconds} s (adds, then removes), after ${o.churnSeconds} s of polling alone; TCP ${o.noTcp ? "skipped" : `${o.tcpSeconds} s through weft to a second host, without and with churn`}${o.nice ? `; churn writer, etcd and API server at nice ${o.nice}, standing in for other machines` : ""}`,
     "",
     formatTable(
       [

@@ -38,6 +38,13 @@ export interface ScaleOptions {
   pollMs: number;
   /** Skip the two-host TCP part. */
   noTcp: boolean;
+  /**
+   * Niceness of the churn writer, etcd and the stand-in API server (0: as
+   * weftd). In a cluster they run on other machines; here they share the
+   * cores with weftd and iperf3, and niced they take CPU only when those
+   * leave some.
+   */
+  nice?: number;
 }
 
 export interface ScalePoint {
@@ -64,14 +71,21 @@ export interface ScalePoint {
 const DRIVER = new URL("./driver.js", import.meta.url).pathname;
 
 /** Runs the driver in `ns`; `onLine` sees each JSON line as it comes; resolves with the last. */
+/** `ip netns exec ns`, under `nice -n N` when N > 0. */
+export function inNetns(ns: string, nice = 0): string[] {
+  return [...(nice > 0 ? ["nice", "-n", String(nice)] : []), "ip", "netns", "exec", ns];
+}
+
 function driver<T>(
   ns: string,
   command: SeedCommand | ChurnCommand,
   onLine: (o: { phase?: string }) => void = () => {},
+  nice = 0,
 ) {
   return new Promise<T>((resolve, reject) => {
+    const [cmd, ...args] = inNetns(ns, nice) as [string, ...string[]];
     const child = track(
-      spawn("ip", ["netns", "exec", ns, process.execPath, DRIVER, JSON.stringify(command)], {
+      spawn(cmd, [...args, process.execPath, DRIVER, JSON.stringify(command)], {
         stdio: ["ignore", "pipe", "pipe"],
       }),
     );
@@ -147,11 +161,16 @@ interface ChurnFigures {
 }
 
 /** Churn with a baseline window before it; CPU of `pid` sampled at each phase line. */
-async function churnMeasured(ns: string, pid: number, command: ChurnCommand): Promise<ChurnFigures> {
+async function churnMeasured(ns: string, pid: number, command: ChurnCommand, nice: number): Promise<ChurnFigures> {
   const marks: { phase: string; cpu: number; t: number }[] = [];
-  const result = await driver<ChurnResult>(ns, command, (o) => {
-    if (o.phase !== undefined) marks.push({ phase: o.phase, cpu: cpuSeconds(pid), t: performance.now() });
-  });
+  const result = await driver<ChurnResult>(
+    ns,
+    command,
+    (o) => {
+      if (o.phase !== undefined) marks.push({ phase: o.phase, cpu: cpuSeconds(pid), t: performance.now() });
+    },
+    nice,
+  );
   const [b, c, d] = marks as [(typeof marks)[0], (typeof marks)[0], (typeof marks)[0]];
   const baselineRate = (c.cpu - b.cpu) / ((c.t - b.t) / 1000);
   const churnCpu = d.cpu - c.cpu - baselineRate * ((d.t - c.t) / 1000);
@@ -176,7 +195,7 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
     const api = await startStandin({
       dir: apiDir,
       listen: `${h1.underlayIp}:6443`,
-      commandPrefix: ["ip", "netns", "exec", h1.ns],
+      commandPrefix: inNetns(h1.ns, o.nice),
     });
     track(api.child);
     const netConf = join(lab.dir, "net-conf.json");
@@ -188,7 +207,7 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
     spec = { kind: "kube", url: api.url, adminKubeconfig: api.adminKubeconfig };
     extra = ["--kube-subnet-mgr", "--kubeconfig-file", api.flannelKubeconfig, "--net-config-path", netConf];
   } else if (mode === "etcd") {
-    const etcd = await startLabEtcd({ ns: h1.ns, ip: h1.underlayIp, dir: lab.dir, spawned: () => {} });
+    const etcd = await startLabEtcd({ ns: h1.ns, ip: h1.underlayIp, dir: lab.dir, spawned: () => {}, nice: o.nice });
     track(etcd.child);
     spec = { kind: "etcd", endpoint: etcd.endpoint, config: SCALE_CONFIG };
     extra = ["--etcd-endpoints", etcd.endpoint];
@@ -210,17 +229,22 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
 
   // 2. Churn on h1 alone, after a baseline of polling alone.
   const changes = Math.max(2, Math.round(o.rate * o.churnSeconds));
-  const churn = await churnMeasured(h1.ns, pid1, {
-    command: "churn",
-    registry: spec,
-    firstIndex: peers,
-    baselineSeconds: o.churnSeconds,
-    changes,
-    rate: o.rate,
-    pollMs: o.pollMs,
-    metricsPort: METRICS_PORT,
-    logPath: join(h1.dir, "weftd.log"),
-  });
+  const churn = await churnMeasured(
+    h1.ns,
+    pid1,
+    {
+      command: "churn",
+      registry: spec,
+      firstIndex: peers,
+      baselineSeconds: o.churnSeconds,
+      changes,
+      rate: o.rate,
+      pollMs: o.pollMs,
+      metricsPort: METRICS_PORT,
+      logPath: join(h1.dir, "weftd.log"),
+    },
+    o.nice ?? 0,
+  );
   const lat = churn.result.latencies_ms.filter((x): x is number => x !== null);
 
   // 3. TCP through weft, without and with churn.
@@ -236,17 +260,22 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
     const env: Env = { mode: "weft", lab, h1, h2, p1, p2, mtu: 1472, proxies: [] };
     await waitReachable(env);
     tcpPlain = (await tcp(env, o.tcpSeconds)).gbps;
-    const during = driver<ChurnResult>(h1.ns, {
-      command: "churn",
-      registry: spec,
-      firstIndex: peers + changes,
-      baselineSeconds: 0,
-      changes: Math.max(2, Math.round(o.rate * o.tcpSeconds)),
-      rate: o.rate,
-      pollMs: o.pollMs,
-      metricsPort: METRICS_PORT,
-      logPath: join(h1.dir, "weftd.log"),
-    });
+    const during = driver<ChurnResult>(
+      h1.ns,
+      {
+        command: "churn",
+        registry: spec,
+        firstIndex: peers + changes,
+        baselineSeconds: 0,
+        changes: Math.max(2, Math.round(o.rate * o.tcpSeconds)),
+        rate: o.rate,
+        pollMs: o.pollMs,
+        metricsPort: METRICS_PORT,
+        logPath: join(h1.dir, "weftd.log"),
+      },
+      undefined,
+      o.nice ?? 0,
+    );
     tcpChurn = (await tcp(env, o.tcpSeconds)).gbps;
     const r = await during;
     tcpSeen = r.latencies_ms.length - r.unseen;

@@ -35,6 +35,12 @@ export interface InformerOptions {
   readonly maxBackoffMs?: number;
   /** Seconds asked of each watch; default 300–600 at random, as client-go spreads them. */
   readonly timeoutSeconds?: () => number;
+  /**
+   * What is kept of each listed or watched object (default: all of it).
+   * Applied as each page arrives, so a listing of thousands of fat objects
+   * never holds more than one page of them whole.
+   */
+  readonly keep?: (object: KubeObject) => KubeObject;
 }
 
 function rvOf(object: KubeObject): string {
@@ -86,11 +92,10 @@ export class Informer {
       const q = new URLSearchParams({ limit: String(LIST_LIMIT) });
       if (cont !== "") q.set("continue", cont);
       else if (resourceVersion !== "") q.set("resourceVersion", resourceVersion);
-      const page = (await this.client.request("GET", `${this.opts.path}?${q}`)) as {
-        items?: KubeObject[];
-        metadata?: { resourceVersion?: string; continue?: string };
-      };
-      items.push(...(page.items ?? []));
+      const keep = this.opts.keep ?? ((o: KubeObject) => o);
+      const page = await this.client.requestParsed("GET", `${this.opts.path}?${q}`, (text) =>
+        parseListPage(text, (item) => items.push(keep(item))),
+      );
       cont = page.metadata?.continue ?? "";
       if (cont === "") return { items, resourceVersion: page.metadata?.resourceVersion ?? "" };
     }
@@ -150,7 +155,7 @@ export class Informer {
           this.setConnected(true);
         }
         if (event.type === "ADDED" || event.type === "MODIFIED" || event.type === "DELETED")
-          this.handlers.onEvent(event.type, event.object);
+          this.handlers.onEvent(event.type, this.opts.keep?.(event.object) ?? event.object);
       },
       (err) => {
         if (this.watching === handle) this.watching = null;
@@ -198,4 +203,75 @@ export class Informer {
     this.connected = connected;
     this.handlers.onConnection?.(connected, err);
   }
+}
+
+/**
+ * A list answer, each of its items parsed on its own and handed to `onItem`
+ * at once: a page is megabytes of Nodes, and parsed whole every object of it
+ * lives until the last one is read, which with weftd's small young
+ * generation sends them all through the old one (most of the CPU of a
+ * 5,000-node start went to the garbage collector). Returns the rest of the
+ * answer (its metadata), items left out. Anything but a top-level "items"
+ * array of objects is parsed whole, the same way.
+ */
+export function parseListPage(
+  text: string,
+  onItem: (item: KubeObject) => void,
+): { metadata?: { resourceVersion?: string; continue?: string } } {
+  const spans = itemSpans(text);
+  if (spans === null) {
+    const page = JSON.parse(text) as { items?: KubeObject[]; metadata?: { resourceVersion?: string } };
+    for (const item of Array.isArray(page.items) ? page.items : []) onItem(item);
+    return page;
+  }
+  const { open, close, starts, ends } = spans;
+  const rest = JSON.parse(`${text.slice(0, open)}[]${text.slice(close + 1)}`);
+  for (let k = 0; k < starts.length; k++) onItem(JSON.parse(text.slice(starts[k], ends[k])) as KubeObject);
+  return rest;
+}
+
+const QUOTE = 34;
+const BACKSLASH = 92;
+
+/**
+ * Where the top-level "items" array is ([open, close]) and each of its
+ * elements, found by following JSON's nesting and strings only (JSON.parse
+ * checks each piece); null when the answer has no such array of objects.
+ */
+function itemSpans(text: string): { open: number; close: number; starts: number[]; ends: number[] } | null {
+  const starts: number[] = [];
+  const ends: number[] = [];
+  let depth = 0;
+  let open = -1;
+  let lastKeyWasItems = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === QUOTE) {
+      let j = i;
+      for (;;) {
+        j = text.indexOf('"', j + 1);
+        if (j < 0) return null;
+        let backslashes = 0;
+        while (text.charCodeAt(j - 1 - backslashes) === BACKSLASH) backslashes++;
+        if (backslashes % 2 === 0) break;
+      }
+      if (depth === 1) lastKeyWasItems = j - i === 6 && text.startsWith('"items"', i);
+      i = j;
+      continue;
+    }
+    const inItems = open >= 0 && depth === 2;
+    if (c === 123 /* { */ || c === 91 /* [ */) {
+      if (inItems) {
+        if (c !== 123) return null;
+        starts.push(i);
+      } else if (depth === 1 && c === 91 && lastKeyWasItems && open < 0) open = i;
+      depth++;
+    } else if (c === 125 /* } */ || c === 93 /* ] */) {
+      depth--;
+      if (open >= 0 && depth === 2 && starts.length === ends.length + 1) ends.push(i + 1);
+      else if (open >= 0 && depth === 1 && c === 93 && ends.length === starts.length)
+        return { open, close: i, starts, ends };
+    } else if (inItems && c !== 44 /* , */ && c !== 32 && c !== 10 && c !== 13 && c !== 9) return null;
+  }
+  return null;
 }

@@ -107,6 +107,15 @@ const LONGEST_TIMER_MS = 2 ** 31 - 1;
  * the listing it just took, so two suffice.
  */
 const KEPT_SNAPSHOTS = 2;
+/** Own writes kept for watches from a kept listing (a renewal a day adds one while no listing is taken). */
+const KEPT_WRITES = 64;
+
+interface OwnWrite {
+  /** The revision of the newest listing when the write was made. */
+  readonly after: number;
+  readonly name: string;
+  readonly event: LeaseEvent;
+}
 
 export class FileRegistry implements Registry {
   readonly description: string;
@@ -120,6 +129,8 @@ export class FileRegistry implements Registry {
   private readonly onRead: ((path: string) => void) | undefined;
   private revision = 0;
   private readonly snapshots = new Map<number, ReadonlyMap<string, Lease>>();
+  /** This registry's writes, each after the listing it followed (see wrote()). */
+  private readonly ownWrites: OwnWrite[] = [];
   private readonly watches = new Set<DirectoryWatch>();
   private tempCounter = 0;
 
@@ -187,7 +198,7 @@ export class FileRegistry implements Registry {
       await this.removeSidecarIfUnchanged(name, String(expiresAt));
       return null;
     }
-    return { subnet, publicIp, expiresAt };
+    return this.wrote(name, subnet, { subnet, publicIp, expiresAt });
   }
 
   async updateLease(lease: Lease, publicIp: number, ttlSeconds: number): Promise<Lease> {
@@ -203,7 +214,8 @@ export class FileRegistry implements Registry {
     if (current === null) {
       // Expired and removed, or deleted: take it again, atomically like a create.
       if (lease.expiresAt === null) {
-        if (await this.linkFromTemp(value, keyPath)) return { subnet: lease.subnet, publicIp, expiresAt: null };
+        if (await this.linkFromTemp(value, keyPath))
+          return this.wrote(name, lease.subnet, { subnet: lease.subnet, publicIp, expiresAt: null });
       } else {
         const recreated = await this.createLease(lease.subnet, publicIp, ttlSeconds);
         if (recreated !== null) return recreated;
@@ -218,19 +230,43 @@ export class FileRegistry implements Registry {
     // What is on disk decides whether this is a reservation: the caller's copy may be stale.
     if (current.expiresAt === null) {
       await this.replaceFromTemp(value, keyPath);
-      return { subnet: lease.subnet, publicIp, expiresAt: null };
+      return this.wrote(name, lease.subnet, { subnet: lease.subnet, publicIp, expiresAt: null });
     }
     const expiresAt = this.expiryAfter(ttlSeconds);
     // Sidecar before key: a reader that sees the new key also sees the new expiry.
     await this.replaceFromTemp(String(expiresAt), join(this.leasesDir, name));
     await this.replaceFromTemp(value, keyPath);
-    return { subnet: lease.subnet, publicIp, expiresAt };
+    return this.wrote(name, lease.subnet, { subnet: lease.subnet, publicIp, expiresAt });
   }
 
   async deleteLease(subnet: Ipv4Prefix): Promise<void> {
     const name = subnetKey(subnet);
     await unlinkIfPresent(join(this.subnetsDir, name));
     await unlinkIfPresent(join(this.leasesDir, name));
+    this.wrote(name, subnet, null);
+  }
+
+  /**
+   * Our own write, remembered after the listing it followed: a directory
+   * watch sees states, not events, so a watch from that listing replays it
+   * (registry semantics: every change after the revision) and diffs its first
+   * scan against the result; a key we wrote and someone else removed before
+   * that scan is then reported gone, as etcd would report both.
+   */
+  private wrote<T extends Lease | null>(name: string, subnet: Ipv4Prefix, lease: T): T {
+    this.ownWrites.push({
+      after: this.revision,
+      name,
+      event: lease === null ? { type: "delete", subnet } : { type: "put", lease },
+    });
+    const oldest = Math.min(...this.snapshots.keys());
+    while ((this.ownWrites[0]?.after ?? oldest) < oldest) this.ownWrites.shift();
+    if (this.ownWrites.length > KEPT_WRITES) {
+      // Listings older than the dropped write can no longer be replayed from: a watch from them resyncs.
+      const dropped = this.ownWrites.shift() as OwnWrite;
+      for (const revision of this.snapshots.keys()) if (revision <= dropped.after) this.snapshots.delete(revision);
+    }
+    return lease;
   }
 
   watchLeases(revision: number, handlers: WatchHandlers): Watch {
@@ -240,6 +276,7 @@ export class FileRegistry implements Registry {
       this.leasesDir,
       this.rescanIntervalMs,
       this.snapshots.get(revision) ?? null,
+      this.ownWrites.filter((w) => w.after >= revision),
       handlers,
     );
     this.watches.add(watch);
@@ -509,6 +546,8 @@ class DirectoryWatch {
   private reported = new Map<string, string>();
   /** What the handlers were last told; null means "unknown, resync first". */
   private known: Map<string, Lease> | null;
+  /** Own writes since the start revision, not yet reported (the first successful scan does). */
+  private replay: LeaseEvent[] = [];
 
   constructor(
     private readonly registry: FileRegistry,
@@ -517,9 +556,17 @@ class DirectoryWatch {
     private readonly rescanIntervalMs: number,
     /** The state at the watch's start revision; null means "unknown, resync first". */
     known: ReadonlyMap<string, Lease> | null,
+    /** The registry's own writes since that revision, replayed before the first scan's changes. */
+    writes: readonly OwnWrite[],
     private readonly handlers: WatchHandlers,
   ) {
     this.known = known === null ? null : new Map(known);
+    if (this.known === null) return;
+    for (const { name, event } of writes) {
+      if (event.type === "put") this.known.set(name, event.lease);
+      else this.known.delete(name);
+      this.replay.push(event);
+    }
   }
 
   start(): void {
@@ -637,6 +684,8 @@ class DirectoryWatch {
     }
     this.scheduleRescan();
     this.reportSkipped(scan.skipped);
+    const replay = this.replay;
+    this.replay = [];
     if (this.known === null) {
       this.known = new Map(scan.leases);
       this.scheduleExpiry();
@@ -651,7 +700,7 @@ class DirectoryWatch {
       const before = this.known.get(name);
       if (before !== undefined && !hasExpired(before, now)) current.set(name, before);
     }
-    const events: LeaseEvent[] = [];
+    const events: LeaseEvent[] = replay;
     for (const [name, lease] of current) {
       if (!sameLease(this.known.get(name), lease)) events.push({ type: "put", lease });
     }

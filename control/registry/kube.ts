@@ -80,7 +80,11 @@ export class KubeRegistry implements Registry {
     this.description = `kubernetes ${opts.client.server} node ${opts.nodeName}`;
     this.informer = new Informer(
       opts.client,
-      { path: "/api/v1/nodes", ...opts.informer },
+      {
+        path: "/api/v1/nodes",
+        ...opts.informer,
+        keep: (object) => slimNode(object as KubeNode, opts.annotationPrefix),
+      },
       {
         onList: (items) => this.onList(items),
         onEvent: (type, object) => this.onEvent(type, object),
@@ -228,8 +232,8 @@ export class KubeRegistry implements Registry {
   private onList(items: KubeObject[]): void {
     const hadOwn = this.nodes.has(this.opts.nodeName);
     this.nodes.clear();
-    for (const item of items)
-      this.nodes.set(nodeName(item as KubeNode), slimNode(item as KubeNode, this.opts.annotationPrefix));
+    // Already slimmed by the informer (its `keep`), page by page.
+    for (const item of items) this.nodes.set(nodeName(item as KubeNode), item as KubeNode);
     this.revision++;
     if (this.ownReady !== null) {
       this.checkOwn();
@@ -241,7 +245,7 @@ export class KubeRegistry implements Registry {
   }
 
   private onEvent(type: "ADDED" | "MODIFIED" | "DELETED", object: KubeObject): void {
-    const node = slimNode(object as KubeNode, this.opts.annotationPrefix);
+    const node = object as KubeNode; // slimmed by the informer
     const name = nodeName(node);
     const before = this.nodes.get(name);
     if (type === "DELETED") this.nodes.delete(name);

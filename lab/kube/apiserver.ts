@@ -330,11 +330,11 @@ export class KubeApiServer {
     return send(res, 200, { kind, apiVersion: "v1", metadata, items });
   }
 
-  private inScope(route: Route): JsonObject[] {
-    return this.store
-      .list(route.resource)
-      .filter((o) => route.namespace === undefined || (o.metadata as JsonObject).namespace === route.namespace)
-      .sort((a, b) => String((a.metadata as JsonObject).name).localeCompare(String((b.metadata as JsonObject).name)));
+  /** The stored objects (not copies: serialised at once), by key as etcd lists them. */
+  private inScope(route: Route): readonly JsonObject[] {
+    const all = this.store.view(route.resource);
+    const ns = route.namespace;
+    return ns === undefined ? all : all.filter((o) => (o.metadata as JsonObject).namespace === ns);
   }
 
   private watch(req: IncomingMessage, res: ServerResponse, route: Route, q: URLSearchParams): number {

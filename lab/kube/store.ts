@@ -28,6 +28,8 @@ export class ObjectStore {
   private readonly objects: Record<Resource, Map<string, JsonObject>> = { nodes: new Map(), pods: new Map() };
   private readonly history: StoredEvent[] = [];
   private readonly listeners = new Set<(event: StoredEvent) => void>();
+  /** view()'s answer, until the next change of that resource. */
+  private readonly sorted: Record<Resource, JsonObject[] | null> = { nodes: null, pods: null };
 
   get resourceVersion(): number {
     return this.rv;
@@ -39,7 +41,21 @@ export class ObjectStore {
   }
 
   list(resource: Resource): JsonObject[] {
-    return [...this.objects[resource].values()].map((o) => structuredClone(o));
+    return this.view(resource).map((o) => structuredClone(o));
+  }
+
+  /**
+   * The stored objects themselves, ordered by key as etcd returns them: to be
+   * serialised at once, never changed. A list page of a big cluster is served
+   * from this without copying every object for every page.
+   */
+  view(resource: Resource): readonly JsonObject[] {
+    const sorted = this.sorted[resource];
+    if (sorted !== null) return sorted;
+    const keys = [...this.objects[resource].keys()].sort();
+    const objects = keys.map((k) => this.objects[resource].get(k) as JsonObject);
+    this.sorted[resource] = objects;
+    return objects;
   }
 
   get(resource: Resource, key: string): JsonObject | undefined {
@@ -85,6 +101,7 @@ export class ObjectStore {
     const old = this.objects[resource].get(key);
     if (old === undefined) return undefined;
     this.objects[resource].delete(key);
+    this.sorted[resource] = null;
     this.rv++;
     const object = structuredClone(old);
     (object.metadata as JsonObject).resourceVersion = String(this.rv);
@@ -112,6 +129,7 @@ export class ObjectStore {
     this.rv++;
     (object.metadata as JsonObject).resourceVersion = String(this.rv);
     this.objects[resource].set(key, object);
+    this.sorted[resource] = null;
     this.record({ resource, type, object: structuredClone(object), rv: this.rv });
     return structuredClone(object);
   }
