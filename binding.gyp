@@ -5,6 +5,7 @@
       "sources": [
         "dataplane/native/addon.cc",
         "dataplane/native/errors.cc",
+        "dataplane/native/file_pages.cc",
         "dataplane/native/notify.cc",
         "dataplane/native/offload.cc",
         "dataplane/native/packet_fd.cc",

@@ -101,6 +101,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("openTun", Napi::Function::New(env, OpenTun, "openTun"));
   exports.Set("socketpair", Napi::Function::New(env, Socketpair, "socketpair"));
   exports.Set("notify", Napi::Function::New(env, Notify, "notify"));
+  exports.Set("releaseFilePages",
+              Napi::Function::New(env, ReleaseFilePages, "releaseFilePages"));
   exports.Set("gsoSplit", Napi::Function::New(env, GsoSplit, "gsoSplit"));
   exports.Set("groMerge", Napi::Function::New(env, GroMerge, "groMerge"));
   exports.Set("setBusyPoll",
