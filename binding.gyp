@@ -6,6 +6,7 @@
         "dataplane/native/addon.cc",
         "dataplane/native/errors.cc",
         "dataplane/native/nft_gen.cc",
+        "dataplane/native/file_pages.cc",
         "dataplane/native/notify.cc",
         "dataplane/native/offload.cc",
         "dataplane/native/packet_fd.cc",

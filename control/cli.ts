@@ -81,6 +81,11 @@ export const FLAGS = {
     def: true,
     help: "after a one-packet batch, sleep on the event loop's own epoll set and serve flannel0 and the socket without a loop turn (one system call per wake-up instead of two; --no-loop-wait: always through the event loop)",
   },
+  "release-file-pages": {
+    kind: "bool",
+    def: true,
+    help: "after start-up, unmap the pages of node's executable and libraries that start-up touched; they stay in the page cache and come back as code runs (resident memory ~25 MB lower; --no-release-file-pages keeps them)",
+  },
   "strict-inner-source": {
     kind: "bool",
     def: false,
@@ -150,6 +155,7 @@ export interface Options {
   adaptiveBusyPoll: boolean;
   busyPollDuty: number;
   loopWait: boolean;
+  releaseFilePages: boolean;
   kubeSubnetMgr: boolean;
   kubeApiUrl: string;
   kubeconfigFile: string;

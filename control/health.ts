@@ -14,7 +14,7 @@
 
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
-import type { Registry as MetricsRegistry } from "prom-client";
+import type { MetricsRegistry } from "./metrics.js";
 
 /** Connections open at once; while this many are open nothing listens, so more are refused by the kernel. */
 export const MAX_CONNECTIONS = 16;

@@ -91,6 +91,11 @@ describe("weftd flags", () => {
     assert.equal(parseOptions([], { FLANNELD_BUSY_POLL_US: "20" }).busyPollUs, 20);
   });
 
+  it("releases start-up's file pages by default, and not with --no-release-file-pages", () => {
+    assert.equal(parseOptions([], {}).releaseFilePages, true);
+    assert.equal(parseOptions(["--no-release-file-pages"], {}).releaseFilePages, false);
+  });
+
   it("waits on the event loop's epoll set by default, and not with --no-loop-wait", () => {
     assert.equal(parseOptions([], {}).loopWait, true);
     assert.equal(parseOptions(["--no-loop-wait"], {}).loopWait, false);

@@ -5,7 +5,6 @@
 import assert from "node:assert/strict";
 import { connect, type Socket } from "node:net";
 import { after, before, describe, it } from "node:test";
-import { Counter, Registry } from "prom-client";
 import {
   CachedMetrics,
   type HealthServer,
@@ -15,24 +14,23 @@ import {
   REQUESTS_PER_SECOND,
   startHealthServer,
 } from "../control/health.js";
+import type { MetricsRegistry } from "../control/metrics.js";
 
 function fakeClock(start = 1_000_000): { now: () => number; advance: (ms: number) => void } {
   let t = start;
   return { now: () => t, advance: (ms) => (t += ms) };
 }
 
-/** A registry whose one counter counts its own renderings. */
-function countingRegistry(): { registry: Registry; renders: () => number } {
-  const registry = new Registry();
+/** A registry that counts its own renderings. */
+function countingRegistry(): { registry: MetricsRegistry; renders: () => number } {
   let renders = 0;
-  new Counter({
-    name: "test_renders_total",
-    help: "renderings",
-    registers: [registry],
-    collect() {
+  const registry: MetricsRegistry = {
+    contentType: "text/plain; version=0.0.4; charset=utf-8",
+    metrics() {
       renders++;
+      return Promise.resolve(`test_renders_total ${renders}\n`);
     },
-  });
+  };
   return { registry, renders: () => renders };
 }
 

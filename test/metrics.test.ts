@@ -1,7 +1,23 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { createMetrics } from "../control/metrics.js";
+import { createMetrics, type MetricSources } from "../control/metrics.js";
 import { Counters, Drop } from "../dataplane/counters.js";
+
+/** Sources with nothing to report but the given table. */
+function quietSources(table: { generation: number; swappedAt: number }): MetricSources {
+  return {
+    counters: new Counters(),
+    leaseCount: () => 0,
+    leaseExpiresAt: () => null,
+    registryConnected: () => true,
+    ignoredLeases: () => 0,
+    deviceWriteErrors: () => 0,
+    transportSendErrors: () => 0,
+    transportSendRetries: () => 0,
+    transportGsoFallbacks: () => 0,
+    table,
+  };
+}
 
 describe("metrics", () => {
   it("report the dataplane's absolute counts, the same on every scrape", async () => {
@@ -39,18 +55,7 @@ describe("metrics", () => {
 
   it("say how many forwarding tables went in and when the last one did", async () => {
     const table = { generation: 0, swappedAt: 0 };
-    const registry = createMetrics({
-      counters: new Counters(),
-      leaseCount: () => 0,
-      leaseExpiresAt: () => null,
-      registryConnected: () => true,
-      ignoredLeases: () => 0,
-      deviceWriteErrors: () => 0,
-      transportSendErrors: () => 0,
-      transportSendRetries: () => 0,
-      transportGsoFallbacks: () => 0,
-      table,
-    });
+    const registry = createMetrics(quietSources(table));
     assert.match(await registry.metrics(), /^weft_table_generation 0$/m);
     assert.match(await registry.metrics(), /^weft_table_swapped_at_seconds 0$/m);
     table.generation = 3;
@@ -58,5 +63,25 @@ describe("metrics", () => {
     const text = await registry.metrics();
     assert.match(text, /^weft_table_generation 3$/m);
     assert.match(text, /^weft_table_swapped_at_seconds 1700000000.25$/m);
+  });
+});
+
+describe("metrics text", () => {
+  it("gives each family its HELP and TYPE lines before its samples", async () => {
+    const table = { generation: 0, swappedAt: 0 };
+    const text = await createMetrics({
+      ...quietSources(table),
+      leaseCount: () => 1,
+      leaseExpiresAt: () => 1_700_000_000_500,
+      registryConnected: () => false,
+    }).metrics();
+    assert.match(
+      text,
+      /^# HELP weft_leases Peer leases in the forwarding table\n# TYPE weft_leases gauge\nweft_leases 1$/m,
+    );
+    assert.match(text, /^# TYPE weft_packets_total counter\nweft_packets_total\{direction="tx",stage="in"\} 0$/m);
+    assert.match(text, /^weft_registry_connected 0$/m);
+    assert.match(text, /^weft_lease_expiry_timestamp_seconds 1700000000.5$/m);
+    assert.ok(text.endsWith("\n"));
   });
 });

@@ -103,6 +103,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("notify", Napi::Function::New(env, Notify, "notify"));
   exports.Set("nftGeneration",
               Napi::Function::New(env, NftGeneration, "nftGeneration"));
+  exports.Set("releaseFilePages",
+              Napi::Function::New(env, ReleaseFilePages, "releaseFilePages"));
   exports.Set("gsoSplit", Napi::Function::New(env, GsoSplit, "gsoSplit"));
   exports.Set("groMerge", Napi::Function::New(env, GroMerge, "groMerge"));
   exports.Set("setBusyPoll",

@@ -8,5 +8,6 @@ namespace weft {
 Napi::Value OpenTun(const Napi::CallbackInfo& info);
 Napi::Value Notify(const Napi::CallbackInfo& info);
 Napi::Value NftGeneration(const Napi::CallbackInfo& info);
+Napi::Value ReleaseFilePages(const Napi::CallbackInfo& info);
 
 }  // namespace weft

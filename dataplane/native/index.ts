@@ -207,6 +207,11 @@ export interface Addon {
    */
   nftGeneration(): number | null;
   /**
+   * Unmaps the touched pages of this process's read-only, unmodified file mappings (node's executable, libraries);
+   * they stay in the page cache and fault back in when used. Returns the bytes that were resident.
+   */
+  releaseFilePages(): number;
+  /**
    * Splits the TSO/USO super-packet at bytes[off, +len) (len = its IP total
    * length) in place into segments of gsoSize payload bytes, end to end, none
    * reaching past off + room. True on success, out = [segments, stride, total].
