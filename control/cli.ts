@@ -68,8 +68,8 @@ export const FLAGS = {
   },
   "adaptive-busy-poll": {
     kind: "bool",
-    def: false,
-    help: "after traffic, poll for a window that adapts to how soon the next packet comes (50-200 µs, none when idle); off by default until it measures faster (docs/latency.md)",
+    def: true,
+    help: "after traffic, poll flannel0 and the socket for a window that adapts to how soon the next packet comes (50-200 µs, none after 100 ms idle, at most --busy-poll-duty of a core); --no-adaptive-busy-poll: sleep after every batch (docs/latency.md)",
   },
   "busy-poll-duty": {
     kind: "int",

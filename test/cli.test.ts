@@ -85,7 +85,14 @@ describe("weftd flags", () => {
     assert.equal(parseOptions(["-peer-check=false"], {}).peerCheck, false);
   });
 
-  it("takes a busy-poll window in microseconds, off by default", () => {
+  it("polls with the adaptive window by default, and --no-adaptive-busy-poll or its variable turns it off", () => {
+    assert.equal(parseOptions([], {}).adaptiveBusyPoll, true);
+    assert.equal(parseOptions(["--no-adaptive-busy-poll"], {}).adaptiveBusyPoll, false);
+    assert.equal(parseOptions(["--adaptive-busy-poll=false"], {}).adaptiveBusyPoll, false);
+    assert.equal(parseOptions([], { FLANNELD_ADAPTIVE_BUSY_POLL: "false" }).adaptiveBusyPoll, false);
+  });
+
+  it("takes a fixed busy-poll window in microseconds, none by default", () => {
     assert.equal(parseOptions([], {}).busyPollUs, 0);
     assert.equal(parseOptions(["--busy-poll-us=50"], {}).busyPollUs, 50);
     assert.equal(parseOptions([], { FLANNELD_BUSY_POLL_US: "20" }).busyPollUs, 20);
