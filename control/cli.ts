@@ -64,7 +64,7 @@ export const FLAGS = {
   "busy-poll-us": {
     kind: "int",
     def: 0,
-    help: "after each batch, poll flannel0 and the socket this many microseconds without sleeping before waiting again (0: off, or the adaptive window with --adaptive-busy-poll); trades CPU for latency",
+    help: "after each batch, poll flannel0 and the socket this many microseconds without sleeping before waiting again (0: no fixed window, the adaptive one unless --no-adaptive-busy-poll); trades CPU for latency",
   },
   "adaptive-busy-poll": {
     kind: "bool",
