@@ -1,7 +1,7 @@
 // The weftd process: flags in, one clear sentence and a non-zero exit for
 // anything an operator must fix, SIGINT/SIGTERM for a clean stop.
 
-import { loadAddon } from "../dataplane/native/index.js";
+import { releaseFilePages as releaseFilePagesNow } from "../dataplane/file-pages.js";
 import { parseOptions, UsageError, usage } from "./cli.js";
 import { createLogger, type Logger } from "./log.js";
 
@@ -13,7 +13,7 @@ import { createLogger, type Logger } from "./log.js";
  */
 function releaseFilePages(log: Logger, when: string): void {
   try {
-    const bytes = loadAddon().releaseFilePages();
+    const bytes = releaseFilePagesNow();
     log.debug({ when, mib: Math.round(bytes / 1048576) }, "released file pages");
   } catch (err) {
     log.warn({ when, err: (err as Error).message }, "could not release file pages");
