@@ -299,6 +299,21 @@ export class ListPageReader {
     for (let i = 0; i < n; i++) {
       const c = chunk[i] as number;
       if (this.inString) {
+        if (this.key === null && !this.escaped) {
+          // A value's string: skip to its closing quote (memchr), one not
+          // escaped by an odd run of backslashes before it.
+          const j = chunk.indexOf(QUOTE, i);
+          const end = j < 0 ? n : j;
+          let backslashes = 0;
+          while (end - 1 - backslashes >= i && chunk[end - 1 - backslashes] === BACKSLASH) backslashes++;
+          if (j < 0) {
+            this.escaped = backslashes % 2 === 1;
+            break;
+          }
+          i = j;
+          if (backslashes % 2 === 0) this.inString = false;
+          continue;
+        }
         if (this.escaped) this.escaped = false;
         else if (c === BACKSLASH) {
           this.escaped = true;
