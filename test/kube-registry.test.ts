@@ -12,7 +12,7 @@ import { peerNode } from "../bench/scale/peers.js";
 import { parseOptions, UsageError } from "../control/cli.js";
 import { KubeClient } from "../control/kube/client.js";
 import { type KubeCredentials, loadCredentials } from "../control/kube/credentials.js";
-import { parseListPage } from "../control/kube/informer.js";
+import { ListPageReader, parseListPage } from "../control/kube/informer.js";
 import { normaliseAnnotationPrefix } from "../control/kube/node.js";
 import { KubeRegistry, resolveNodeName } from "../control/registry/kube.js";
 import type { LeaseEvent, LeaseListing } from "../control/registry/registry.js";
@@ -424,7 +424,42 @@ describe("a list page parsed item by item (parseListPage)", () => {
       }
     }
   });
+  it("with pick, hands over each item's picked members only, and the same metadata", () => {
+    const pick = ["metadata", "b", "items"];
+    const picked = (item: unknown) =>
+      item !== null && typeof item === "object"
+        ? Object.fromEntries(Object.entries(item).filter(([k]) => pick.includes(k)))
+        : item;
+    for (const page of pages) {
+      for (const text of [JSON.stringify(page), JSON.stringify(page, null, 2)]) {
+        const items: unknown[] = [];
+        const rest = parseListPage(text, (item) => items.push(item), pick);
+        const whole = JSON.parse(text) as { items?: unknown[]; metadata?: unknown };
+        assert.deepEqual(items, (whole.items ?? []).map(picked));
+        assert.deepEqual(rest.metadata, whole.metadata);
+      }
+    }
+  });
+  it("read in chunks of any size (a chunk may end inside a string, a key or a UTF-8 character), gives the same", () => {
+    const page = { ...pages[0], items: [...(pages[0]?.items ?? []), { metadata: { name: 'nœud-é\\"' }, status: {} }] };
+    const text = Buffer.from(JSON.stringify(page));
+    for (const pick of [undefined, ["metadata"]]) {
+      const whole: unknown[] = [];
+      const expected = parseListPage(text.toString(), (item) => whole.push(item), pick);
+      for (const size of [1, 2, 3, 7, 64, 1000]) {
+        const items: unknown[] = [];
+        const reader = new ListPageReader((item) => items.push(item), pick);
+        for (let at = 0; at < text.length; at += size) reader.write(text.subarray(at, at + size));
+        assert.deepEqual(reader.end(), expected);
+        assert.deepEqual(items, whole);
+      }
+    }
+  });
   it("throws on an answer that is not JSON, cut short or not", () => {
+    assert.throws(() => parseListPage('{"items":[{"a":1},]}', () => {}));
+    assert.throws(() => parseListPage('{"items":[,{"a":1}]}', () => {}));
+    assert.throws(() => parseListPage('{"items":[{"a":1}', () => {}, ["a"]));
+    assert.throws(() => parseListPage('{"items":[{"a":1},{"a":}]}', () => {}, ["a"]));
     assert.throws(() => parseListPage('{"items":[{"a":1}', () => {}));
     assert.throws(() => parseListPage('{"items":[{"a":1},{"b":}]}', () => {}));
     assert.throws(() => parseListPage("<html>", () => {}));

@@ -66,6 +66,42 @@ export class KubeClient {
     return this.requestParsed(method, path, JSON.parse, body, contentType);
   }
 
+  /**
+   * A GET whose answer is handed to `reader` chunk by chunk as it arrives
+   * (never held whole); resolves to what reader.end() returns. `reader`
+   * throws on anything but JSON.
+   */
+  async requestStreamed<T>(path: string, reader: { write(chunk: Buffer): void; end(): T }): Promise<T> {
+    const res = await this.open("GET", path, undefined, "application/json", REQUEST_TIMEOUT_MS);
+    const url = this.server + path;
+    if ((res.statusCode ?? 0) >= 400) throw statusError("GET", url, res.statusCode ?? 0, await readAll(res));
+    const notJson = () => new KubeError(`GET ${url}: the answer is not JSON`, res.statusCode ?? 0, "BadResponse");
+    return new Promise((resolve, reject) => {
+      let failed = false;
+      res.on("data", (chunk: Buffer) => {
+        if (failed) return;
+        try {
+          reader.write(chunk);
+        } catch {
+          failed = true;
+          res.destroy();
+          reject(notJson());
+        }
+      });
+      res.once("end", () => {
+        if (failed) return;
+        try {
+          resolve(reader.end());
+        } catch {
+          reject(notJson());
+        }
+      });
+      res.once("error", (err) => {
+        if (!failed) reject(err);
+      });
+    });
+  }
+
   /** request(), the answer's text handed to `parse` (which throws on anything but JSON). */
   async requestParsed<T>(
     method: string,

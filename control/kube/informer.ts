@@ -41,6 +41,11 @@ export interface InformerOptions {
    * never holds more than one page of them whole.
    */
   readonly keep?: (object: KubeObject) => KubeObject;
+  /**
+   * The top-level members of each listed object that `keep` reads (default:
+   * all): the others are skipped unparsed as each page is read.
+   */
+  readonly pick?: readonly string[];
 }
 
 function rvOf(object: KubeObject): string {
@@ -93,8 +98,9 @@ export class Informer {
       if (cont !== "") q.set("continue", cont);
       else if (resourceVersion !== "") q.set("resourceVersion", resourceVersion);
       const keep = this.opts.keep ?? ((o: KubeObject) => o);
-      const page = await this.client.requestParsed("GET", `${this.opts.path}?${q}`, (text) =>
-        parseListPage(text, (item) => items.push(keep(item))),
+      const page = await this.client.requestStreamed(
+        `${this.opts.path}?${q}`,
+        new ListPageReader((item) => items.push(keep(item)), this.opts.pick),
       );
       cont = page.metadata?.continue ?? "";
       if (cont === "") return { items, resourceVersion: page.metadata?.resourceVersion ?? "" };
@@ -207,71 +213,239 @@ export class Informer {
 
 /**
  * A list answer, each of its items parsed on its own and handed to `onItem`
- * at once: a page is megabytes of Nodes, and parsed whole every object of it
- * lives until the last one is read, which with weftd's small young
- * generation sends them all through the old one (most of the CPU of a
- * 5,000-node start went to the garbage collector). Returns the rest of the
- * answer (its metadata), items left out. Anything but a top-level "items"
- * array of objects is parsed whole, the same way.
+ * at once (parseListPage on a whole text; ListPageReader as it arrives).
  */
 export function parseListPage(
   text: string,
   onItem: (item: KubeObject) => void,
-): { metadata?: { resourceVersion?: string; continue?: string } } {
-  const spans = itemSpans(text);
-  if (spans === null) {
-    const page = JSON.parse(text) as { items?: KubeObject[]; metadata?: { resourceVersion?: string } };
-    for (const item of Array.isArray(page.items) ? page.items : []) onItem(item);
-    return page;
-  }
-  const { open, close, starts, ends } = spans;
-  const rest = JSON.parse(`${text.slice(0, open)}[]${text.slice(close + 1)}`);
-  for (let k = 0; k < starts.length; k++) onItem(JSON.parse(text.slice(starts[k], ends[k])) as KubeObject);
-  return rest;
+  pick?: readonly string[],
+): ListPageRest {
+  const reader = new ListPageReader(onItem, pick);
+  reader.write(Buffer.from(text));
+  return reader.end();
 }
+
+export type ListPageRest = { metadata?: { resourceVersion?: string; continue?: string } };
 
 const QUOTE = 34;
 const BACKSLASH = 92;
+const COLON = 58;
+const COMMA = 44;
+const OPEN_BRACE = 123;
+const CLOSE_BRACE = 125;
+const OPEN_BRACKET = 91;
+const CLOSE_BRACKET = 93;
+const ITEMS = [105, 116, 101, 109, 115]; // "items"
+
+function isSpace(c: number): boolean {
+  return c === 32 || c === 10 || c === 13 || c === 9;
+}
+
+function pickOf(item: unknown, pick: readonly string[] | undefined): KubeObject {
+  if (pick === undefined || item === null || typeof item !== "object" || Array.isArray(item)) return item as KubeObject;
+  const out: KubeObject = {};
+  for (const key of pick) if (Object.hasOwn(item, key)) out[key] = (item as KubeObject)[key];
+  return out;
+}
 
 /**
- * Where the top-level "items" array is ([open, close]) and each of its
- * elements, found by following JSON's nesting and strings only (JSON.parse
- * checks each piece); null when the answer has no such array of objects.
+ * A list answer read chunk by chunk as it arrives: each element of its
+ * top-level "items" array is parsed on its own and handed to `onItem` at
+ * once, so neither the answer (megabytes of Nodes a page) nor its parsed
+ * objects are ever held whole: parsed whole, every object of a page lives
+ * until the last one is read, which with weftd's small young generation
+ * sends them all through the old one, and the page's text is one more
+ * young-generation string per chunk plus a flat copy. The scan follows
+ * JSON's nesting and strings only; JSON.parse checks each piece. With
+ * `pick`, only those top-level members of each object item are parsed (a
+ * Node's status, ~90 % of its bytes, is skipped unparsed, so unchecked).
+ * end() returns the rest of the answer (its metadata), "items" left empty;
+ * an answer without a top-level "items" array is parsed whole there.
  */
-function itemSpans(text: string): { open: number; close: number; starts: number[]; ends: number[] } | null {
-  const starts: number[] = [];
-  const ends: number[] = [];
-  let depth = 0;
-  let open = -1;
-  let lastKeyWasItems = false;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (c === QUOTE) {
-      let j = i;
-      for (;;) {
-        j = text.indexOf('"', j + 1);
-        if (j < 0) return null;
-        let backslashes = 0;
-        while (text.charCodeAt(j - 1 - backslashes) === BACKSLASH) backslashes++;
-        if (backslashes % 2 === 0) break;
-      }
-      if (depth === 1) lastKeyWasItems = j - i === 6 && text.startsWith('"items"', i);
-      i = j;
-      continue;
-    }
-    const inItems = open >= 0 && depth === 2;
-    if (c === 123 /* { */ || c === 91 /* [ */) {
-      if (inItems) {
-        if (c !== 123) return null;
-        starts.push(i);
-      } else if (depth === 1 && c === 91 && lastKeyWasItems && open < 0) open = i;
-      depth++;
-    } else if (c === 125 /* } */ || c === 93 /* ] */) {
-      depth--;
-      if (open >= 0 && depth === 2 && starts.length === ends.length + 1) ends.push(i + 1);
-      else if (open >= 0 && depth === 1 && c === 93 && ends.length === starts.length)
-        return { open, close: i, starts, ends };
-    } else if (inItems && c !== 44 /* , */ && c !== 32 && c !== 10 && c !== 13 && c !== 9) return null;
+export class ListPageReader {
+  private readonly onItem: (item: KubeObject) => void;
+  private readonly pick: readonly string[] | undefined;
+  private depth = 0;
+  private inString = false;
+  private escaped = false;
+  /** Before the "items" array (0), in it (1), after it (2). */
+  private state = 0;
+  /** At depth 1 before the array: read the key "items" (1) and its colon (2). */
+  private itemsKey = 0;
+  /** Bytes of a key being read (depth 1, or an item's member with `pick`), and whether it had an escape. */
+  private key: number[] | null = null;
+  private keyEscaped = false;
+  /** What is being copied out: from `captureFrom` in the current chunk, after `pieces`. */
+  private capturing = true;
+  private captureFrom = 0;
+  private pieces: Buffer[] = [];
+  private readonly rest: string[] = [];
+  private inElement = false;
+  private afterComma = false;
+  private elementIsObject = false;
+  private expectKey = false;
+  private wanted = false;
+  private refilter = false;
+  private kept: string[] = [];
+
+  constructor(onItem: (item: KubeObject) => void, pick?: readonly string[]) {
+    this.onItem = onItem;
+    this.pick = pick;
   }
-  return null;
+
+  write(chunk: Buffer): void {
+    if (this.capturing) this.captureFrom = 0;
+    const n = chunk.length;
+    for (let i = 0; i < n; i++) {
+      const c = chunk[i] as number;
+      if (this.inString) {
+        if (this.key === null && !this.escaped) {
+          // A value's string: skip to its closing quote (memchr), one not
+          // escaped by an odd run of backslashes before it.
+          const j = chunk.indexOf(QUOTE, i);
+          const end = j < 0 ? n : j;
+          let backslashes = 0;
+          while (end - 1 - backslashes >= i && chunk[end - 1 - backslashes] === BACKSLASH) backslashes++;
+          if (j < 0) {
+            this.escaped = backslashes % 2 === 1;
+            break;
+          }
+          i = j;
+          if (backslashes % 2 === 0) this.inString = false;
+          continue;
+        }
+        if (this.escaped) this.escaped = false;
+        else if (c === BACKSLASH) {
+          this.escaped = true;
+          this.keyEscaped = true;
+        } else if (c === QUOTE) {
+          this.inString = false;
+          if (this.key !== null) this.keyRead();
+        } else if (this.key !== null) this.key.push(c);
+        continue;
+      }
+      const depth = this.depth;
+      if (this.state === 1 && depth === 2) {
+        if (c === COMMA || c === CLOSE_BRACKET) {
+          if (this.inElement) this.endElement(chunk, i);
+          else if (c === COMMA || this.afterComma) throw new SyntaxError("an empty element in items");
+          this.afterComma = c === COMMA;
+          if (c === CLOSE_BRACKET) {
+            this.depth = 1;
+            this.state = 2;
+            this.startCapture(i + 1);
+          }
+          continue;
+        }
+        if (!this.inElement && !isSpace(c)) this.startElement(i, c);
+      }
+      if (c === QUOTE) {
+        this.inString = true;
+        this.keyEscaped = false;
+        if (depth === 1 && this.state === 0) this.key = [];
+        else if (depth === 3 && this.expectKey) {
+          this.key = [];
+          this.expectKey = false;
+          this.startCapture(i);
+        }
+      } else if (c === OPEN_BRACE || c === OPEN_BRACKET) {
+        if (depth === 1 && this.state === 0 && this.itemsKey === 2 && c === OPEN_BRACKET) {
+          this.rest.push(this.takeCapture(chunk, i), "[]");
+          this.state = 1;
+        }
+        this.depth++;
+      } else if (c === CLOSE_BRACE || c === CLOSE_BRACKET) {
+        this.depth--;
+        if (this.depth === 2 && this.state === 1 && this.expectKey === false && this.memberOpen())
+          this.endMember(chunk, i);
+      } else if (depth === 3 && c === COMMA && this.memberOpen()) {
+        this.endMember(chunk, i);
+        this.expectKey = true;
+      } else if (depth === 3 && c === COMMA && this.state === 1 && this.elementIsObject && this.pick !== undefined)
+        this.expectKey = true;
+      if (depth === 1 && this.state === 0 && !this.inString) {
+        if (c === COLON && this.itemsKey === 1) this.itemsKey = 2;
+        else if (c !== QUOTE && !isSpace(c)) this.itemsKey = 0;
+      }
+    }
+    if (this.capturing) {
+      this.pieces.push(chunk.subarray(this.captureFrom));
+      this.captureFrom = 0;
+    }
+  }
+
+  end(): ListPageRest {
+    if (this.state === 1 || this.inString) throw new SyntaxError("the answer ends inside its items");
+    if (this.capturing) this.rest.push(this.takeCapture(Buffer.alloc(0), 0));
+    const rest = JSON.parse(this.rest.join("")) as ListPageRest & { items?: unknown };
+    if (this.state === 0 && Array.isArray(rest.items))
+      for (const item of rest.items) this.onItem(pickOf(item, this.pick));
+    return rest;
+  }
+
+  /** With `pick`, a member of an object item is being read (from its key's quote). */
+  private memberOpen(): boolean {
+    return this.inElement && this.elementIsObject && this.pick !== undefined && this.capturing;
+  }
+
+  private keyRead(): void {
+    const key = this.key as number[];
+    this.key = null;
+    if (this.state === 0 && this.depth === 1) {
+      this.itemsKey = !this.keyEscaped && key.length === 5 && key.every((b, k) => b === ITEMS[k]) ? 1 : 0;
+      return;
+    }
+    // A member's name: an escaped one is kept and sorted out after parsing.
+    this.wanted = this.keyEscaped || (this.pick as readonly string[]).includes(Buffer.from(key).toString());
+    if (this.keyEscaped) this.refilter = true;
+    if (!this.wanted) {
+      this.capturing = false;
+      this.pieces = [];
+    }
+  }
+
+  private startElement(i: number, c: number): void {
+    this.inElement = true;
+    this.afterComma = false;
+    this.elementIsObject = c === OPEN_BRACE;
+    this.refilter = false;
+    if (this.pick !== undefined && this.elementIsObject) {
+      this.kept = [];
+      this.expectKey = true;
+    } else this.startCapture(i);
+  }
+
+  private endMember(chunk: Buffer, end: number): void {
+    this.kept.push(this.takeCapture(chunk, end));
+  }
+
+  private endElement(chunk: Buffer, end: number): void {
+    this.inElement = false;
+    this.expectKey = false;
+    let item: unknown;
+    if (this.pick !== undefined && this.elementIsObject) {
+      this.capturing = false;
+      this.pieces = [];
+      item = JSON.parse(`{${this.kept.join(",")}}`);
+      this.kept = [];
+      if (this.refilter) item = pickOf(item, this.pick);
+    } else item = pickOf(JSON.parse(this.takeCapture(chunk, end)), this.pick);
+    this.onItem(item as KubeObject);
+  }
+
+  private startCapture(from: number): void {
+    this.capturing = true;
+    this.captureFrom = from;
+    this.pieces = [];
+  }
+
+  private takeCapture(chunk: Buffer, end: number): string {
+    this.capturing = false;
+    const last = chunk.subarray(this.captureFrom, end);
+    const pieces = this.pieces;
+    this.pieces = [];
+    if (pieces.length === 0) return last.toString();
+    pieces.push(last);
+    return Buffer.concat(pieces).toString();
+  }
 }

@@ -33,6 +33,9 @@ const KEPT_ANNOTATIONS = [
   "node-public-ip",
 ];
 
+/** The members of a Node that slimNode reads; a listing parses only these. */
+export const SLIM_NODE_MEMBERS: readonly string[] = ["metadata", "spec"];
+
 /**
  * What weftd keeps of a Node: its name, podCIDR(s) and flannel's annotations
  * under `prefix`; a real Node is several kB (labels, conditions, images),

@@ -30,6 +30,7 @@ import {
   peerPublicIp,
   podCidr,
   publicIpOverride,
+  SLIM_NODE_MEMBERS,
   STRATEGIC_MERGE,
   slimNode,
 } from "../kube/node.js";
@@ -84,6 +85,7 @@ export class KubeRegistry implements Registry {
         path: "/api/v1/nodes",
         ...opts.informer,
         keep: (object) => slimNode(object as KubeNode, opts.annotationPrefix),
+        pick: SLIM_NODE_MEMBERS,
       },
       {
         onList: (items) => this.onList(items),

@@ -327,7 +327,8 @@ export class KubeApiServer {
     if (route.resource === "nodes" && wantsTable(req.headers.accept)) return send(res, 200, nodeTable(items, rv));
     const kind = route.resource === "nodes" ? "NodeList" : "PodList";
     const metadata = more ? { resourceVersion: rv, continue: String(start + limit) } : { resourceVersion: rv };
-    return send(res, 200, { kind, apiVersion: "v1", metadata, items });
+    const head = JSON.stringify({ kind, apiVersion: "v1", metadata });
+    return sendText(res, 200, `${head.slice(0, -1)},"items":[${items.map(serialised).join(",")}]}`);
   }
 
   /** The stored objects (not copies: serialised at once), by key as etcd lists them. */
@@ -454,8 +455,27 @@ function readBody(req: IncomingMessage): Promise<string> {
   });
 }
 
+/**
+ * Each stored object's JSON, made once: stored objects are replaced, never
+ * changed, and a real API server's watch cache likewise keeps each object
+ * serialised rather than encoding thousands of Nodes again for every page.
+ */
+const serialisedCache = new WeakMap<JsonObject, string>();
+
+function serialised(object: JsonObject): string {
+  let text = serialisedCache.get(object);
+  if (text === undefined) {
+    text = JSON.stringify(object);
+    serialisedCache.set(object, text);
+  }
+  return text;
+}
+
 function send(res: ServerResponse, code: number, object: unknown): number {
-  const text = JSON.stringify(object);
+  return sendText(res, code, JSON.stringify(object));
+}
+
+function sendText(res: ServerResponse, code: number, text: string): number {
   res.writeHead(code, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
   res.end(text);
   return code;
