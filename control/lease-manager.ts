@@ -14,6 +14,7 @@ import {
   describeLease,
   type Lease,
   type LeaseListing,
+  parseSubnetKey,
   type Registry,
   subnetKey,
   type Watch,
@@ -193,6 +194,18 @@ function sameSubnet(a: Ipv4Prefix, b: Ipv4Prefix): boolean {
 function sameLease(a: Lease | null, b: Lease | null): boolean {
   if (a === null || b === null) return a === b;
   return a.publicIp === b.publicIp && a.expiresAt === b.expiresAt && sameSubnet(a.subnet, b.subnet);
+}
+
+/**
+ * What `ignored` counts a key under. Registries report an unreadable key by its
+ * path ("/var/lib/weft/subnets/10.244.60.0-24", "<prefix>/subnets/...") but its
+ * events by subnet: a path ending in a subnet key counts as that key, so once
+ * the key reads fine its put (or its delete) replaces the entry instead of
+ * leaving a stale one behind until the next resync.
+ */
+function ignoredName(key: string): string {
+  const name = key.slice(key.lastIndexOf("/") + 1);
+  return parseSubnetKey(name) === null ? key : name;
 }
 
 function hasExpired(lease: Lease, now: number): boolean {
@@ -520,6 +533,8 @@ export class LeaseManager {
         return;
       }
       this.ownLease = lease;
+      // Readable again if it was reported unreadable (a hand edit of our key).
+      this.ignored.delete(subnetKey(lease.subnet));
       return;
     }
     const key = subnetKey(lease.subnet);
@@ -541,8 +556,9 @@ export class LeaseManager {
 
   /** Records a key that is not routed; warns unless `known` already had it for that reason. */
   private ignore(key: string, reason: string, known: ReadonlyMap<string, string> = this.ignored): void {
-    const isNew = known.get(key) !== reason;
-    this.ignored.set(key, reason);
+    const name = ignoredName(key);
+    const isNew = known.get(name) !== reason;
+    this.ignored.set(name, reason);
     if (!isNew) return;
     this.log.warn({ key, reason }, "ignoring lease");
     this.options.onSkipped?.(key, reason);

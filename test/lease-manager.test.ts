@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
-import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, test } from "node:test";
@@ -188,6 +188,13 @@ describe("lease manager over the file registry", () => {
     const registry = await openRegistry();
     await registry.setNetworkConfig(json);
     return parseNetworkConfig(json);
+  }
+
+  /** Puts a key whole (written aside, then renamed in), so a watch never reads it half-written. */
+  async function putKey(name: string, value: string): Promise<void> {
+    const aside = join(dir, `${name}.new`);
+    await writeFile(aside, value);
+    await rename(aside, join(dir, "subnets", name));
   }
 
   async function subnetFiles(): Promise<string[]> {
@@ -405,14 +412,22 @@ process.stdin.once("data", async () => {
       const own = await m.start();
       assert.equal(own.subnet.len, 24);
       await changed.until("the first snapshot", () => snapshots.length >= 1);
-      // Another key naming our own address (at start it would have been our reservation).
-      await writeFile(join(dir, "subnets", "10.244.60.0-24"), '{"PublicIP":"198.18.0.1","PublicIPv6":null}');
+      // Another key naming our own address (at start it would have been our reservation),
+      // written whole: a plain writeFile can be read empty between its open and its write,
+      // a key that is then rightly warned about as "value is not JSON" too.
+      await putKey("10.244.60.0-24", '{"PublicIP":"198.18.0.1","PublicIPv6":null}');
       await other.createLease(prefix("10.244.70.0/24"), HOST_B, 100);
       await changed.until(
         "the peer after the throw",
         () => snapshots.at(-1)?.includes("10.244.70.0/24 198.18.0.2") === true,
       );
-      await log.changed.until("the own-address key ignored", () => m.ignoredCount === 4);
+      const warnings = () =>
+        log.lines.filter((l) => l.msg === "ignoring lease").map((l) => (l.obj as { key: string }).key);
+      await log.changed.until(
+        "the own-address key ignored",
+        () => m.ignoredCount === 4,
+        () => ({ ignoredCount: m.ignoredCount, warnings: warnings() }),
+      );
       for (const snapshot of snapshots) {
         assert.deepEqual(
           snapshot.filter((l) => !l.startsWith("10.244.70.0/24")),
@@ -420,11 +435,64 @@ process.stdin.once("data", async () => {
           `only the good peer is ever published: ${snapshot}`,
         );
       }
-      const warned = log.lines.filter((l) => l.msg === "ignoring lease").map((l) => (l.obj as { key: string }).key);
-      assert.deepEqual(warned.sort(), ["10.244.0.0-16", "10.244.1.0-25", "10.244.60.0-24", "10.244.61.0-24"]);
+      assert.deepEqual(warnings().sort(), ["10.244.0.0-16", "10.244.1.0-25", "10.244.60.0-24", "10.244.61.0-24"]);
       assert.equal(m.ignoredCount, 4);
       assert.ok(log.messages().includes("lease snapshot not applied, keeping the last good leases"));
     });
+
+    for (const rescanIntervalMs of [HOUR, 20]) {
+      test(`a key unreadable for a while counts as ignored only while it is (rescans every ${rescanIntervalMs} ms)`, async () => {
+        await config();
+        const other = await openRegistry();
+        await other.createLease(prefix("10.244.50.0/24"), HOST_B, 100);
+        const log = new RecordingLogger();
+        const recorder = new ManagerRecorder();
+        const m = manager({
+          registry: await openRegistry({ rescanIntervalMs }),
+          publicIp: HOST_A,
+          random: () => 0,
+          log,
+          ...recorder.handlers(),
+        });
+        await m.start();
+        const count = () => ({ ignoredCount: m.ignoredCount, skipped: recorder.skipped });
+        // A routed peer's key half-written, then whole again with the same value.
+        await putKey("10.244.50.0-24", '{"PublicIP":"198.18');
+        await log.changed.until("the half-written peer", () => m.ignoredCount === 1, count);
+        await putKey("10.244.50.0-24", '{"PublicIP":"198.18.0.2","PublicIPv6":null}');
+        // Changes arrive in order: once a peer written after the repair is routed, the repair was seen.
+        await other.createLease(prefix("10.244.71.0/24"), HOST_C, 100);
+        await recorder.until(
+          "the peer after the repair",
+          () => recorder.latest()?.includes("10.244.71.0/24 198.18.0.3") === true,
+        );
+        assert.equal(m.ignoredCount, 0, "the repaired key is no longer ignored");
+        // A new key that is garbage first, then a lease naming our own address: ignored once, for that.
+        await putKey("10.244.60.0-24", "{");
+        await log.changed.until("the garbage key", () => m.ignoredCount === 1, count);
+        await putKey("10.244.60.0-24", '{"PublicIP":"198.18.0.1","PublicIPv6":null}');
+        const ownAddress = () =>
+          log.lines.some((l) => /own address/.test(String((l.obj as { reason?: string }).reason)));
+        await log.changed.until("the own-address key", ownAddress, count);
+        assert.equal(m.ignoredCount, 1);
+        // Garbage that goes away is forgotten.
+        await putKey("10.244.61.0-24", "{");
+        await log.changed.until("the second garbage key", () => m.ignoredCount === 2, count);
+        await rm(join(dir, "subnets", "10.244.61.0-24"));
+        await other.createLease(prefix("10.244.72.0/24"), HOST_C, 100);
+        await recorder.until(
+          "the peer after the removal",
+          () => recorder.latest()?.includes("10.244.72.0/24 198.18.0.3") === true,
+        );
+        assert.equal(m.ignoredCount, 1, "the removed garbage is no longer ignored");
+        assert.deepEqual(recorder.latest(), [
+          "10.244.50.0/24 198.18.0.2",
+          "10.244.71.0/24 198.18.0.3",
+          "10.244.72.0/24 198.18.0.3",
+        ]);
+        assert.equal(recorder.revoked, 0);
+      });
+    }
   });
 
   describe("freeSubnets", () => {

@@ -683,6 +683,7 @@ class DirectoryWatch {
       this.handlers.onConnection?.(true);
     }
     this.scheduleRescan();
+    const reportedBefore = this.reported;
     this.reportSkipped(scan.skipped);
     const replay = this.replay;
     this.replay = [];
@@ -701,11 +702,19 @@ class DirectoryWatch {
       if (before !== undefined && !hasExpired(before, now)) current.set(name, before);
     }
     const events: LeaseEvent[] = replay;
+    // Keys reported unusable that no longer are: each is a put or a delete even when
+    // the diff alone has nothing to say (as in rereadKeys), so the handlers forget them.
+    const repaired = new Set<string>();
+    for (const key of reportedBefore.keys()) if (!this.reported.has(key)) repaired.add(basename(key));
     for (const [name, lease] of current) {
-      if (!sameLease(this.known.get(name), lease)) events.push({ type: "put", lease });
+      if (!sameLease(this.known.get(name), lease) || repaired.has(name)) events.push({ type: "put", lease });
     }
     for (const [name, lease] of this.known) {
       if (!current.has(name)) events.push({ type: "delete", subnet: lease.subnet });
+    }
+    for (const name of repaired) {
+      const subnet = current.has(name) || this.known.has(name) ? null : parseSubnetKey(name);
+      if (subnet !== null) events.push({ type: "delete", subnet });
     }
     this.known = current;
     this.scheduleExpiry();
@@ -749,14 +758,19 @@ class DirectoryWatch {
         }
         continue;
       }
-      this.reported.delete(key);
+      const repaired = this.reported.delete(key);
       if (state.kind === "lease") {
-        if (sameLease(before, state.lease)) continue;
+        // A repaired key is a put even with its last good lease: the handlers were told it is unusable.
+        if (sameLease(before, state.lease) && !repaired) continue;
         known.set(name, state.lease);
         events.push({ type: "put", lease: state.lease });
       } else if (before !== undefined) {
         known.delete(name);
         events.push({ type: "delete", subnet: before.subnet });
+      } else if (repaired) {
+        // An unusable key without a lease went away: a delete tells the handlers to forget it.
+        const subnet = parseSubnetKey(name);
+        if (subnet !== null) events.push({ type: "delete", subnet });
       }
     }
     // Not a walk over every known lease per change unless the earliest expiry may have moved.
