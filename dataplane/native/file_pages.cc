@@ -1,6 +1,8 @@
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <string>
 
@@ -9,44 +11,71 @@
 namespace weft {
 
 // releaseFilePages(): unmaps from this process the pages of read-only file
-// mappings (the node executable, shared libraries, this addon) that it has
-// touched. Node's start-up reads ~40 MB of its own executable, most of it
-// never again; the pages stay in the page cache, shared, and fault back in
-// one by one when code runs again, so resident memory follows what the
-// daemon still executes. A mapping is skipped if it is writable or holds
-// private copies (Anonymous > 0, e.g. the RELRO page after relocation): those
-// pages would revert to the file's bytes. Returns the bytes that were resident.
+// mappings that it has touched. Node's start-up reads ~40 MB of its own
+// executable, most of it never again; the pages stay in the page cache,
+// shared, and fault back in one by one when code runs again, so resident
+// memory follows what the daemon still executes.
+//
+// MADV_DONTNEED on a private mapping also throws away the private copies of
+// its pages (and their swap), which would revert them to the file's bytes: the
+// RELRO pages after relocation are such copies. So a mapping is released only
+// if it is private and not writable, and its smaps entry shows no private copy
+// anywhere: Anonymous, Swap and Private_Dirty all 0. The decision is taken at
+// the entry's last line (VmFlags), once all three have been read.
+//
+// Other threads run while this does (V8's workers, libuv's pool), and a
+// dlopen in one of them (glibc's NSS modules on a first getaddrinfo) maps a
+// library read-only over its whole length first and then maps and relocates
+// its segments in that range: a range read from smaps before that must not be
+// released after it. Such a placeholder is neither executable nor node's own
+// executable, and only those two kinds are released: code (position-
+// independent, never written) and node's executable, which nothing maps again.
 Napi::Value ReleaseFilePages(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  char exe[PATH_MAX + 1];
+  ssize_t exe_len = readlink("/proc/self/exe", exe, PATH_MAX);
+  exe[exe_len > 0 ? exe_len : 0] = '\0';
   FILE* f = fopen("/proc/self/smaps", "re");
   if (f == nullptr) return Napi::Number::New(env, 0);
   char line[4096];
   unsigned long lo = 0, hi = 0;
   bool candidate = false;
-  long rss_kb = 0;
+  long rss_kb = 0, copies_kb = 0;
   double released = 0;
-  auto finish = [&](long anon_kb) {
-    if (candidate && anon_kb == 0 && rss_kb > 0 &&
-        madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED) == 0) {
-      released += double(rss_kb) * 1024;
-    }
-    candidate = false;
-  };
   while (fgets(line, sizeof line, f) != nullptr) {
     unsigned long a, b, offset;
     char perms[8];
     int path_at = 0;
-    if (sscanf(line, "%lx-%lx %7s %lx %*s %*s %n", &a, &b, perms, &offset, &path_at) == 4) {
+    if (sscanf(line, "%lx-%lx %7s %lx %*s %*s %n", &a, &b, perms, &offset,
+               &path_at) == 4) {
       lo = a;
       hi = b;
       rss_kb = 0;
+      copies_kb = 0;
+      candidate = false;
       // Private, not writable, and backed by a file (a path, not [vdso] etc.).
-      candidate = perms[1] != 'w' && perms[3] == 'p' && path_at > 0 && line[path_at] == '/';
+      if (perms[1] != 'w' && perms[3] == 'p' && path_at > 0 &&
+          line[path_at] == '/') {
+        std::string path(line + path_at);
+        if (!path.empty() && path.back() == '\n') path.pop_back();
+        candidate = perms[2] == 'x' || (exe[0] != '\0' && path == exe);
+      }
       continue;
     }
     long kb = 0;
     if (sscanf(line, "Rss: %ld kB", &kb) == 1) rss_kb = kb;
-    if (sscanf(line, "Anonymous: %ld kB", &kb) == 1) finish(kb);
+    if (sscanf(line, "Anonymous: %ld kB", &kb) == 1 ||
+        sscanf(line, "Swap: %ld kB", &kb) == 1 ||
+        sscanf(line, "Private_Dirty: %ld kB", &kb) == 1) {
+      copies_kb += kb;
+    }
+    if (strncmp(line, "VmFlags:", 8) == 0) {
+      if (candidate && copies_kb == 0 && rss_kb > 0 &&
+          madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED) == 0) {
+        released += double(rss_kb) * 1024;
+      }
+      candidate = false;
+    }
   }
   fclose(f);
   return Napi::Number::New(env, released);
