@@ -15,18 +15,28 @@ export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() 
 /** pino's numbers, which log collectors already map. */
 const LEVELS = { debug: 20, info: 30, warn: 40, error: 50 } as const;
 
-/** An Error field as pino's standard serializer writes it; other values as they are. */
+/** An Error field as pino's standard serializer writes it; a BigInt as its digits; other values as they are. */
 function errorAsFields(_key: string, value: unknown): unknown {
+  if (typeof value === "bigint") return value.toString();
   if (!(value instanceof Error)) return value;
   return { ...value, type: value.name, message: value.message, stack: value.stack };
 }
 
-/** One log line: the level and time first, then the object's fields, then the message. */
+/**
+ * One log line: the level and time first, then the object's fields, then the
+ * message. An Error given as the object logs as `err`. Fields JSON cannot
+ * write (a cycle) never throw out of a log call: the line says so instead.
+ */
 export function formatLine(level: number, time: number, obj: unknown, msg?: string): string {
-  const fields = typeof obj === "object" && obj !== null ? obj : {};
+  const fields = obj instanceof Error ? { err: obj } : typeof obj === "object" && obj !== null ? obj : {};
   const text = typeof obj === "string" ? obj : msg;
   const record = text === undefined ? { level, time, ...fields } : { level, time, ...fields, msg: text };
-  return `${JSON.stringify(record, errorAsFields)}\n`;
+  try {
+    return `${JSON.stringify(record, errorAsFields)}\n`;
+  } catch (err) {
+    const fallback = { level, time, logError: (err as Error).message, msg: text };
+    return `${JSON.stringify(fallback)}\n`;
+  }
 }
 
 /** weftd's logger: JSON lines on stderr, debug from -v up (flanneld's verbosity flag). */

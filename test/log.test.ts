@@ -24,6 +24,18 @@ describe("log", () => {
     assert.match(String(o.err.stack), /connect refused/);
   });
 
+  it("never throws from a log call: a BigInt as its digits, an Error object as err, a cycle named", () => {
+    assert.equal(formatLine(30, 1, { bytes: 12n }, "m"), '{"level":30,"time":1,"bytes":"12","msg":"m"}\n');
+    const o = JSON.parse(formatLine(50, 1, new Error("boom"), "failed")) as { err: { message: string }; msg: string };
+    assert.equal(o.err.message, "boom");
+    assert.equal(o.msg, "failed");
+    const cyclic: Record<string, unknown> = { a: 1 };
+    cyclic.self = cyclic;
+    const c = JSON.parse(formatLine(40, 2, cyclic, "loop")) as { logError: string; msg: string };
+    assert.match(c.logError, /circular/i);
+    assert.equal(c.msg, "loop");
+  });
+
   it("leaves debug lines out unless verbose", () => {
     const lines: string[] = [];
     const quiet = createLogger(0, (l) => lines.push(l));
