@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { scaleChartSvg } from "../bench/scale/chart.js";
-import { bytesPerPeer, scaleReport } from "../bench/scale/main.js";
+import { bytesPerPeer, medianPoint, scaleReport } from "../bench/scale/main.js";
 import { MAX_PEERS, peerNode, peerPublicIp, peerSubnet } from "../bench/scale/peers.js";
 import { inNetns, type ScalePoint } from "../bench/scale/run.js";
 import { formatIpv4, formatPrefix, isMartian, prefixesOverlap } from "../net/addr.js";
@@ -102,6 +102,27 @@ describe("bench scale report", () => {
     assert.equal(bytesPerPeer(all, small), null);
     assert.equal(bytesPerPeer(all, big), (5 * 2 ** 20) / 5000);
     assert.match(scaleReport(all, o, "machine").join("\n"), /^file\s+5,100\s.*\s1049\s/m);
+  });
+
+  it("takes each figure's median over runs, and a figure missing from any run is missing", () => {
+    const a = point("file", 5000, 3);
+    const b = {
+      ...point("file", 5000, 1),
+      ready_s: 2,
+      memory_after_start: { ...a.memory_after_start, anon_mb: 30 },
+      tcp_churn_ratio: 0.9,
+    };
+    const c = { ...point("file", 5000, 2), ready_s: 0.1, tcp_churn_ratio: 0.95 };
+    const m = medianPoint([a, b, c]);
+    assert.equal(m.cpu_per_change_ms, 2);
+    assert.equal(m.ready_s, 0.5);
+    assert.equal(m.memory_after_start.anon_mb, 24);
+    assert.equal(m.tcp_churn_ratio, 0.9);
+    assert.equal(medianPoint([a, { ...b, tcp_gbps: null, tcp_churn_ratio: null }]).tcp_churn_ratio, null);
+    assert.equal(medianPoint([a, b]).cpu_per_change_ms, 2, "even count: mean of the middle two");
+    assert.throws(() => medianPoint([]), /no runs/);
+    assert.match(scaleReport([m], { ...o, reps: 3 }, "machine").join("\n"), /medians of 3 runs per point/);
+    assert.doesNotMatch(scaleReport([m], o, "machine").join("\n"), /medians of/);
   });
 
   it("draws one line per registry mode in each panel", () => {

@@ -13,7 +13,7 @@ import { parseArgs } from "node:util";
 import { live } from "../lab/children.js";
 import { claimRun, cleanup } from "../lab/cleanup.js";
 import { positiveInt } from "../replay.js";
-import { fmt, formatTable, machineInfo, machineLine, Progress, RESULTS_DIR, writeResult } from "../report.js";
+import { fmt, formatTable, machineInfo, machineLine, median, Progress, RESULTS_DIR, writeResult } from "../report.js";
 import { scaleChartSvg } from "./chart.js";
 import { MAX_PEERS } from "./peers.js";
 import { measure, type RegistryKind, type ScaleOptions, type ScalePoint } from "./run.js";
@@ -24,6 +24,7 @@ const USAGE = `usage: npm run bench -- scale [options]   (root: builds network n
   --peers LIST        peer counts (default 100,1000,5000,10000; at most ${MAX_PEERS})
   --modes LIST        registries, from file,etcd,kube (default file,etcd,kube; etcd needs etcd-server and
                       etcd-client; kube runs the stand-in API server of lab/kube/ with 7 kB Node objects)
+  --reps N            runs of each point, from scratch; the table and chart show each figure's median (default 3)
   --rate N            lease changes per second during churn (default 10)
   --churn-seconds S   seconds of churn (half adds, half removes), after as many of polling alone (default 10)
   --settle-seconds S  after ready, before memory is read (default 5)
@@ -52,6 +53,7 @@ export async function runScale(argv: string[]): Promise<number> {
     options: {
       peers: { type: "string" },
       modes: { type: "string" },
+      reps: { type: "string" },
       rate: { type: "string" },
       "churn-seconds": { type: "string" },
       "settle-seconds": { type: "string" },
@@ -79,6 +81,7 @@ export async function runScale(argv: string[]): Promise<number> {
       throw new Error(`--modes: ${JSON.stringify(s)} is not one of file, etcd, kube`);
     return s as RegistryKind;
   });
+  const reps = positiveInt(values.reps, "--reps", 3);
   const o: ScaleOptions = {
     rate: positiveInt(values.rate, "--rate", 10),
     churnSeconds: positiveInt(values["churn-seconds"], "--churn-seconds", 10),
@@ -96,17 +99,25 @@ export async function runScale(argv: string[]): Promise<number> {
   await claimRun("bench scale", `npm run bench -- lab --cleanup --prefix ${live.prefix}`);
 
   const points: ScalePoint[] = [];
-  const progress = new Progress(modes.length * peers.length);
+  const runs: ScalePoint[] = [];
+  const progress = new Progress(modes.length * peers.length * reps);
   try {
     for (const mode of modes) {
       for (const n of peers) {
-        progress.step(`${mode} registry, ${n.toLocaleString("en")} peers`);
-        const dir = mkdtempSync(join(tmpdir(), `weft-bench-scale-${mode}-`));
-        try {
-          points.push(await measure(mode, n, o, dir));
-        } finally {
-          await cleanup();
+        const these: ScalePoint[] = [];
+        for (let rep = 1; rep <= reps; rep++) {
+          progress.step(
+            `${mode} registry, ${n.toLocaleString("en")} peers${reps > 1 ? `, run ${rep} of ${reps}` : ""}`,
+          );
+          const dir = mkdtempSync(join(tmpdir(), `weft-bench-scale-${mode}-`));
+          try {
+            these.push(await measure(mode, n, o, dir));
+          } finally {
+            await cleanup();
+          }
         }
+        runs.push(...these);
+        points.push(medianPoint(these));
       }
     }
   } finally {
@@ -122,6 +133,7 @@ export async function runScale(argv: string[]): Promise<number> {
       options: {
         peers,
         modes,
+        reps,
         rate: o.rate,
         churn_seconds: o.churnSeconds,
         settle_seconds: o.settleSeconds,
@@ -141,6 +153,7 @@ export async function runScale(argv: string[]): Promise<number> {
         tcp_churn_ratio: "iperf3 p1 → p2 through weft during churn ÷ without",
       },
       points: points.map((p) => ({ ...p, anon_bytes_per_peer: bytesPerPeer(points, p) })),
+      runs,
     },
     { dir: values["out-dir"] },
   );
@@ -160,8 +173,49 @@ export async function runScale(argv: string[]): Promise<number> {
       points,
     ),
   );
-  process.stdout.write(`${scaleReport(points, o, machineLine(machine)).join("\n")}\nJSON: ${path}\nSVG:  ${svgPath}\n`);
+  process.stdout.write(
+    `${scaleReport(points, { ...o, reps }, machineLine(machine)).join("\n")}\nJSON: ${path}\nSVG:  ${svgPath}\n`,
+  );
   return 0;
+}
+
+/**
+ * One point from several runs of it: each figure is the median of that
+ * figure over the runs (so a row may mix runs, as a table of medians does);
+ * a figure missing from any run is missing.
+ */
+export function medianPoint(runs: readonly ScalePoint[]): ScalePoint {
+  const first = runs[0];
+  if (first === undefined) throw new Error("medianPoint: no runs");
+  const mid = (get: (p: ScalePoint) => number | null): number | null => {
+    const xs = runs.map(get);
+    return xs.some((x) => x === null) ? null : median(xs as number[]);
+  };
+  const num = (get: (p: ScalePoint) => number): number => mid(get) as number;
+  type Memory = ScalePoint["memory_after_start"];
+  const memory = Object.fromEntries(
+    (Object.keys(first.memory_after_start) as (keyof Memory)[]).map((k) => [k, num((p) => p.memory_after_start[k])]),
+  ) as unknown as Memory;
+  return {
+    mode: first.mode,
+    peers: first.peers,
+    seed_seconds: num((p) => p.seed_seconds),
+    ready_s: num((p) => p.ready_s),
+    cpu_to_ready_s: num((p) => p.cpu_to_ready_s),
+    memory_after_start: memory,
+    log_lines_at_start: num((p) => p.log_lines_at_start),
+    changes: num((p) => p.changes),
+    cpu_per_change_ms: num((p) => p.cpu_per_change_ms),
+    cpu_baseline_pct: num((p) => p.cpu_baseline_pct),
+    change_to_table_p50_ms: num((p) => p.change_to_table_p50_ms),
+    change_to_table_p99_ms: num((p) => p.change_to_table_p99_ms),
+    change_to_table_max_ms: num((p) => p.change_to_table_max_ms),
+    changes_unseen: num((p) => p.changes_unseen),
+    tcp_gbps: mid((p) => p.tcp_gbps),
+    tcp_churn_gbps: mid((p) => p.tcp_churn_gbps),
+    tcp_churn_ratio: mid((p) => p.tcp_churn_ratio),
+    tcp_churn_changes_seen: mid((p) => p.tcp_churn_changes_seen),
+  };
 }
 
 /**
@@ -176,7 +230,11 @@ export function bytesPerPeer(points: readonly ScalePoint[], p: ScalePoint): numb
   return ((p.memory_after_start.anon_mb - least.memory_after_start.anon_mb) * 2 ** 20) / (p.peers - least.peers);
 }
 
-export function scaleReport(points: readonly ScalePoint[], o: ScaleOptions, machine: string): string[] {
+export function scaleReport(
+  points: readonly ScalePoint[],
+  o: ScaleOptions & { reps?: number },
+  machine: string,
+): string[] {
   const rows = points.map((p) => [
     p.mode,
     p.peers.toLocaleString("en"),
@@ -193,7 +251,7 @@ export function scaleReport(points: readonly ScalePoint[], o: ScaleOptions, mach
   ]);
   return [
     `bench scale — ${machine}`,
-    `one weftd in a namespace, Network 10.0.0.0/8 with /24 leases, peers in the registry before it starts; churn: ${o.rate} changes/s for ${o.churnSeconds} s (adds, then removes), after ${o.churnSeconds} s of polling alone; TCP ${o.noTcp ? "skipped" : `${o.tcpSeconds} s through weft to a second host, without and with churn`}${o.nice ? `; churn writer, etcd and API server at nice ${o.nice}, standing in for other machines` : ""}`,
+    `${(o.reps ?? 1) > 1 ? `medians of ${o.reps} runs per point; ` : ""}one weftd in a namespace, Network 10.0.0.0/8 with /24 leases, peers in the registry before it starts; churn: ${o.rate} changes/s for ${o.churnSeconds} s (adds, then removes), after ${o.churnSeconds} s of polling alone; TCP ${o.noTcp ? "skipped" : `${o.tcpSeconds} s through weft to a second host, without and with churn`}${o.nice ? `; churn writer, etcd and API server at nice ${o.nice}, standing in for other machines` : ""}`,
     "",
     formatTable(
       [
