@@ -55,6 +55,7 @@ const KUBE_LAB_EXTRA: readonly Package[] = [
 const BENCH_EXTRA: readonly Package[] = [
   { name: "iperf3", why: "throughput per mode", probe: "iperf3" },
   { name: "strace", why: "system calls per packet", probe: "strace" },
+  { name: "linux-perf", why: "system calls per round trip as the daemons run", probe: "perf" },
   { name: "gcc", why: "compiling the flannel-design C proxy", probe: "cc" },
   // The scale bench's etcd mode (its lab etcd is checked with etcdctl) and kube mode (the stand-in's certificates).
   { name: "etcd-server", why: "the scale bench's etcd mode", probe: "etcd" },

@@ -16,7 +16,7 @@ import { chartTitle, labJson } from "../bench/lab/figures.js";
 import { rewriteForLab } from "../bench/lab/live-replay.js";
 import { parseMode } from "../bench/lab/modes.js";
 import { parseSnmp } from "../bench/lab/probes.js";
-import { detectHypervisor, parseStraceSummary } from "../bench/lab/truth.js";
+import { detectHypervisor, parsePerfStatCsv, parseStraceSummary } from "../bench/lab/truth.js";
 import { parsePingTimes, type RepFigures } from "../bench/lab/workloads.js";
 import {
   cutBatches,
@@ -377,6 +377,27 @@ describe("bench lab helpers", () => {
     assert.equal(s.total, 6200);
     assert.deepEqual(s.calls, { epoll_pwait: 3200, readv: 2000, sendmmsg: 1000 });
     assert.equal(parseStraceSummary("").total, 0);
+  });
+
+  it("reads perf stat -x, counts by event, leaving out what was not counted", () => {
+    const c = parsePerfStatCsv(
+      [
+        "# started on Wed Dec  2 14:27:09 2026",
+        "",
+        "45321,,raw_syscalls:sys_enter,151785,100.00,,",
+        "20011,,syscalls:sys_enter_sched_yield,151785,100.00,,",
+        "<not counted>,,syscalls:sys_enter_poll,0,0.00,,",
+        "<not supported>,,syscalls:sys_enter_readv,0,0.00,,",
+      ].join("\n"),
+    );
+    assert.deepEqual(
+      [...c],
+      [
+        ["raw_syscalls:sys_enter", 45321],
+        ["syscalls:sys_enter_sched_yield", 20011],
+      ],
+    );
+    assert.equal(parsePerfStatCsv("").size, 0);
   });
 
   it("names the hypervisor from the kernel's line, else from the cpuid flag", () => {

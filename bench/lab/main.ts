@@ -53,10 +53,10 @@ const USAGE = `usage: npm run bench -- lab [options]   (root: builds network nam
   --udp-duration S   seconds per UDP run (default 5)
   --pings N          request-response pings (ping -A, after 1 s unmeasured) for RTT (default 10000)
   --sparse-pings N   pings 10 ms apart for the idle-path RTT (default 500)
-  --quick            1 repetition, TCP 2 s, UDP 1 s, 1000 + 50 pings, idle 5 s, 500 pings under strace
+  --quick            1 repetition, TCP 2 s, UDP 1 s, 1000 + 50 pings, idle 5 s, 500 pings counted
   --idle-seconds S   after the first repetition's workloads, the daemons' CPU while idle for S s (default 60; 0: skip)
-  --strace-pings N   then syscalls per round trip: strace -c -f on both daemons during ping -A -c N
-                     (default 2000; 0: skip; needs strace, apt-get install strace)
+  --strace-pings N   then syscalls per round trip on both daemons during ping -A -c N, counted as they run
+                     (perf stat; linux-perf) and then by call under strace -c -f (default 2000; 0: skip)
   --weftd-args=ARGS  extra weftd flags for the weft mode, space-separated (e.g. --weftd-args="--busy-poll-us=50 --no-offload")
   --replay FILE      instead of the workloads: inject FILE's IPv4 packets from p1 (rewritten to p1→p2), count arrivals at p2
   --replay-loops N   send the capture N times (default 1)
@@ -197,7 +197,7 @@ async function workloadRun(o: LabOptions, machine: MachineInfo, outDir: string |
         async (env) => {
           const figures = await runWorkloads(env, o, progress, tag);
           if (rep === 1 && hasDaemon(mode)) {
-            progress.step(`${tag}: idle ${o.idleSeconds} s, then ${o.stracePings} pings under strace`);
+            progress.step(`${tag}: idle ${o.idleSeconds} s, then ${o.stracePings} pings counted`);
             daemons.set(mode, await daemonTruth(env, o));
           }
           return figures;
