@@ -20,7 +20,7 @@ import { KubeRegistry, resolveNodeName } from "../control/registry/kube.js";
 import type { LeaseEvent, LeaseListing } from "../control/registry/registry.js";
 import { FLANNEL_USER, KubeApiServer } from "../lab/kube/apiserver.js";
 import { createPki, kubeconfig, type Pki } from "../lab/kube/pki.js";
-import { formatIpv4, formatPrefix, parseIpv4 } from "../net/addr.js";
+import { formatIpv4, formatPrefix, parseIpv4, parsePrefix } from "../net/addr.js";
 
 const NET_CONF = '{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}';
 const P = "flannel.alpha.coreos.com/";
@@ -311,15 +311,22 @@ describe("kube mode against the stand-in API server", () => {
         nodeInfo: { kubeletVersion: "v1.31.1", osImage: "Debian GNU/Linux 12 (bookworm)" },
       },
     });
+    // A peer: its name and what its lease is made of, parsed.
     const slim = (name: string, cidr: string, ip: string) => ({
-      metadata: { name, annotations: peerAnnotations(ip) },
-      spec: { podCIDR: cidr, podCIDRs: [cidr] },
+      name,
+      publicIp: parseIpv4(ip),
+      podCidr: parsePrefix(cidr),
     });
     admin().create("nodes", "n1", node("n1", "10.244.1.0/24"));
     admin().create("nodes", "n2", fat("n2", "10.244.2.0/24", "198.18.0.2"));
     const registry = await open();
     try {
       assert.deepEqual(registry.heldNode("n2"), slim("n2", "10.244.2.0/24", "198.18.0.2"));
+      // Our own Node: slimmed, with the annotations we publish.
+      assert.deepEqual(registry.heldNode("n1"), {
+        metadata: { name: "n1", annotations: {} },
+        spec: { podCIDR: "10.244.1.0/24", podCIDRs: ["10.244.1.0/24"] },
+      });
       const events: LeaseEvent[] = [];
       registry.watchLeases((await registry.getLeases()).revision, {
         onEvent: (e) => events.push(e),

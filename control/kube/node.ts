@@ -60,6 +60,21 @@ export function slimNode(node: KubeNode, prefix: string): KubeNode {
   return { metadata: { name: nodeName(node), annotations }, spec };
 }
 
+/**
+ * What weftd keeps of a peer's Node: its name and the two things its lease
+ * is made of, parsed once (a string says why it is unusable, null that it
+ * has none). ~130 bytes of heap a peer, where a slim Node took ~375.
+ */
+export interface PeerNode {
+  readonly name: string;
+  readonly publicIp: number | null | string;
+  readonly podCidr: Ipv4Prefix | null | string;
+}
+
+export function peerNode(node: KubeNode, prefix: string): PeerNode {
+  return { name: nodeName(node), publicIp: peerPublicIp(node, prefix), podCidr: podCidr(node) };
+}
+
 export function nodeName(node: KubeNode): string {
   return node.metadata?.name ?? "";
 }
