@@ -11,3 +11,12 @@ import { loadAddon } from "./native/index.js";
 export function releaseFilePages(): number {
   return loadAddon().releaseFilePages();
 }
+
+/**
+ * Once start-up's burst is over: V8's compacting low-memory collections and
+ * glibc's malloc_trim(0) give back what the burst left free but resident.
+ * True when malloc_trim released memory.
+ */
+export function reduceMemory(): boolean {
+  return loadAddon().reduceMemory();
+}

@@ -5,6 +5,8 @@
 
 import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, beforeEach, describe, it } from "node:test";
@@ -12,13 +14,13 @@ import { peerNode } from "../bench/scale/peers.js";
 import { parseOptions, UsageError } from "../control/cli.js";
 import { KubeClient } from "../control/kube/client.js";
 import { type KubeCredentials, loadCredentials } from "../control/kube/credentials.js";
-import { ListPageReader, parseListPage } from "../control/kube/informer.js";
+import { Informer, type KubeObject, ListPageReader, parseListPage } from "../control/kube/informer.js";
 import { normaliseAnnotationPrefix } from "../control/kube/node.js";
 import { KubeRegistry, resolveNodeName } from "../control/registry/kube.js";
 import type { LeaseEvent, LeaseListing } from "../control/registry/registry.js";
 import { FLANNEL_USER, KubeApiServer } from "../lab/kube/apiserver.js";
 import { createPki, kubeconfig, type Pki } from "../lab/kube/pki.js";
-import { formatIpv4, formatPrefix, parseIpv4 } from "../net/addr.js";
+import { formatIpv4, formatPrefix, parseIpv4, parsePrefix } from "../net/addr.js";
 
 const NET_CONF = '{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}';
 const P = "flannel.alpha.coreos.com/";
@@ -309,15 +311,22 @@ describe("kube mode against the stand-in API server", () => {
         nodeInfo: { kubeletVersion: "v1.31.1", osImage: "Debian GNU/Linux 12 (bookworm)" },
       },
     });
+    // A peer: its name and what its lease is made of, parsed.
     const slim = (name: string, cidr: string, ip: string) => ({
-      metadata: { name, annotations: peerAnnotations(ip) },
-      spec: { podCIDR: cidr, podCIDRs: [cidr] },
+      name,
+      publicIp: parseIpv4(ip),
+      podCidr: parsePrefix(cidr),
     });
     admin().create("nodes", "n1", node("n1", "10.244.1.0/24"));
     admin().create("nodes", "n2", fat("n2", "10.244.2.0/24", "198.18.0.2"));
     const registry = await open();
     try {
       assert.deepEqual(registry.heldNode("n2"), slim("n2", "10.244.2.0/24", "198.18.0.2"));
+      // Our own Node: slimmed, with the annotations we publish.
+      assert.deepEqual(registry.heldNode("n1"), {
+        metadata: { name: "n1", annotations: {} },
+        spec: { podCIDR: "10.244.1.0/24", podCIDRs: ["10.244.1.0/24"] },
+      });
       const events: LeaseEvent[] = [];
       registry.watchLeases((await registry.getLeases()).revision, {
         onEvent: (e) => events.push(e),
@@ -455,6 +464,31 @@ describe("a list page parsed item by item (parseListPage)", () => {
       }
     }
   });
+  it("hands the members before items to onHead once, before the first item, in chunks of any size", () => {
+    for (const page of pages) {
+      const text = Buffer.from(JSON.stringify(page));
+      const whole = JSON.parse(text.toString()) as Record<string, unknown>;
+      const before = Object.keys(whole).slice(0, Object.keys(whole).indexOf("items"));
+      for (const size of [1, 5, 1000]) {
+        const seen: string[] = [];
+        let head: unknown;
+        const reader = new ListPageReader(
+          () => seen.push("item"),
+          undefined,
+          (h) => {
+            seen.push("head");
+            head = h;
+          },
+        );
+        for (let at = 0; at < text.length; at += size) reader.write(text.subarray(at, at + size));
+        reader.end();
+        if (!Array.isArray(whole.items) || !("items" in whole)) continue;
+        assert.equal(seen.filter((s) => s === "head").length, 1);
+        assert.equal(seen[0], "head");
+        assert.deepEqual(head, { ...Object.fromEntries(before.map((k) => [k, whole[k]])), items: [] });
+      }
+    }
+  });
   it("throws on an answer that is not JSON, cut short or not", () => {
     assert.throws(() => parseListPage('{"items":[{"a":1},]}', () => {}));
     assert.throws(() => parseListPage('{"items":[,{"a":1}]}', () => {}));
@@ -463,5 +497,88 @@ describe("a list page parsed item by item (parseListPage)", () => {
     assert.throws(() => parseListPage('{"items":[{"a":1}', () => {}));
     assert.throws(() => parseListPage('{"items":[{"a":1},{"b":}]}', () => {}));
     assert.throws(() => parseListPage("<html>", () => {}));
+  });
+});
+
+describe("a paged list (Informer.list)", () => {
+  /** A NodeList page as a server writes it: kind, apiVersion, metadata, then items. */
+  const head = (metadata: object) =>
+    `{"kind":"NodeList","apiVersion":"v1","metadata":${JSON.stringify(metadata)},"items":[`;
+  const item = (i: number) => JSON.stringify({ metadata: { name: `n${i}` }, spec: {}, status: { x: i } });
+  const serve = async (handle: (url: URL, res: ServerResponse, requested: string[]) => void) => {
+    const requested: string[] = [];
+    const server = createServer((req, res) => {
+      const url = new URL(req.url ?? "/", "http://x");
+      requested.push(`${url.pathname}${url.search}`);
+      handle(url, res, requested);
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const client = new KubeClient({
+      server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+      token: () => undefined,
+      source: "test",
+    });
+    const informer = new Informer(client, { path: "/api/v1/nodes", pick: ["metadata"] }, { onList() {}, onEvent() {} });
+    const close = () => {
+      client.close();
+      server.closeAllConnections();
+      server.close();
+    };
+    return { informer, requested, close };
+  };
+
+  it("asks for page n+1 once page n's metadata is read, before its items, and keeps the server's order", {
+    timeout: 10_000,
+  }, async () => {
+    // Page 1 sends its metadata, then holds its items until page 2 is asked for:
+    // a client that waits for the end of each page before the next never finishes.
+    const held: (() => void)[] = [];
+    const { informer, requested, close } = await serve((url, res, requested) => {
+      const from = Number(url.searchParams.get("continue") ?? 0);
+      const last = from + 500 >= 1201;
+      const ids = Array.from({ length: Math.min(500, 1201 - from) }, (_, k) => from + k);
+      res.writeHead(200, { "content-type": "application/json" });
+      res.write(head(last ? { resourceVersion: "9" } : { resourceVersion: "9", continue: String(from + 500) }));
+      const rest = () => res.end(`${ids.map(item).join(",")}]}`);
+      if (from === 0) held.push(rest);
+      else rest();
+      if (requested.length === 2) for (const r of held) r();
+    });
+    try {
+      const listing = await informer.list("0");
+      assert.deepEqual(requested, [
+        "/api/v1/nodes?limit=500&resourceVersion=0",
+        "/api/v1/nodes?limit=500&continue=500",
+        "/api/v1/nodes?limit=500&continue=1000",
+      ]);
+      assert.equal(listing.resourceVersion, "9");
+      assert.deepEqual(
+        listing.items.map((o) => (o.metadata as { name: string }).name),
+        Array.from({ length: 1201 }, (_, i) => `n${i}`),
+      );
+      assert.deepEqual(listing.items[7], { metadata: { name: "n7" } } as KubeObject);
+    } finally {
+      close();
+    }
+  });
+
+  it("a page ahead that fails fails the list once the page before it is read", async () => {
+    const { informer, close } = await serve((url, res) => {
+      if (url.searchParams.get("continue") !== null) {
+        res.writeHead(410, { "content-type": "application/json" });
+        res.end(
+          '{"kind":"Status","status":"Failure","reason":"Expired","message":"continue token expired","code":410}',
+        );
+        return;
+      }
+      res.writeHead(200, { "content-type": "application/json" });
+      res.write(head({ resourceVersion: "9", continue: "500" }));
+      setTimeout(() => res.end(`${item(0)}]}`), 50);
+    });
+    try {
+      await assert.rejects(informer.list("0"), (e: Error & { status?: number }) => e.status === 410);
+    } finally {
+      close();
+    }
   });
 });

@@ -14,6 +14,7 @@
 
 import { readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
+import { parseSimpleYaml } from "./simple-yaml.js";
 
 export const SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount";
 export const TOKEN_REREAD_MS = 60_000;
@@ -128,11 +129,12 @@ function named(list: unknown, name: unknown, what: string, file: string): Doc {
 
 async function fromKubeconfig(file: string, apiUrl: string, now: () => number): Promise<KubeCredentials> {
   const text = read(file, "kubeconfig");
-  // Loaded only here: nothing else in weftd reads YAML.
-  const { parse } = await import("yaml");
   let doc: Doc;
   try {
-    doc = (parse(text) ?? {}) as Doc;
+    // The usual kubeconfig without the `yaml` package (~50 ms of loading);
+    // anything else by it, loaded only then: nothing else in weftd reads YAML.
+    const simple = parseSimpleYaml(text);
+    doc = (simple ?? (await import("yaml")).parse(text) ?? {}) as Doc;
   } catch (err) {
     throw new CredentialError(`kubeconfig ${file} is not valid YAML: ${(err as Error).message.split("\n")[0]}`);
   }

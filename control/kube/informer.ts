@@ -48,6 +48,14 @@ export interface InformerOptions {
   readonly pick?: readonly string[];
 }
 
+interface ListPage {
+  /** This page's items, as they are read. */
+  readonly items: KubeObject[];
+  readonly continueToken: Promise<string>;
+  /** The answer without its items, once all of it is read. */
+  readonly done: Promise<ListPageRest>;
+}
+
 function rvOf(object: KubeObject): string {
   const meta = object.metadata as { resourceVersion?: unknown } | undefined;
   return typeof meta?.resourceVersion === "string" ? meta.resourceVersion : "";
@@ -89,22 +97,56 @@ export class Informer {
     this.watching = null;
   }
 
-  /** One complete listing, page by page; rejects with a KubeError. */
+  /**
+   * One complete listing, page by page; rejects with a KubeError. A page's
+   * list metadata comes before its items (Go encodes ListMeta first), so the
+   * next page is asked for as soon as this one's continue token is read:
+   * the server builds page n+1 while page n is still being read. At most two
+   * pages are in flight; items are kept in the server's order.
+   */
   async list(resourceVersion: string): Promise<{ items: KubeObject[]; resourceVersion: string }> {
-    const items: KubeObject[] = [];
-    let cont = "";
+    const pages: KubeObject[][] = [];
+    let next = this.page("", resourceVersion);
     for (;;) {
-      const q = new URLSearchParams({ limit: String(LIST_LIMIT) });
-      if (cont !== "") q.set("continue", cont);
-      else if (resourceVersion !== "") q.set("resourceVersion", resourceVersion);
-      const keep = this.opts.keep ?? ((o: KubeObject) => o);
-      const page = await this.client.requestStreamed(
-        `${this.opts.path}?${q}`,
-        new ListPageReader((item) => items.push(keep(item)), this.opts.pick),
-      );
-      cont = page.metadata?.continue ?? "";
-      if (cont === "") return { items, resourceVersion: page.metadata?.resourceVersion ?? "" };
+      const current = next;
+      pages.push(current.items);
+      const cont = await current.continueToken;
+      if (cont !== "") next = this.page(cont, resourceVersion);
+      const rest = await current.done;
+      if (cont === "") return { items: pages.flat(), resourceVersion: rest.metadata?.resourceVersion ?? "" };
     }
+  }
+
+  /** Asks for one list page; `continueToken` resolves once its list metadata is read ("" on the last page, or on error). */
+  private page(cont: string, resourceVersion: string): ListPage {
+    const q = new URLSearchParams({ limit: String(LIST_LIMIT) });
+    if (cont !== "") q.set("continue", cont);
+    else if (resourceVersion !== "") q.set("resourceVersion", resourceVersion);
+    const keep = this.opts.keep ?? ((o: KubeObject) => o);
+    const items: KubeObject[] = [];
+    let token: (cont: string) => void = () => {};
+    const continueToken = new Promise<string>((resolve) => {
+      token = resolve;
+    });
+    const reader = new ListPageReader(
+      (item) => items.push(keep(item)),
+      this.opts.pick,
+      (head) => token(head.metadata?.continue ?? ""),
+    );
+    const done = this.client.requestStreamed(`${this.opts.path}?${q}`, reader).then(
+      (rest) => {
+        token(rest.metadata?.continue ?? "");
+        return rest;
+      },
+      (err) => {
+        token("");
+        throw err;
+      },
+    );
+    // A page ahead may fail before the one being read ends: its error is
+    // thrown when its turn comes, or dropped with it when an earlier page fails.
+    done.catch(() => {});
+    return { items, continueToken, done };
   }
 
   private async relist(resourceVersion: string): Promise<void> {
@@ -260,11 +302,14 @@ function pickOf(item: unknown, pick: readonly string[] | undefined): KubeObject 
  * `pick`, only those top-level members of each object item are parsed (a
  * Node's status, ~90 % of its bytes, is skipped unparsed, so unchecked).
  * end() returns the rest of the answer (its metadata), "items" left empty;
- * an answer without a top-level "items" array is parsed whole there.
+ * an answer without a top-level "items" array is parsed whole there. With
+ * `onHead`, the members before "items" are handed over as soon as the array
+ * opens (a list's metadata, with its continue token, comes first).
  */
 export class ListPageReader {
   private readonly onItem: (item: KubeObject) => void;
   private readonly pick: readonly string[] | undefined;
+  private readonly onHead: ((head: ListPageRest) => void) | undefined;
   private depth = 0;
   private inString = false;
   private escaped = false;
@@ -288,9 +333,10 @@ export class ListPageReader {
   private refilter = false;
   private kept: string[] = [];
 
-  constructor(onItem: (item: KubeObject) => void, pick?: readonly string[]) {
+  constructor(onItem: (item: KubeObject) => void, pick?: readonly string[], onHead?: (head: ListPageRest) => void) {
     this.onItem = onItem;
     this.pick = pick;
+    this.onHead = onHead;
   }
 
   write(chunk: Buffer): void {
@@ -352,6 +398,7 @@ export class ListPageReader {
         if (depth === 1 && this.state === 0 && this.itemsKey === 2 && c === OPEN_BRACKET) {
           this.rest.push(this.takeCapture(chunk, i), "[]");
           this.state = 1;
+          this.head();
         }
         this.depth++;
       } else if (c === CLOSE_BRACE || c === CLOSE_BRACKET) {
@@ -381,6 +428,22 @@ export class ListPageReader {
     if (this.state === 0 && Array.isArray(rest.items))
       for (const item of rest.items) this.onItem(pickOf(item, this.pick));
     return rest;
+  }
+
+  /**
+   * The members before "items" (a list's kind, apiVersion and metadata), to
+   * onHead; a head that does not parse is left for end() to reject, and
+   * onHead is then not called.
+   */
+  private head(): void {
+    if (this.onHead === undefined) return;
+    let head: ListPageRest;
+    try {
+      head = JSON.parse(`${this.rest.join("")}}`) as ListPageRest;
+    } catch {
+      return;
+    }
+    this.onHead(head);
   }
 
   /** With `pick`, a member of an object item is being read (from its key's quote). */

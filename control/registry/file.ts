@@ -707,7 +707,11 @@ class DirectoryWatch {
     const repaired = new Set<string>();
     for (const key of reportedBefore.keys()) if (!this.reported.has(key)) repaired.add(basename(key));
     for (const [name, lease] of current) {
-      if (!sameLease(this.known.get(name), lease) || repaired.has(name)) events.push({ type: "put", lease });
+      const before = this.known.get(name);
+      // Unchanged: keep the Lease already held (by the lease manager too), so a
+      // rescan leaves one object per peer, not a second copy of every lease.
+      if (before !== undefined && sameLease(before, lease) && !repaired.has(name)) current.set(name, before);
+      else events.push({ type: "put", lease });
     }
     for (const [name, lease] of this.known) {
       if (!current.has(name)) events.push({ type: "delete", subnet: lease.subnet });

@@ -27,7 +27,8 @@ import {
   type KubeNode,
   networkAvailablePatch,
   nodeName,
-  peerPublicIp,
+  type PeerNode,
+  peerNode,
   podCidr,
   publicIpOverride,
   SLIM_NODE_MEMBERS,
@@ -63,8 +64,10 @@ export class KubeRegistry implements Registry {
   readonly description: string;
   private readonly opts: KubeRegistryOptions;
   private readonly informer: Informer;
-  /** Every Node by name, slimmed (slimNode): what forwarding needs, not the whole object. */
-  private readonly nodes = new Map<string, KubeNode>();
+  /** Every other Node by name: what its lease is made of (peerNode), not the object. */
+  private readonly nodes = new Map<string, PeerNode>();
+  /** Our own Node, slimmed (slimNode): its podCIDR and flannel's annotations, which we publish. */
+  private ownNode: KubeNode | undefined = undefined;
   private readonly network: Ipv4Prefix;
   private own: Ipv4Prefix | null = null;
   private published = 0;
@@ -121,9 +124,9 @@ export class KubeRegistry implements Registry {
     return registry;
   }
 
-  /** @internal What is kept of Node `name` (tests: only the fields forwarding needs). */
-  heldNode(name: string): KubeNode | undefined {
-    return this.nodes.get(name);
+  /** @internal What is kept of Node `name` (tests: only what forwarding needs). */
+  heldNode(name: string): KubeNode | PeerNode | undefined {
+    return name === this.opts.nodeName ? this.ownNode : this.nodes.get(name);
   }
 
   /** Address published in public-ip: the node's public-ip-overwrite, else the interface's. */
@@ -166,11 +169,11 @@ export class KubeRegistry implements Registry {
   /** The manager "reuses" our lease; publishing is all there is to do (the address is the registry's own choice). */
   async updateLease(lease: Lease, _publicIp?: number, _ttlSeconds?: number): Promise<Lease> {
     const name = this.opts.nodeName;
-    const body = annotationPatch(this.nodes.get(name) ?? {}, this.opts.annotationPrefix, this.published);
+    const body = annotationPatch(this.ownNode ?? {}, this.opts.annotationPrefix, this.published);
     if (body !== null) {
       // The answer is the node as patched: a second call before the watch reports it sends nothing.
       const patched = (await this.patchStatus(body)) as KubeNode;
-      if (nodeName(patched) === name) this.nodes.set(name, slimNode(patched, this.opts.annotationPrefix));
+      if (nodeName(patched) === name) this.ownNode = slimNode(patched, this.opts.annotationPrefix);
       this.opts.log.info(
         { node: this.opts.nodeName, publicIp: formatIpv4(this.published) },
         "published the node's annotations",
@@ -232,17 +235,18 @@ export class KubeRegistry implements Registry {
   }
 
   private onList(items: KubeObject[]): void {
-    const hadOwn = this.nodes.has(this.opts.nodeName);
+    const hadOwn = this.ownNode !== undefined;
     this.nodes.clear();
+    this.ownNode = undefined;
     // Already slimmed by the informer (its `keep`), page by page.
-    for (const item of items) this.nodes.set(nodeName(item as KubeNode), item as KubeNode);
+    for (const item of items) this.hold(item as KubeNode);
     this.revision++;
     if (this.ownReady !== null) {
       this.checkOwn();
       return;
     }
     this.handlers?.onResync(this.listing());
-    if (hadOwn && !this.nodes.has(this.opts.nodeName) && this.own !== null)
+    if (hadOwn && this.ownNode === undefined && this.own !== null)
       this.handlers?.onEvent({ type: "delete", subnet: this.own });
   }
 
@@ -250,8 +254,10 @@ export class KubeRegistry implements Registry {
     const node = object as KubeNode; // slimmed by the informer
     const name = nodeName(node);
     const before = this.nodes.get(name);
-    if (type === "DELETED") this.nodes.delete(name);
-    else this.nodes.set(name, node);
+    if (type === "DELETED") {
+      if (name === this.opts.nodeName) this.ownNode = undefined;
+      else this.nodes.delete(name);
+    } else this.hold(node);
     this.revision++;
     if (this.ownReady !== null) {
       this.checkOwn();
@@ -264,7 +270,8 @@ export class KubeRegistry implements Registry {
       return;
     }
     const was = before === undefined ? null : this.peer(before);
-    const now = type === "DELETED" ? null : this.peer(node);
+    const held = this.nodes.get(name);
+    const now = type === "DELETED" || held === undefined ? null : this.peer(held);
     const wasLease = was !== null && "lease" in was ? was.lease : null;
     const nowLease = now !== null && "lease" in now ? now.lease : null;
     if (wasLease !== null && (nowLease === null || formatPrefix(nowLease.subnet) !== formatPrefix(wasLease.subnet)))
@@ -282,7 +289,7 @@ export class KubeRegistry implements Registry {
   /** While open() waits: is our node there with a usable podCIDR? */
   private checkOwn(): void {
     const name = this.opts.nodeName;
-    const node = this.nodes.get(name);
+    const node = this.ownNode;
     const cidr = node === undefined ? null : podCidr(node);
     if (node === undefined) {
       this.waitFor(`Node ${name} to be registered`);
@@ -327,11 +334,18 @@ export class KubeRegistry implements Registry {
     this.opts.onWaiting?.(`waiting for ${what}`);
   }
 
-  private peer(node: KubeNode): PeerEntry {
-    const ip = peerPublicIp(node, this.opts.annotationPrefix);
+  /** Keeps `node`: our own slimmed, any other as a PeerNode. */
+  private hold(node: KubeNode): void {
+    const name = nodeName(node);
+    if (name === this.opts.nodeName) this.ownNode = node;
+    else this.nodes.set(name, peerNode(node, this.opts.annotationPrefix));
+  }
+
+  private peer(node: PeerNode): PeerEntry {
+    const ip = node.publicIp;
     if (ip === null) return null;
     if (typeof ip === "string") return { skip: ip };
-    const cidr = podCidr(node);
+    const cidr = node.podCidr;
     if (cidr === null) return null;
     if (typeof cidr === "string") return { skip: cidr };
     if (ip === this.published) return { skip: `public-ip ${formatIpv4(ip)} is this host's own address` };
@@ -341,11 +355,9 @@ export class KubeRegistry implements Registry {
   private listing(): LeaseListing {
     const leases: Lease[] = [];
     const skipped: { key: string; reason: string }[] = [];
+    if (this.ownNode !== undefined && this.own !== null)
+      leases.push({ subnet: this.own, publicIp: this.published, expiresAt: null });
     for (const [name, node] of this.nodes) {
-      if (name === this.opts.nodeName) {
-        if (this.own !== null) leases.push({ subnet: this.own, publicIp: this.published, expiresAt: null });
-        continue;
-      }
       const p = this.peer(node);
       if (p === null) continue;
       if ("skip" in p) skipped.push({ key: `node/${name}`, reason: p.skip });

@@ -105,6 +105,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
               Napi::Function::New(env, NftGeneration, "nftGeneration"));
   exports.Set("releaseFilePages",
               Napi::Function::New(env, ReleaseFilePages, "releaseFilePages"));
+  exports.Set("reduceMemory",
+              Napi::Function::New(env, ReduceMemory, "reduceMemory"));
   exports.Set("gsoSplit", Napi::Function::New(env, GsoSplit, "gsoSplit"));
   exports.Set("groMerge", Napi::Function::New(env, GroMerge, "groMerge"));
   exports.Set("setBusyPoll",

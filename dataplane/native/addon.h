@@ -9,5 +9,6 @@ Napi::Value OpenTun(const Napi::CallbackInfo& info);
 Napi::Value Notify(const Napi::CallbackInfo& info);
 Napi::Value NftGeneration(const Napi::CallbackInfo& info);
 Napi::Value ReleaseFilePages(const Napi::CallbackInfo& info);
+Napi::Value ReduceMemory(const Napi::CallbackInfo& info);
 
 }  // namespace weft

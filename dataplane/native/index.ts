@@ -212,6 +212,11 @@ export interface Addon {
    */
   releaseFilePages(): number;
   /**
+   * Once a burst of work is over: V8's low-memory notification (compacting full
+   * collections) and glibc's malloc_trim(0); true when malloc_trim released memory.
+   */
+  reduceMemory(): boolean;
+  /**
    * Splits the TSO/USO super-packet at bytes[off, +len) (len = its IP total
    * length) in place into segments of gsoSize payload bytes, end to end, none
    * reaching past off + room. True on success, out = [segments, stride, total].

@@ -328,7 +328,11 @@ export class KubeApiServer {
     const kind = route.resource === "nodes" ? "NodeList" : "PodList";
     const metadata = more ? { resourceVersion: rv, continue: String(start + limit) } : { resourceVersion: rv };
     const head = JSON.stringify({ kind, apiVersion: "v1", metadata });
-    return sendText(res, 200, `${head.slice(0, -1)},"items":[${items.map(serialised).join(",")}]}`);
+    return sendText(
+      res,
+      200,
+      `${head.slice(0, -1)},"items":[${items.map((o) => this.store.serialised(o)).join(",")}]}`,
+    );
   }
 
   /** The stored objects (not copies: serialised at once), by key as etcd lists them. */
@@ -453,22 +457,6 @@ function readBody(req: IncomingMessage): Promise<string> {
     req.once("end", () => resolve(text));
     req.once("error", reject);
   });
-}
-
-/**
- * Each stored object's JSON, made once: stored objects are replaced, never
- * changed, and a real API server's watch cache likewise keeps each object
- * serialised rather than encoding thousands of Nodes again for every page.
- */
-const serialisedCache = new WeakMap<JsonObject, string>();
-
-function serialised(object: JsonObject): string {
-  let text = serialisedCache.get(object);
-  if (text === undefined) {
-    text = JSON.stringify(object);
-    serialisedCache.set(object, text);
-  }
-  return text;
 }
 
 function send(res: ServerResponse, code: number, object: unknown): number {
