@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { scaleChartSvg } from "../bench/scale/chart.js";
-import { bytesPerPeer, scaleReport } from "../bench/scale/main.js";
+import { bytesPerPeer, cpuLines, scaleReport } from "../bench/scale/main.js";
 import { MAX_PEERS, peerNode, peerPublicIp, peerSubnet } from "../bench/scale/peers.js";
 import { inNetns, type ScalePoint } from "../bench/scale/run.js";
 import { formatIpv4, formatPrefix, isMartian, prefixesOverlap } from "../net/addr.js";
@@ -75,6 +75,10 @@ describe("bench scale report", () => {
     tcp_churn_gbps: 3,
     tcp_churn_ratio: 0.75,
     tcp_churn_changes_seen: 50,
+    tcp_cpu_pct: {
+      plain: { weftd_h1: 61, weftd_h2: 58, writer: null, registry: mode === "etcd" ? 2 : null },
+      churn: { weftd_h1: 60.4, weftd_h2: 57, writer: 12, registry: mode === "etcd" ? 9 : null },
+    },
   });
   const points = [point("file", 100, 3.5), point("file", 5000, 70), point("etcd", 100, 4)];
   const o = { rate: 10, churnSeconds: 10, settleSeconds: 5, tcpSeconds: 5, pollMs: 25, noTcp: false };
@@ -83,6 +87,16 @@ describe("bench scale report", () => {
     const text = scaleReport(points, o, "machine").join("\n");
     assert.match(text, /^file\s+5,000\s.*\s70\.00\s.*0\.75×$/m);
     assert.equal(text.split("\n").filter((l) => /^(file|etcd)\s/.test(l)).length, 3);
+  });
+
+  it("says per point where the CPU went during TCP without and with churn, naming only processes that ran", () => {
+    const lines = cpuLines(points);
+    assert.equal(lines[0], "CPU % of a core during TCP, without → with churn:");
+    assert.equal(lines.filter((l) => l.startsWith("  ")).length, 3);
+    assert.equal(lines[2], "  file 5,000: weftd h1 61 → 60, weftd h2 58 → 57, churn writer - → 12");
+    assert.match(lines[3] as string, /^ {2}etcd 100: .*churn writer - → 12, registry server 2 → 9$/);
+    const skipped = { ...points[0], tcp_cpu_pct: { plain: null, churn: null } } as ScalePoint;
+    assert.deepEqual(cpuLines([skipped]), []);
   });
 
   it("says when the churn writer and the registry ran niced, standing in for other machines", () => {

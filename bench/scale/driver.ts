@@ -59,6 +59,8 @@ export interface ChurnResult {
   unseen: number;
   /** Seconds from the first write to the last. */
   write_seconds: number;
+  /** The driver's own CPU seconds (user + system) from its start to the end, start-up included. */
+  cpu_seconds: number;
 }
 
 /** Lease TTL of the made-up peers: longer than any run. */
@@ -240,8 +242,14 @@ async function churn(c: ChurnCommand): Promise<void> {
     latencies_ms: latencies,
     unseen: adds * 2 - seen,
     write_seconds: writeSeconds,
+    cpu_seconds: cpuNow(),
   };
   say(result);
+}
+
+function cpuNow(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
 }
 
 function say(obj: object): void {

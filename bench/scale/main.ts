@@ -16,7 +16,7 @@ import { positiveInt } from "../replay.js";
 import { fmt, formatTable, machineInfo, machineLine, Progress, RESULTS_DIR, writeResult } from "../report.js";
 import { scaleChartSvg } from "./chart.js";
 import { MAX_PEERS } from "./peers.js";
-import { measure, type RegistryKind, type ScaleOptions, type ScalePoint } from "./run.js";
+import { type CpuShares, measure, type RegistryKind, type ScaleOptions, type ScalePoint } from "./run.js";
 
 const DEFAULT_PREFIX = "wscale";
 
@@ -213,5 +213,32 @@ export function scaleReport(points: readonly ScalePoint[], o: ScaleOptions, mach
       rows,
     ),
     "",
+    ...cpuLines(points),
   ];
+}
+
+const CPU_NAMES: Record<keyof CpuShares, string> = {
+  weftd_h1: "weftd h1",
+  weftd_h2: "weftd h2",
+  writer: "churn writer",
+  registry: "registry server",
+};
+
+/** Where the CPU went during the TCP runs, a line per point: "weftd h1 61 → 63" (% of one core, without → with churn). */
+export function cpuLines(points: readonly ScalePoint[]): string[] {
+  const lines: string[] = [];
+  for (const p of points) {
+    const cpu = p.tcp_cpu_pct;
+    if (cpu === undefined || cpu.plain === null || cpu.churn === null) continue;
+    const { plain, churn } = cpu;
+    const parts = (Object.keys(CPU_NAMES) as (keyof CpuShares)[])
+      .filter((k) => plain[k] !== null || churn[k] !== null)
+      .map((k) => {
+        const a = plain[k];
+        const b = churn[k];
+        return `${CPU_NAMES[k]} ${a === null ? "-" : fmt(a, 0)} → ${b === null ? "-" : fmt(b, 0)}`;
+      });
+    lines.push(`  ${p.mode} ${p.peers.toLocaleString("en")}: ${parts.join(", ")}`);
+  }
+  return lines.length === 0 ? [] : ["CPU % of a core during TCP, without → with churn:", ...lines, ""];
 }

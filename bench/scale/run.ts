@@ -66,6 +66,52 @@ export interface ScalePoint {
   tcp_churn_gbps: number | null;
   tcp_churn_ratio: number | null;
   tcp_churn_changes_seen: number | null;
+  /** CPU of each process during the TCP runs without and with churn, % of one core (null: skipped). */
+  tcp_cpu_pct?: { plain: CpuShares | null; churn: CpuShares | null };
+}
+
+/** The processes whose CPU is taken around each TCP run (null: none in this run). */
+interface CpuPids {
+  weftd_h1: number;
+  weftd_h2: number;
+  /** The churn writer and table poller (driver.ts). */
+  writer: number | null;
+  /** etcd or the stand-in API server. */
+  registry: number | null;
+}
+
+export type CpuShares = Record<keyof CpuPids, number | null>;
+
+/** CPU seconds of a process now, or null when it is absent or gone. */
+function cpuOrNull(pid: number | null): number | null {
+  if (pid === null) return null;
+  try {
+    return cpuSeconds(pid);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Runs `work` and returns each process's CPU over it, % of one core. A
+ * process absent at the start (the writer, spawned just before) counts from 0;
+ * one gone by the end is null.
+ */
+async function cpuWindow<T>(
+  pids: CpuPids,
+  work: () => Promise<T>,
+): Promise<{ value: T; pct: CpuShares; seconds: number }> {
+  const keys = Object.keys(pids) as (keyof CpuPids)[];
+  const before = keys.map((k) => cpuOrNull(pids[k]));
+  const t0 = performance.now();
+  const value = await work();
+  const seconds = (performance.now() - t0) / 1000;
+  const pct = {} as CpuShares;
+  keys.forEach((k, i) => {
+    const end = cpuOrNull(pids[k]);
+    pct[k] = end === null ? null : (100 * (end - (before[i] ?? 0))) / seconds;
+  });
+  return { value, pct, seconds };
 }
 
 const DRIVER = new URL("./driver.js", import.meta.url).pathname;
@@ -81,6 +127,7 @@ function driver<T>(
   command: SeedCommand | ChurnCommand,
   onLine: (o: { phase?: string }) => void = () => {},
   nice = 0,
+  onPid: (pid: number) => void = () => {},
 ) {
   return new Promise<T>((resolve, reject) => {
     const [cmd, ...args] = inNetns(ns, nice) as [string, ...string[]];
@@ -89,6 +136,8 @@ function driver<T>(
         stdio: ["ignore", "pipe", "pipe"],
       }),
     );
+    // nice and ip netns exec both exec: the child's PID is the driver's.
+    if (child.pid !== undefined) onPid(child.pid);
     let buffered = "";
     let last: unknown = null;
     let stderr = "";
@@ -187,6 +236,8 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
   const [h1, h2] = lab.hosts as [LabHost, LabHost];
   let spec: RegistrySpec;
   let extra: string[] = [];
+  /** etcd or the stand-in API server (null in file mode). */
+  let serverPid: number | null = null;
   // Kube mode: each weftd is a Node named after its host.
   const nodeEnv = (h: LabHost) => (mode === "kube" ? { NODE_NAME: `h${h.index}` } : undefined);
   if (mode === "kube") {
@@ -198,6 +249,7 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
       commandPrefix: inNetns(h1.ns, o.nice),
     });
     track(api.child);
+    serverPid = api.child.pid ?? null;
     const netConf = join(lab.dir, "net-conf.json");
     writeFileSync(netConf, SCALE_CONFIG);
     for (const h of [h1, h2]) {
@@ -209,6 +261,7 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
   } else if (mode === "etcd") {
     const etcd = await startLabEtcd({ ns: h1.ns, ip: h1.underlayIp, dir: lab.dir, spawned: () => {}, nice: o.nice });
     track(etcd.child);
+    serverPid = etcd.child.pid ?? null;
     spec = { kind: "etcd", endpoint: etcd.endpoint, config: SCALE_CONFIG };
     extra = ["--etcd-endpoints", etcd.endpoint];
   } else {
@@ -251,6 +304,7 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
   let tcpPlain: number | null = null;
   let tcpChurn: number | null = null;
   let tcpSeen: number | null = null;
+  const tcpCpu: { plain: CpuShares | null; churn: CpuShares | null } = { plain: null, churn: null };
   if (!o.noTcp) {
     await startTimed(lab, h2, extra, nodeEnv(h2));
     const e1 = { network: SCALE_NETWORK, subnet: "10.244.1.1/24", mtu: 1472 };
@@ -259,7 +313,10 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
     const p2 = await lab.addPod(h2, e2);
     const env: Env = { mode: "weft", lab, h1, h2, p1, p2, mtu: 1472, proxies: [] };
     await waitReachable(env);
-    tcpPlain = (await tcp(env, o.tcpSeconds)).gbps;
+    const pids: CpuPids = { weftd_h1: pid1, weftd_h2: weftPid(h2), writer: null, registry: serverPid };
+    const plain = await cpuWindow(pids, () => tcp(env, o.tcpSeconds));
+    tcpPlain = plain.value.gbps;
+    tcpCpu.plain = plain.pct;
     const during = driver<ChurnResult>(
       h1.ns,
       {
@@ -275,9 +332,16 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
       },
       undefined,
       o.nice ?? 0,
+      (pid) => {
+        pids.writer = pid;
+      },
     );
-    tcpChurn = (await tcp(env, o.tcpSeconds)).gbps;
+    const churned = await cpuWindow(pids, () => tcp(env, o.tcpSeconds));
+    tcpChurn = churned.value.gbps;
+    tcpCpu.churn = churned.pct;
     const r = await during;
+    // The writer is usually gone by the end of the run: its own account, start-up included.
+    if (tcpCpu.churn.writer === null) tcpCpu.churn.writer = (100 * r.cpu_seconds) / churned.seconds;
     tcpSeen = r.latencies_ms.length - r.unseen;
   }
   return {
@@ -299,5 +363,6 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
     tcp_churn_gbps: tcpChurn,
     tcp_churn_ratio: tcpPlain !== null && tcpChurn !== null && tcpPlain > 0 ? tcpChurn / tcpPlain : null,
     tcp_churn_changes_seen: tcpSeen,
+    tcp_cpu_pct: tcpCpu,
   };
 }
