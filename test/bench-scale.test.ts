@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { scaleChartSvg } from "../bench/scale/chart.js";
-import { bytesPerPeer, cpuLines, scaleReport } from "../bench/scale/main.js";
+import { bytesPerPeer, cpuLines, scaleReport, updateLines } from "../bench/scale/main.js";
 import { MAX_PEERS, peerNode, peerPublicIp, peerSubnet } from "../bench/scale/peers.js";
 import { inNetns, type ScalePoint } from "../bench/scale/run.js";
 import { formatIpv4, formatPrefix, isMartian, prefixesOverlap } from "../net/addr.js";
@@ -97,6 +97,18 @@ describe("bench scale report", () => {
     assert.match(lines[3] as string, /^ {2}etcd 100: .*churn writer - → 12, registry server 2 → 9$/);
     const skipped = { ...points[0], tcp_cpu_pct: { plain: null, churn: null } } as ScalePoint;
     assert.deepEqual(cpuLines([skipped]), []);
+  });
+
+  it("gives weftd's table update cost per point that has it, a dash for a missing half", () => {
+    const withCost = { ...points[1], table_update_mean_us: 45.4, table_update_max_us: 480 } as ScalePoint;
+    const half = { ...points[2], table_update_mean_us: null, table_update_max_us: 900 } as ScalePoint;
+    assert.deepEqual(updateLines([points[0] as ScalePoint, withCost, half]), [
+      "weftd's table update per change on its forwarding thread, mean during churn / longest, µs:",
+      "  file 5,000: 45 / 480",
+      "  etcd 100: - / 900",
+      "",
+    ]);
+    assert.deepEqual(updateLines([points[0] as ScalePoint]), []);
   });
 
   it("says when the churn writer and the registry ran niced, standing in for other machines", () => {

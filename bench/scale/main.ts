@@ -214,7 +214,21 @@ export function scaleReport(points: readonly ScalePoint[], o: ScaleOptions, mach
     ),
     "",
     ...cpuLines(points),
+    ...updateLines(points),
   ];
+}
+
+/** The stall a lease change puts on weftd's forwarding thread, a line per point that has it. */
+export function updateLines(points: readonly ScalePoint[]): string[] {
+  const lines = points
+    .filter((p) => p.table_update_mean_us != null || p.table_update_max_us != null)
+    .map(
+      (p) =>
+        `  ${p.mode} ${p.peers.toLocaleString("en")}: ${p.table_update_mean_us == null ? "-" : fmt(p.table_update_mean_us, 0)} / ${p.table_update_max_us == null ? "-" : fmt(p.table_update_max_us, 0)}`,
+    );
+  return lines.length === 0
+    ? []
+    : ["weftd's table update per change on its forwarding thread, mean during churn / longest, µs:", ...lines, ""];
 }
 
 const CPU_NAMES: Record<keyof CpuShares, string> = {

@@ -11,7 +11,7 @@
 // Everything in namespaces <prefix>-h1, -h2, -p1, -p2 (lab/topology.ts); with
 // etcd, etcd runs in h1 on the underlay address, reached by both weftds.
 
-import { spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { writeSubnetEnv } from "../../control/subnet-env.js";
@@ -66,6 +66,13 @@ export interface ScalePoint {
   tcp_churn_gbps: number | null;
   tcp_churn_ratio: number | null;
   tcp_churn_changes_seen: number | null;
+  /**
+   * weftd's time to make and install a table per update during the churn
+   * (mean, µs), and its longest since start (µs): the stall a lease change
+   * puts on the thread that forwards packets. Null from a weftd without them.
+   */
+  table_update_mean_us?: number | null;
+  table_update_max_us?: number | null;
   /** CPU of each process during the TCP runs without and with churn, % of one core (null: skipped). */
   tcp_cpu_pct?: { plain: CpuShares | null; churn: CpuShares | null };
 }
@@ -114,6 +121,9 @@ async function cpuWindow<T>(
   return { value, pct, seconds };
 }
 
+/** How often the writer looks at weftd's log during the TCP run (ms; --poll-ms when larger). */
+const TCP_LOOK_MS = 100;
+
 const DRIVER = new URL("./driver.js", import.meta.url).pathname;
 
 /** Runs the driver in `ns`; `onLine` sees each JSON line as it comes; resolves with the last. */
@@ -127,17 +137,16 @@ function driver<T>(
   command: SeedCommand | ChurnCommand,
   onLine: (o: { phase?: string }) => void = () => {},
   nice = 0,
-  onPid: (pid: number) => void = () => {},
+  onChild: (child: ChildProcess) => void = () => {},
 ) {
   return new Promise<T>((resolve, reject) => {
     const [cmd, ...args] = inNetns(ns, nice) as [string, ...string[]];
     const child = track(
       spawn(cmd, [...args, process.execPath, DRIVER, JSON.stringify(command)], {
-        stdio: ["ignore", "pipe", "pipe"],
+        stdio: [command.command === "churn" && command.waitForGo === true ? "pipe" : "ignore", "pipe", "pipe"],
       }),
     );
-    // nice and ip netns exec both exec: the child's PID is the driver's.
-    if (child.pid !== undefined) onPid(child.pid);
+    onChild(child);
     let buffered = "";
     let last: unknown = null;
     let stderr = "";
@@ -299,6 +308,8 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
     o.nice ?? 0,
   );
   const lat = churn.result.latencies_ms.filter((x): x is number => x !== null);
+  const updates = churn.result.table_updates;
+  let updateMaxUs = Number.isFinite(updates.max_seconds) ? updates.max_seconds * 1e6 : null;
 
   // 3. TCP through weft, without and with churn.
   let tcpPlain: number | null = null;
@@ -317,6 +328,15 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
     const plain = await cpuWindow(pids, () => tcp(env, o.tcpSeconds));
     tcpPlain = plain.value.gbps;
     tcpCpu.plain = plain.pct;
+    // The writer starts (node, its registry client, a first look) and is
+    // connected before the window; it churns from the go. It tails weftd's
+    // log without scraping /metrics (see ChurnCommand.pollMetrics).
+    let writer: ChildProcess | null = null;
+    let readyCpu: number | null = null;
+    let onReady = () => {};
+    const ready = new Promise<void>((resolve) => {
+      onReady = resolve;
+    });
     const during = driver<ChurnResult>(
       h1.ns,
       {
@@ -326,23 +346,37 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
         baselineSeconds: 0,
         changes: Math.max(2, Math.round(o.rate * o.tcpSeconds)),
         rate: o.rate,
-        pollMs: o.pollMs,
+        pollMs: Math.max(o.pollMs, TCP_LOOK_MS),
+        pollMetrics: false,
+        waitForGo: true,
         metricsPort: METRICS_PORT,
         logPath: join(h1.dir, "weftd.log"),
       },
-      undefined,
+      (line) => {
+        const { phase, cpu_seconds } = line as { phase?: string; cpu_seconds?: number };
+        if (phase === "ready") {
+          readyCpu = cpu_seconds ?? null;
+          onReady();
+        }
+      },
       o.nice ?? 0,
-      (pid) => {
-        pids.writer = pid;
+      (child) => {
+        writer = child;
       },
     );
+    await Promise.race([ready, during]);
+    const go = writer as ChildProcess | null;
+    if (go?.pid === undefined) throw new Error("scale driver churn: no process");
+    pids.writer = go.pid;
+    go.stdin?.end("go\n");
     const churned = await cpuWindow(pids, () => tcp(env, o.tcpSeconds));
     tcpChurn = churned.value.gbps;
     tcpCpu.churn = churned.pct;
     const r = await during;
-    // The writer is usually gone by the end of the run: its own account, start-up included.
-    if (tcpCpu.churn.writer === null) tcpCpu.churn.writer = (100 * r.cpu_seconds) / churned.seconds;
+    // The writer is usually gone by the end of the run: its own account from the go.
+    if (tcpCpu.churn.writer === null) tcpCpu.churn.writer = (100 * (r.cpu_seconds - (readyCpu ?? 0))) / churned.seconds;
     tcpSeen = r.latencies_ms.length - r.unseen;
+    if (Number.isFinite(r.table_updates.max_seconds)) updateMaxUs = r.table_updates.max_seconds * 1e6;
   }
   return {
     mode,
@@ -364,5 +398,8 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
     tcp_churn_ratio: tcpPlain !== null && tcpChurn !== null && tcpPlain > 0 ? tcpChurn / tcpPlain : null,
     tcp_churn_changes_seen: tcpSeen,
     tcp_cpu_pct: tcpCpu,
+    table_update_mean_us:
+      updates.count > 0 && Number.isFinite(updates.seconds) ? (updates.seconds / updates.count) * 1e6 : null,
+    table_update_max_us: updateMaxUs,
   };
 }
