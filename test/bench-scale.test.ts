@@ -8,7 +8,7 @@ import { describe, it } from "node:test";
 import { scaleChartSvg } from "../bench/scale/chart.js";
 import { bytesPerPeer, cpuLines, scaleReport, updateLines } from "../bench/scale/main.js";
 import { MAX_PEERS, peerNode, peerPublicIp, peerSubnet } from "../bench/scale/peers.js";
-import { inNetns, type ScalePoint } from "../bench/scale/run.js";
+import { inNetns, pairRatio, type ScalePoint } from "../bench/scale/run.js";
 import { formatIpv4, formatPrefix, isMartian, prefixesOverlap } from "../net/addr.js";
 
 describe("bench scale peers", () => {
@@ -55,6 +55,20 @@ describe("bench scale Node objects", () => {
   });
 });
 
+describe("bench scale TCP pairs", () => {
+  it("take the median of each pair's own ratio, not the ratio of the medians, and skip a pair with no plain rate", () => {
+    const pairs = [
+      { plain_gbps: 4, churn_gbps: 3.6 }, // 0.9
+      { plain_gbps: 2, churn_gbps: 2 }, // 1.0 (the machine was busy for both halves)
+      { plain_gbps: 6, churn_gbps: 4.8 }, // 0.8
+      { plain_gbps: 0, churn_gbps: 1 },
+    ];
+    assert.equal(pairRatio(pairs), 0.9);
+    assert.equal(pairRatio([]), null);
+    assert.equal(pairRatio([{ plain_gbps: 0, churn_gbps: 0 }]), null);
+  });
+});
+
 describe("bench scale report", () => {
   const point = (mode: "file" | "etcd", peers: number, cpu: number): ScalePoint => ({
     mode,
@@ -76,12 +90,12 @@ describe("bench scale report", () => {
     tcp_churn_ratio: 0.75,
     tcp_churn_changes_seen: 50,
     tcp_cpu_pct: {
-      plain: { weftd_h1: 61, weftd_h2: 58, writer: null, registry: mode === "etcd" ? 2 : null },
-      churn: { weftd_h1: 60.4, weftd_h2: 57, writer: 12, registry: mode === "etcd" ? 9 : null },
+      plain: { weftd_h1: 61, weftd_h2: 58, writer: null, registry: mode === "etcd" ? 2 : null, rest: 70 },
+      churn: { weftd_h1: 60.4, weftd_h2: 57, writer: 12, registry: mode === "etcd" ? 9 : null, rest: 71 },
     },
   });
   const points = [point("file", 100, 3.5), point("file", 5000, 70), point("etcd", 100, 4)];
-  const o = { rate: 10, churnSeconds: 10, settleSeconds: 5, tcpSeconds: 5, pollMs: 25, noTcp: false };
+  const o = { rate: 10, churnSeconds: 10, settleSeconds: 5, tcpSeconds: 5, tcpReps: 3, pollMs: 25, noTcp: false };
 
   it("has a table row per point with its cost per change and the TCP ratio", () => {
     const text = scaleReport(points, o, "machine").join("\n");
@@ -93,10 +107,29 @@ describe("bench scale report", () => {
     const lines = cpuLines(points);
     assert.equal(lines[0], "CPU % of a core during TCP, without → with churn:");
     assert.equal(lines.filter((l) => l.startsWith("  ")).length, 3);
-    assert.equal(lines[2], "  file 5,000: weftd h1 61 → 60, weftd h2 58 → 57, churn writer - → 12");
-    assert.match(lines[3] as string, /^ {2}etcd 100: .*churn writer - → 12, registry server 2 → 9$/);
+    assert.equal(
+      lines[2],
+      "  file 5,000: weftd h1 61 → 60, weftd h2 58 → 57, churn writer - → 12, rest of the machine 70 → 71",
+    );
+    assert.match(
+      lines[3] as string,
+      /^ {2}etcd 100: .*churn writer - → 12, registry server 2 → 9, rest of the machine 70 → 71$/,
+    );
     const skipped = { ...points[0], tcp_cpu_pct: { plain: null, churn: null } } as ScalePoint;
     assert.deepEqual(cpuLines([skipped]), []);
+  });
+
+  it("gives the pairs' range after the ratio when there are several pairs", () => {
+    const paired = {
+      ...points[1],
+      tcp_churn_ratio: 0.9,
+      tcp_pairs: [
+        { plain_gbps: 4, churn_gbps: 3.6 },
+        { plain_gbps: 2, churn_gbps: 2 },
+        { plain_gbps: 6, churn_gbps: 4.8 },
+      ],
+    } as ScalePoint;
+    assert.match(scaleReport([paired], o, "machine").join("\n"), /^file\s+5,000\s.*\s0\.90× \[0\.80–1\.00\]$/m);
   });
 
   it("gives weftd's table update cost per point that has it, a dash for a missing half", () => {

@@ -28,6 +28,7 @@ const USAGE = `usage: npm run bench -- scale [options]   (root: builds network n
   --churn-seconds S   seconds of churn (half adds, half removes), after as many of polling alone (default 10)
   --settle-seconds S  after ready, before memory is read (default 5)
   --tcp-seconds S     TCP through weft without churn, then with it, S seconds each (default 5)
+  --tcp-reps N        pairs of those TCP runs; the churn ÷ plain ratio is the median of the pairs' (default 3)
   --no-tcp            skip the second host and the TCP runs
   --nice N            run the churn writer, etcd and the stand-in API server at niceness N (default 0): in a
                       cluster they are other machines; here they share the cores with weftd and iperf3
@@ -56,6 +57,7 @@ export async function runScale(argv: string[]): Promise<number> {
       "churn-seconds": { type: "string" },
       "settle-seconds": { type: "string" },
       "tcp-seconds": { type: "string" },
+      "tcp-reps": { type: "string" },
       "no-tcp": { type: "boolean", default: false },
       nice: { type: "string" },
       "poll-ms": { type: "string" },
@@ -84,6 +86,7 @@ export async function runScale(argv: string[]): Promise<number> {
     churnSeconds: positiveInt(values["churn-seconds"], "--churn-seconds", 10),
     settleSeconds: positiveInt(values["settle-seconds"], "--settle-seconds", 5),
     tcpSeconds: positiveInt(values["tcp-seconds"], "--tcp-seconds", 5),
+    tcpReps: positiveInt(values["tcp-reps"], "--tcp-reps", 3),
     pollMs: positiveInt(values["poll-ms"], "--poll-ms", 25),
     noTcp: values["no-tcp"] === true,
     nice: values.nice === undefined ? 0 : niceness(values.nice),
@@ -126,6 +129,7 @@ export async function runScale(argv: string[]): Promise<number> {
         churn_seconds: o.churnSeconds,
         settle_seconds: o.settleSeconds,
         tcp_seconds: o.noTcp ? null : o.tcpSeconds,
+        tcp_reps: o.noTcp ? null : o.tcpReps,
         poll_ms: o.pollMs,
         nice: o.nice ?? 0,
         network: "10.0.0.0/8, /24 leases; made-up peers in the registry before weftd starts",
@@ -138,7 +142,10 @@ export async function runScale(argv: string[]): Promise<number> {
         cpu_per_change_ms: "weftd CPU ms per lease change: (churn CPU - polling-alone CPU rate × churn time) ÷ changes",
         change_to_table_ms:
           "ms from the start of a change's write to weftd's log line for it (written right after the table swap)",
-        tcp_churn_ratio: "iperf3 p1 → p2 through weft during churn ÷ without",
+        tcp_churn_ratio:
+          "iperf3 p1 → p2 through weft during churn ÷ without: the median of tcp_pairs' ratios, each pair a run without churn and one with it right after",
+        tcp_cpu_pct:
+          "% of one core per process over the TCP runs without and with churn; rest: the machine's busy time minus those (iperf3, kernel forwarding, anything else running)",
       },
       points: points.map((p) => ({ ...p, anon_bytes_per_peer: bytesPerPeer(points, p) })),
     },
@@ -189,11 +196,11 @@ export function scaleReport(points: readonly ScalePoint[], o: ScaleOptions, mach
     `${fmt(p.change_to_table_p50_ms, 0)} / ${fmt(p.change_to_table_p99_ms, 0)}`,
     String(p.changes_unseen),
     p.tcp_gbps === null ? "-" : `${fmt(p.tcp_gbps, 2)} / ${fmt(p.tcp_churn_gbps, 2)}`,
-    p.tcp_churn_ratio === null ? "-" : `${fmt(p.tcp_churn_ratio, 2)}×`,
+    p.tcp_churn_ratio === null ? "-" : `${fmt(p.tcp_churn_ratio, 2)}×${pairRange(p)}`,
   ]);
   return [
     `bench scale — ${machine}`,
-    `one weftd in a namespace, Network 10.0.0.0/8 with /24 leases, peers in the registry before it starts; churn: ${o.rate} changes/s for ${o.churnSeconds} s (adds, then removes), after ${o.churnSeconds} s of polling alone; TCP ${o.noTcp ? "skipped" : `${o.tcpSeconds} s through weft to a second host, without and with churn`}${o.nice ? `; churn writer, etcd and API server at nice ${o.nice}, standing in for other machines` : ""}`,
+    `one weftd in a namespace, Network 10.0.0.0/8 with /24 leases, peers in the registry before it starts; churn: ${o.rate} changes/s for ${o.churnSeconds} s (adds, then removes), after ${o.churnSeconds} s of polling alone; TCP ${o.noTcp ? "skipped" : `${o.tcpSeconds} s through weft to a second host, without and with churn, ${o.tcpReps} pair${o.tcpReps === 1 ? "" : "s"} (ratio: median of the pairs')`}${o.nice ? `; churn writer, etcd and API server at nice ${o.nice}, standing in for other machines` : ""}`,
     "",
     formatTable(
       [
@@ -218,6 +225,13 @@ export function scaleReport(points: readonly ScalePoint[], o: ScaleOptions, mach
   ];
 }
 
+/** " [0.80–1.00]": the pairs' own ratios, lowest to highest, when there are several. */
+function pairRange(p: ScalePoint): string {
+  const ratios = (p.tcp_pairs ?? []).filter((q) => q.plain_gbps > 0).map((q) => q.churn_gbps / q.plain_gbps);
+  if (ratios.length < 2) return "";
+  return ` [${fmt(Math.min(...ratios), 2)}–${fmt(Math.max(...ratios), 2)}]`;
+}
+
 /** The stall a lease change puts on weftd's forwarding thread, a line per point that has it. */
 export function updateLines(points: readonly ScalePoint[]): string[] {
   const lines = points
@@ -236,6 +250,7 @@ const CPU_NAMES: Record<keyof CpuShares, string> = {
   weftd_h2: "weftd h2",
   writer: "churn writer",
   registry: "registry server",
+  rest: "rest of the machine",
 };
 
 /** Where the CPU went during the TCP runs, a line per point: "weftd h1 61 → 63" (% of one core, without → with churn). */
