@@ -8,7 +8,7 @@ import { describe, it } from "node:test";
 import { scaleChartSvg } from "../bench/scale/chart.js";
 import { bytesPerPeer, cpuLines, scaleReport, updateLines } from "../bench/scale/main.js";
 import { MAX_PEERS, peerNode, peerPublicIp, peerSubnet } from "../bench/scale/peers.js";
-import { inNetns, pairRatio, type ScalePoint } from "../bench/scale/run.js";
+import { CpuTally, inNetns, pairRatio, type ScalePoint } from "../bench/scale/run.js";
 import { formatIpv4, formatPrefix, isMartian, prefixesOverlap } from "../net/addr.js";
 
 describe("bench scale peers", () => {
@@ -52,6 +52,37 @@ describe("bench scale Node objects", () => {
     assert.deepEqual(node.spec.podCIDRs, [node.spec.podCIDR]);
     assert.equal(node.metadata.annotations["flannel.alpha.coreos.com/public-ip"], formatIpv4(peerPublicIp(300)));
     assert.equal(node.metadata.annotations["flannel.alpha.coreos.com/kube-subnet-manager"], "true");
+  });
+});
+
+describe("bench scale CPU tally", () => {
+  it("sums each process over the windows and leaves one that never ran as null, not 0", () => {
+    const tally = new CpuTally();
+    tally.add("writer", null);
+    tally.add("weftd_h1", 0.5);
+    tally.add("writer", null);
+    tally.add("weftd_h1", 0.25);
+    tally.add("registry", null);
+    tally.add("registry", 0.1);
+    // No window timed yet: no shares either.
+    assert.equal(tally.shares().weftd_h1, null);
+  });
+
+  it("takes a process's CPU over a window, a process absent from it as null, the rest of the machine apart", async () => {
+    const tally = new CpuTally();
+    const pids = { weftd_h1: process.pid, weftd_h2: process.pid, writer: null, registry: null };
+    for (let w = 0; w < 2; w++) {
+      await tally.window(pids, async () => {
+        // Spin until this process has used some CPU ticks.
+        const start = process.cpuUsage();
+        while (process.cpuUsage(start).user < 100_000) {}
+      });
+    }
+    const shares = tally.shares();
+    assert.ok((shares.weftd_h1 as number) > 0);
+    assert.equal(shares.writer, null);
+    assert.equal(shares.registry, null);
+    assert.ok((shares.rest as number) >= 0);
   });
 });
 

@@ -191,13 +191,14 @@ function machineBusySeconds(): number {
 }
 
 /** CPU seconds per process over one or more windows, and the windows' seconds. */
-class CpuTally {
+export class CpuTally {
   private readonly spent = new Map<keyof CpuShares, number | null>();
   private seconds = 0;
 
+  /** Adds CPU seconds to `key`; null (the process was not there) adds nothing, and a key only ever given null stays null. */
   add(key: keyof CpuShares, cpu: number | null): void {
-    const had = this.spent.get(key);
-    this.spent.set(key, cpu === null && had === undefined ? null : (had ?? 0) + (cpu ?? 0));
+    const had = this.spent.get(key) ?? null;
+    this.spent.set(key, cpu === null ? had : (had ?? 0) + cpu);
   }
 
   /**
