@@ -29,6 +29,7 @@ import {
 import { ChainKeeper, forwardChain, iptablesIsNft, masqChain } from "./iptables.js";
 import { ensureTunDevice } from "./kube/devtun.js";
 import type { Logger } from "./log.js";
+import { countSwap, newTableStats, type TableStats } from "./metrics.js";
 import { type Dataplane, Node } from "./node.js";
 import { Readiness, startStatusServer } from "./readiness.js";
 import { FileRegistry } from "./registry/file.js";
@@ -81,8 +82,8 @@ export class Daemon {
   private rules: ChainKeeper | null = null;
   private readonly ready = new Readiness();
   private readonly counters = new Counters();
-  /** Read by /metrics: weft_table_generation, weft_table_swapped_at_seconds. */
-  private readonly table = { generation: 0, swappedAt: 0 };
+  /** Read by /metrics: weft_table_generation, weft_table_swapped_at_seconds, weft_table_update_*. */
+  private readonly table: TableStats = newTableStats();
   private exitCode: number | null = null;
   private finished: (code: number) => void = () => {};
   /** Resolves with the exit code when the daemon has stopped. */
@@ -141,10 +142,7 @@ export class Daemon {
       openDataplane: (lease, config, port) => this.openDataplane(iface, lease, config, port),
       localAddresses: (atStart) => (atStart ? localAddressesAtStart() : localAddresses()),
       onFatal: () => void this.stop(1),
-      onTableSwap: () => {
-        this.table.generation++;
-        this.table.swappedAt = Date.now();
-      },
+      onTableSwap: (seconds, initial) => countSwap(this.table, seconds, initial, Date.now()),
     });
     this.node = node;
     const { lease, config, mtu } = await node.start();

@@ -6,6 +6,32 @@
 import { type Counters, type DirectionCounters, DROP_NAMES, ICMP_NAMES } from "../dataplane/counters.js";
 import type { ResyncCounts } from "./iptables.js";
 
+/** The forwarding tables handed to the engine (the daemon keeps one, /metrics reads it). */
+export interface TableStats {
+  /** Tables installed since start, the first build included. */
+  generation: number;
+  /** When the last went in, ms since the epoch (0: none yet). */
+  swappedAt: number;
+  /** Tables after the first (lease changes), and the seconds spent making and installing them, in sum and at most. */
+  updates: number;
+  updateSeconds: number;
+  updateMaxSeconds: number;
+}
+
+export function newTableStats(): TableStats {
+  return { generation: 0, swappedAt: 0, updates: 0, updateSeconds: 0, updateMaxSeconds: 0 };
+}
+
+/** Counts one table handed to the engine, which took `seconds` to make and install (`initial`: the first build). */
+export function countSwap(stats: TableStats, seconds: number, initial: boolean, now: number): void {
+  stats.generation++;
+  stats.swappedAt = now;
+  if (initial) return;
+  stats.updates++;
+  stats.updateSeconds += seconds;
+  if (seconds > stats.updateMaxSeconds) stats.updateMaxSeconds = seconds;
+}
+
 export interface MetricSources {
   readonly counters: Counters;
   /** Peer leases in the forwarding table. */
@@ -22,8 +48,8 @@ export interface MetricSources {
   transportSendRetries(): number;
   /** Busy-poll spins: started, those that caught a batch, nanoseconds spent waiting (absent: no dataplane). */
   busyPoll?(): { spins: number; caught: number; waitedNs: number; followUps?: number; followUpHits?: number };
-  /** How many forwarding tables the engine has been given, and when the last one was (ms since the epoch). */
-  readonly table?: { readonly generation: number; readonly swappedAt: number };
+  /** How many forwarding tables the engine has been given, when the last one was, and what the updates cost. */
+  readonly table?: Readonly<Partial<TableStats>>;
   /** UDP GSO runs the kernel refused; each sent its peer's runs datagram by datagram for a while. */
   transportGsoFallbacks(): number;
   /** Packets read from flannel0 longer than a receive slot, dropped by the native reader (absent: 0). */
@@ -248,6 +274,27 @@ export function createMetrics(src: MetricSources): MetricsRegistry {
         put({}, (src.table?.swappedAt ?? 0) / 1000);
       },
     ),
+    // What a lease change costs the thread that forwards packets: making the
+    // new table (a copy of the old one, edited) and handing it to the engine.
+    family(
+      "counter",
+      "weft_table_updates_total",
+      "Forwarding tables installed after the first (lease changes, a burst being one)",
+      (put) => {
+        put({}, src.table?.updates ?? 0);
+      },
+    ),
+    family(
+      "counter",
+      "weft_table_update_seconds_total",
+      "Seconds spent making and installing those tables, on the thread that forwards packets",
+      (put) => {
+        put({}, src.table?.updateSeconds ?? 0);
+      },
+    ),
+    family("gauge", "weft_table_update_max_seconds", "The longest of those, seconds", (put) => {
+      put({}, src.table?.updateMaxSeconds ?? 0);
+    }),
   ];
   return {
     contentType: "text/plain; version=0.0.4; charset=utf-8",

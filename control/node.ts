@@ -52,8 +52,12 @@ export interface NodeOptions {
   readonly localAddresses?: (atStart: boolean) => Iterable<number>;
   /** The node cannot go on (lease revoked, network config changed, flannel0 or the socket failed). */
   readonly onFatal?: () => void;
-  /** Each time the engine is handed a new table (for weft_table_generation). */
-  readonly onTableSwap?: () => void;
+  /**
+   * Each time the engine is handed a new table (for weft_table_generation and
+   * weft_table_update_*): the seconds spent making it and handing it over, on
+   * the thread that forwards packets, and whether it was the first build.
+   */
+  readonly onTableSwap?: (seconds: number, initial: boolean) => void;
   /** Lease manager settings tests and tools may set (TTL, clocks, timers). */
   readonly manager?: Omit<
     Partial<LeaseManagerOptions>,
@@ -176,6 +180,7 @@ export class Node {
     const engine = this.engineRef;
     const config = this.config;
     if (engine === null || config === null) return;
+    const t0 = process.hrtime.bigint();
     const edits: PeerEdit[] = [];
     for (const { before, after } of batch.changes) {
       // A renewal (same PublicIP, new expiry) changes nothing that forwarding uses.
@@ -196,7 +201,7 @@ export class Node {
       return;
     }
     engine.setTable(table);
-    this.options.onTableSwap?.();
+    this.options.onTableSwap?.(Number(process.hrtime.bigint() - t0) / 1e9, batch.initial);
     if (batch.initial) this.log.info({ peers: table.size }, `${table.size} peers`);
     const level = batch.initial ? "debug" : "info";
     for (const { before, after } of batch.changes) {

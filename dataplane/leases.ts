@@ -4,11 +4,16 @@
 // the cost is the same for 1 or 65,536 leases (flannel's C proxy scans a list).
 //
 // A table is immutable: the engine swaps its reference between batches. A
-// lease change does not rebuild it; with() copies the flat arrays (a memcpy,
-// a few bytes per peer and 4 per slot) and edits the copy, so a change costs
-// microseconds at any cluster size where a rebuild walked every lease:
+// lease change does not rebuild it; with() copies the per-peer arrays (a
+// memcpy, 10 bytes per peer) and edits the copy. The slot index and the
+// sender set, which grow with the network and with the cluster, are pages
+// shared copy-on-write (Pages): a copy is a list of page references, and an
+// edit copies only the pages it writes (4 KiB each). So a change costs a few
+// microseconds and allocates a few KiB at any size, where copying a /8's
+// index of /24 slots whole was 256 KiB per change, and the garbage of
+// ten changes a second made the collector stop the forwarding thread:
 //
-//   slot ──index──► id ──► peerAddr[id], peerPort[id]      (what the engine reads)
+//   slot ──index──► id ──► peerAddr[id], peerPort[id]      (what the engine reads; index: pages[slot >> 10][slot & 1023])
 //                   id ──► peerSlot[id]                    (to move or list an id)
 //   senders: PublicIP -> leases naming it                  (isPeer, the sender check)
 //
@@ -31,6 +36,54 @@ export interface PeerEdit {
 /** Above this many index slots (16 MiB of Int32) the table uses a Map instead (edits then copy the Map). */
 const MAX_INDEX_SLOTS = 1 << 22;
 
+/** Entries per page of Pages: 1,024 Int32 (4 KiB). */
+const PAGE_BITS = 10;
+const PAGE_SIZE = 1 << PAGE_BITS;
+const PAGE_MASK = PAGE_SIZE - 1;
+
+/**
+ * An Int32 array in pages shared copy-on-write: copy() shares every page
+ * with the original, and set() on the copy copies a page at its first write
+ * there, so the original never changes. A page nobody has written yet may
+ * stand for many (filled() shares one page of the fill value across all).
+ * Only the copy being edited is written: once a table is built it is read only.
+ */
+class Pages {
+  private constructor(
+    /** pages[i >> PAGE_BITS][i & PAGE_MASK]; read directly on the packet path. */
+    readonly pages: Int32Array[],
+    readonly length: number,
+    /** Which pages this copy owns (may write); the others are shared. */
+    private readonly owned: Uint8Array,
+  ) {}
+
+  static filled(length: number, value: number): Pages {
+    const count = Math.max(1, Math.ceil(length / PAGE_SIZE));
+    const page = new Int32Array(Math.min(PAGE_SIZE, Math.max(length, 1))).fill(value);
+    return new Pages(new Array<Int32Array>(count).fill(page), length, new Uint8Array(count));
+  }
+
+  get(i: number): number {
+    return (this.pages[i >>> PAGE_BITS] as Int32Array)[i & PAGE_MASK] as number;
+  }
+
+  set(i: number, value: number): void {
+    const p = i >>> PAGE_BITS;
+    let page = this.pages[p] as Int32Array;
+    if (this.owned[p] === 0) {
+      page = page.slice();
+      this.pages[p] = page;
+      this.owned[p] = 1;
+    }
+    page[i & PAGE_MASK] = value;
+  }
+
+  /** A copy sharing every page (it owns none until it writes). */
+  copy(): Pages {
+    return new Pages(this.pages.slice(), this.length, new Uint8Array(this.pages.length));
+  }
+}
+
 interface Shape {
   readonly network: Ipv4Prefix;
   readonly subnetLen: number;
@@ -50,7 +103,7 @@ export class LeaseTable {
   private readonly mask: number;
   private readonly shift: number;
   private readonly peerSlot: Uint32Array;
-  private readonly index: Int32Array | null;
+  private readonly index: Pages | null;
   private readonly sparse: Map<number, number> | null;
   private readonly senders: AddressCounts;
 
@@ -58,7 +111,7 @@ export class LeaseTable {
     shape: Shape,
     size: number,
     arrays: { addr: Uint32Array; port: Uint16Array; slot: Uint32Array },
-    index: Int32Array | null,
+    index: Pages | null,
     sparse: Map<number, number> | null,
     senders: AddressCounts,
   ) {
@@ -84,7 +137,7 @@ export class LeaseTable {
   static build(network: Ipv4Prefix, subnetLen: number, leases: readonly PeerLease[], port: number): LeaseTable {
     const shape = { network, subnetLen, port };
     const slots = 2 ** (subnetLen - network.len);
-    const index = slots <= MAX_INDEX_SLOTS ? new Int32Array(slots).fill(-1) : null;
+    const index = slots <= MAX_INDEX_SLOTS ? Pages.filled(slots, -1) : null;
     const empty = new LeaseTable(
       shape,
       0,
@@ -128,12 +181,12 @@ export class LeaseTable {
     addr.set(this.peerAddr);
     port.set(this.peerPort);
     slotOf.set(this.peerSlot);
-    const index = copy && this.index !== null ? this.index.slice() : this.index;
+    const index = copy && this.index !== null ? this.index.copy() : this.index;
     const sparse = copy && this.sparse !== null ? new Map(this.sparse) : this.sparse;
     const senders = copy ? this.senders.copy(puts) : this.senders.grow(puts);
-    const idAt = (slot: number) => (index !== null ? (index[slot] as number) : (sparse?.get(slot) ?? -1));
+    const idAt = (slot: number) => (index !== null ? index.get(slot) : (sparse?.get(slot) ?? -1));
     const setSlot = (slot: number, id: number) => {
-      if (index !== null) index[slot] = id;
+      if (index !== null) index.set(slot, id);
       else if (id < 0) sparse?.delete(slot);
       else sparse?.set(slot, id);
     };
@@ -185,7 +238,8 @@ export class LeaseTable {
   lookup(dst: number): number {
     if ((dst & this.mask) >>> 0 !== this.base) return -1;
     const slot = (dst - this.base) >>> this.shift;
-    if (this.index !== null) return this.index[slot];
+    const index = this.index;
+    if (index !== null) return (index.pages[slot >>> PAGE_BITS] as Int32Array)[slot & PAGE_MASK] as number;
     const id = this.sparse?.get(slot);
     return id === undefined ? -1 : id;
   }
@@ -197,20 +251,21 @@ export class LeaseTable {
 }
 
 /**
- * A multiset of addresses in two typed arrays (open addressing, linear
- * probing), so a table's copy is two memcpys instead of a Set rebuilt entry
- * by entry. Several leases may name one PublicIP: each counts.
+ * A multiset of addresses in an open-addressing hash table (linear probing)
+ * held in copy-on-write Pages, so a table's copy shares them and an edit
+ * copies the few pages it writes. Several leases may name one PublicIP: each
+ * counts. Keys are stored as Int32 (the address's bits).
  */
 class AddressCounts {
   private constructor(
-    private keys: Uint32Array,
-    private counts: Uint32Array,
+    private keys: Pages,
+    private counts: Pages,
     private used: number,
   ) {}
 
   static withRoom(addresses: number): AddressCounts {
     const capacity = AddressCounts.capacityFor(addresses);
-    return new AddressCounts(new Uint32Array(capacity), new Uint32Array(capacity), 0);
+    return new AddressCounts(Pages.filled(capacity, 0), Pages.filled(capacity, 0), 0);
   }
 
   /** Load stays at most one half: probes stay short. */
@@ -221,17 +276,22 @@ class AddressCounts {
   }
 
   has(addr: number): boolean {
+    const key = addr | 0;
     const mask = this.keys.length - 1;
+    const keys = this.keys.pages;
+    const counts = this.counts.pages;
     for (let i = AddressCounts.hash(addr, mask); ; i = (i + 1) & mask) {
-      if (this.counts[i] === 0) return false;
-      if (this.keys[i] === addr) return true;
+      const p = i >>> PAGE_BITS;
+      const o = i & PAGE_MASK;
+      if ((counts[p] as Int32Array)[o] === 0) return false;
+      if ((keys[p] as Int32Array)[o] === key) return true;
     }
   }
 
-  /** A copy with room for `more` new addresses. */
+  /** A copy with room for `more` new addresses, sharing this one's pages when they have the room. */
   copy(more: number): AddressCounts {
     if (AddressCounts.capacityFor(this.used + more) > this.keys.length) return this.rehashed(this.used + more);
-    return new AddressCounts(this.keys.slice(), this.counts.slice(), this.used);
+    return new AddressCounts(this.keys.copy(), this.counts.copy(), this.used);
   }
 
   /** This set itself when `more` fit, else a bigger copy (for a set nobody else holds yet). */
@@ -240,53 +300,56 @@ class AddressCounts {
   }
 
   add(addr: number): void {
+    const key = addr | 0;
     const mask = this.keys.length - 1;
     let i = AddressCounts.hash(addr, mask);
-    while (this.counts[i] !== 0 && this.keys[i] !== addr) i = (i + 1) & mask;
-    if (this.counts[i] === 0) {
-      this.keys[i] = addr;
+    while (this.counts.get(i) !== 0 && this.keys.get(i) !== key) i = (i + 1) & mask;
+    if (this.counts.get(i) === 0) {
+      this.keys.set(i, key);
       this.used++;
     }
-    this.counts[i] = (this.counts[i] as number) + 1;
+    this.counts.set(i, this.counts.get(i) + 1);
   }
 
   remove(addr: number): void {
+    const key = addr | 0;
     const mask = this.keys.length - 1;
     let i = AddressCounts.hash(addr, mask);
-    while (this.counts[i] !== 0 && this.keys[i] !== addr) i = (i + 1) & mask;
-    if (this.counts[i] === 0) return;
-    this.counts[i] = (this.counts[i] as number) - 1;
-    if (this.counts[i] !== 0) return;
+    while (this.counts.get(i) !== 0 && this.keys.get(i) !== key) i = (i + 1) & mask;
+    if (this.counts.get(i) === 0) return;
+    this.counts.set(i, this.counts.get(i) - 1);
+    if (this.counts.get(i) !== 0) return;
     this.used--;
     // Backward-shift deletion: entries after the hole that probed past it move
     // into it, so lookups never need tombstones. The entry at j may fill the
     // hole unless its home slot lies cyclically in (hole, j].
-    for (let hole = i, j = (i + 1) & mask; this.counts[j] !== 0; j = (j + 1) & mask) {
-      const home = AddressCounts.hash(this.keys[j] as number, mask);
+    for (let hole = i, j = (i + 1) & mask; this.counts.get(j) !== 0; j = (j + 1) & mask) {
+      const home = AddressCounts.hash(this.keys.get(j), mask);
       if (((j - home) & mask) < ((j - hole) & mask)) continue;
-      this.keys[hole] = this.keys[j] as number;
-      this.counts[hole] = this.counts[j] as number;
-      this.counts[j] = 0;
+      this.keys.set(hole, this.keys.get(j));
+      this.counts.set(hole, this.counts.get(j));
+      this.counts.set(j, 0);
       hole = j;
     }
   }
 
   private rehashed(addresses: number): AddressCounts {
     const next = AddressCounts.withRoom(addresses);
+    const mask = next.keys.length - 1;
     for (let i = 0; i < this.keys.length; i++) {
-      const n = this.counts[i] as number;
+      const n = this.counts.get(i);
       if (n === 0) continue;
-      const mask = next.keys.length - 1;
-      let k = AddressCounts.hash(this.keys[i] as number, mask);
-      while (next.counts[k] !== 0) k = (k + 1) & mask;
-      next.keys[k] = this.keys[i] as number;
-      next.counts[k] = n;
+      const key = this.keys.get(i);
+      let k = AddressCounts.hash(key, mask);
+      while (next.counts.get(k) !== 0) k = (k + 1) & mask;
+      next.keys.set(k, key);
+      next.counts.set(k, n);
       next.used++;
     }
     return next;
   }
 
-  /** Mixes all 32 bits: neighbouring addresses (198.18.0.1, .2, …) land far apart. */
+  /** Mixes all 32 bits: neighbouring addresses (198.18.0.1, .2, …) land far apart. The same for addr and addr | 0. */
   private static hash(addr: number, mask: number): number {
     let h = Math.imul(addr ^ (addr >>> 16), 0x45d9f3b);
     h = Math.imul(h ^ (h >>> 16), 0x45d9f3b);

@@ -155,6 +155,30 @@ describe("LeaseTable.with: edits on a copy equal a full rebuild", () => {
     });
   }
 
+  it("leaves every earlier table as it was while later ones edit the same pages of index and senders", () => {
+    // Slots 0..3 and 1020..1027 straddle the first page boundary of the
+    // index; PublicIPs from a small pool keep hitting the same sender pages.
+    const network = parsePrefix("10.0.0.0/8") as Ipv4Prefix;
+    const slots = [0, 1, 2, 3, 1020, 1021, 1022, 1023, 1024, 1025, 1026, 1027, 65535];
+    const subnetOf = (slot: number): Ipv4Prefix => ({ base: (network.base + slot * 256) >>> 0, len: 24 });
+    const pool = Array.from({ length: 6 }, (_, i) => (0xc6120000 + i + 1) >>> 0);
+    const senders = [...pool, 0x7f000001];
+    const rand = seededRandom(99);
+    const history: { table: LeaseTable; routes: string[] }[] = [];
+    let table = LeaseTable.build(network, 24, [], 8285);
+    for (let round = 0; round < 60; round++) {
+      const edits: PeerEdit[] = Array.from({ length: 1 + randomInt(rand, 4) }, () => ({
+        subnet: subnetOf(slots[randomInt(rand, slots.length)] as number),
+        publicIp: rand() < 0.3 ? null : (pool[randomInt(rand, pool.length)] as number),
+      }));
+      history.push({ table, routes: routes(table, network, 24, slots, senders) });
+      table = table.with(edits);
+      for (const [i, h] of history.entries()) {
+        assert.deepEqual(routes(h.table, network, 24, slots, senders), h.routes, `round ${round}, table ${i}`);
+      }
+    }
+  });
+
   it("refuses an edit outside the network and leaves the table as it was", () => {
     const network = parsePrefix("10.244.0.0/16") as Ipv4Prefix;
     const table = LeaseTable.build(

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { createMetrics, type MetricSources } from "../control/metrics.js";
+import { countSwap, createMetrics, type MetricSources, newTableStats } from "../control/metrics.js";
 import { Counters, Drop } from "../dataplane/counters.js";
 
 /** Sources with nothing to report but the given table. */
@@ -63,6 +63,30 @@ describe("metrics", () => {
     const text = await registry.metrics();
     assert.match(text, /^weft_table_generation 3$/m);
     assert.match(text, /^weft_table_swapped_at_seconds 1700000000.25$/m);
+  });
+});
+
+describe("table update costs", () => {
+  it("count every table but only the updates after the first build in the cost, with their sum and maximum", async () => {
+    const table = newTableStats();
+    const registry = createMetrics(quietSources(table));
+    assert.match(await registry.metrics(), /^weft_table_updates_total 0$/m);
+    countSwap(table, 0.5, true, 1000);
+    countSwap(table, 0.002, false, 2000);
+    countSwap(table, 0.004, false, 3000);
+    countSwap(table, 0.001, false, 4000);
+    assert.deepEqual(table, {
+      generation: 4,
+      swappedAt: 4000,
+      updates: 3,
+      updateSeconds: 0.002 + 0.004 + 0.001,
+      updateMaxSeconds: 0.004,
+    });
+    const text = await registry.metrics();
+    assert.match(text, /^weft_table_generation 4$/m);
+    assert.match(text, /^# TYPE weft_table_updates_total counter\nweft_table_updates_total 3$/m);
+    assert.match(text, /^weft_table_update_seconds_total 0\.007$/m);
+    assert.match(text, /^# TYPE weft_table_update_max_seconds gauge\nweft_table_update_max_seconds 0\.004$/m);
   });
 });
 

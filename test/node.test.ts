@@ -162,6 +162,7 @@ describe("a node joining a populated cluster", () => {
   let node: Node;
   let lines: { level: string; obj: unknown; msg?: string }[];
   let swaps: number;
+  let reported: { seconds: number; initial: boolean }[];
 
   beforeEach(async () => {
     registry = new MemoryRegistry();
@@ -169,10 +170,12 @@ describe("a node joining a populated cluster", () => {
     for (let i = 0; i < PEERS; i++) await registry.createLease(peerSubnet(i), peerIp(i), 3600);
     lines = [];
     swaps = 0;
+    reported = [];
     node = new Node({
       registry,
       publicIp: HOSTS[0] as number,
       log: new Lines(lines),
+      onTableSwap: (seconds, initial) => reported.push({ seconds, initial }),
       manager: { random: () => 0 },
       openDataplane: async () => ({
         ...plainDataplane({
@@ -250,6 +253,21 @@ describe("a node joining a populated cluster", () => {
     await registry.updateLease({ subnet: subnet(4), publicIp: peerIp(4), expiresAt: 0 }, peerIp(4), 7200);
     await settled();
     assert.equal(swaps, 1);
+  });
+
+  it("reports each table handed over with what making it took: the first build, then the burst's update", async () => {
+    assert.deepEqual(
+      reported.map((r) => r.initial),
+      [true],
+    );
+    await registry.deleteLease(peerSubnet(0));
+    await registry.createLease({ base: parseIpv4("10.244.250.0"), len: 24 }, parseIpv4("198.18.9.2"), 60);
+    await settled();
+    assert.deepEqual(
+      reported.map((r) => r.initial),
+      [true, false],
+    );
+    for (const r of reported) assert.ok(Number.isFinite(r.seconds) && r.seconds >= 0, `seconds ${r.seconds}`);
   });
 });
 

@@ -46,6 +46,19 @@ export interface ChurnCommand {
   changes: number;
   rate: number;
   pollMs: number;
+  /**
+   * Whether each look also reads weftd's /metrics (as the CPU-per-change run
+   * does, its cost then in the baseline too). The TCP run only tails the log:
+   * a change's time comes from weftd's line anyway, and a scrape every
+   * pollMs is load a cluster's weftd never sees (Prometheus: every 15 s or so).
+   */
+  pollMetrics?: boolean;
+  /**
+   * Say {"phase":"ready"} once loaded and connected, then wait for a line on
+   * stdin before starting: the driver's own start-up (node, etcd3/grpc-js:
+   * ~0.35 s of CPU) stays out of a window measured from the go.
+   */
+  waitForGo?: boolean;
   metricsPort: number;
   /** weftd's log (JSON lines), tailed for its "peer added" and "peer removed" lines. */
   logPath: string;
@@ -59,6 +72,10 @@ export interface ChurnResult {
   unseen: number;
   /** Seconds from the first write to the last. */
   write_seconds: number;
+  /** The driver's own CPU seconds (user + system) from its start to the end, start-up included. */
+  cpu_seconds: number;
+  /** weftd's tables made and installed during the churn, their seconds, and its longest since start. */
+  table_updates: { count: number; seconds: number; max_seconds: number };
 }
 
 /** Lease TTL of the made-up peers: longer than any run. */
@@ -106,6 +123,9 @@ async function seed(c: SeedCommand): Promise<void> {
 interface TableState {
   leases: number;
   swappedAtMs: number;
+  updates: number;
+  updateSeconds: number;
+  updateMaxSeconds: number;
 }
 
 async function tableState(port: number): Promise<TableState> {
@@ -114,7 +134,14 @@ async function tableState(port: number): Promise<TableState> {
   const at = /^weft_table_swapped_at_seconds (\S+)$/m.exec(text)?.[1];
   if (leases === undefined || at === undefined)
     throw new Error("weftd's /metrics has no weft_leases or weft_table_swapped_at_seconds");
-  return { leases: Number(leases), swappedAtMs: Number(at) * 1000 };
+  const sample = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1] ?? Number.NaN);
+  return {
+    leases: Number(leases),
+    swappedAtMs: Number(at) * 1000,
+    updates: sample("weft_table_updates_total"),
+    updateSeconds: sample("weft_table_update_seconds_total"),
+    updateMaxSeconds: sample("weft_table_update_max_seconds"),
+  };
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -162,20 +189,42 @@ function tableTimes(lines: readonly string[], into: Map<string, number>): void {
   }
 }
 
+/** One line from stdin (the bench's go). */
+function stdinLine(): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let text = "";
+    const onData = (d: Buffer) => {
+      text += d.toString("utf8");
+      if (!text.includes("\n")) return;
+      process.stdin.off("data", onData).pause();
+      resolve();
+    };
+    process.stdin.on("data", onData);
+    process.stdin.once("end", () => reject(new Error("stdin ended before the go")));
+  });
+}
+
 async function churn(c: ChurnCommand): Promise<void> {
   const registry = await openWriter(c.registry);
   const adds = Math.floor(c.changes / 2);
+  const metrics = c.pollMetrics !== false;
+  // Also a check that weftd answers, and (fetch loads lazily) loads the client before any window.
   await tableState(c.metricsPort);
+  if (c.waitForGo === true) {
+    say({ phase: "ready", cpu_seconds: cpuNow() });
+    await stdinLine();
+  }
   const tail = new Tail(c.logPath);
   tail.lines(); // what is there before the churn
   const times = new Map<string, number>();
-  say({ phase: "baseline" });
+  say({ phase: "baseline", cpu_seconds: cpuNow() });
   const baselineEnd = performance.now() + c.baselineSeconds * 1000;
   while (performance.now() < baselineEnd) {
-    await tableState(c.metricsPort);
+    if (metrics) await tableState(c.metricsPort);
     await sleep(c.pollMs);
   }
-  say({ phase: "churn" });
+  const before = await tableState(c.metricsPort);
+  say({ phase: "churn", cpu_seconds: cpuNow() });
   // Change k: an add of peer firstIndex+k (k < adds), else a remove of peer firstIndex+(k-adds).
   const began: number[] = [];
   const latencies: (number | null)[] = new Array(adds * 2).fill(null);
@@ -218,7 +267,7 @@ async function churn(c: ChurnCommand): Promise<void> {
   );
   let deadline = Number.POSITIVE_INFINITY;
   while (seen < adds * 2 && performance.now() < deadline && failed === null) {
-    await tableState(c.metricsPort);
+    if (metrics) await tableState(c.metricsPort);
     tableTimes(tail.lines(), times);
     // Changes are seen in order: change k is "peer added" (k < adds) or "peer removed" of its subnet.
     for (;;) {
@@ -235,13 +284,25 @@ async function churn(c: ChurnCommand): Promise<void> {
   }
   await writer;
   await registry.close();
+  const after = await tableState(c.metricsPort);
   const result: ChurnResult = {
     phase: "done",
     latencies_ms: latencies,
     unseen: adds * 2 - seen,
     write_seconds: writeSeconds,
+    cpu_seconds: cpuNow(),
+    table_updates: {
+      count: after.updates - before.updates,
+      seconds: after.updateSeconds - before.updateSeconds,
+      max_seconds: after.updateMaxSeconds,
+    },
   };
   say(result);
+}
+
+function cpuNow(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
 }
 
 function say(obj: object): void {

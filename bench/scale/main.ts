@@ -16,7 +16,7 @@ import { positiveInt } from "../replay.js";
 import { fmt, formatTable, machineInfo, machineLine, median, Progress, RESULTS_DIR, writeResult } from "../report.js";
 import { scaleChartSvg } from "./chart.js";
 import { MAX_PEERS } from "./peers.js";
-import { measure, type RegistryKind, type ScaleOptions, type ScalePoint } from "./run.js";
+import { type CpuShares, measure, pairRatio, type RegistryKind, type ScaleOptions, type ScalePoint } from "./run.js";
 
 const DEFAULT_PREFIX = "wscale";
 
@@ -29,6 +29,8 @@ const USAGE = `usage: npm run bench -- scale [options]   (root: builds network n
   --churn-seconds S   seconds of churn (half adds, half removes), after as many of polling alone (default 10)
   --settle-seconds S  after ready, before memory is read (default 5)
   --tcp-seconds S     TCP through weft without churn, then with it, S seconds each (default 5)
+  --tcp-reps N        pairs of those TCP runs per run; the churn ÷ plain ratio is the median of the pairs' over
+                      all runs of a point (default 1: with --reps 3, three pairs)
   --no-tcp            skip the second host and the TCP runs
   --nice N            run the churn writer, etcd and the stand-in API server at niceness N (default 0): in a
                       cluster they are other machines; here they share the cores with weftd and iperf3
@@ -58,6 +60,7 @@ export async function runScale(argv: string[]): Promise<number> {
       "churn-seconds": { type: "string" },
       "settle-seconds": { type: "string" },
       "tcp-seconds": { type: "string" },
+      "tcp-reps": { type: "string" },
       "no-tcp": { type: "boolean", default: false },
       nice: { type: "string" },
       "poll-ms": { type: "string" },
@@ -87,6 +90,7 @@ export async function runScale(argv: string[]): Promise<number> {
     churnSeconds: positiveInt(values["churn-seconds"], "--churn-seconds", 10),
     settleSeconds: positiveInt(values["settle-seconds"], "--settle-seconds", 5),
     tcpSeconds: positiveInt(values["tcp-seconds"], "--tcp-seconds", 5),
+    tcpReps: positiveInt(values["tcp-reps"], "--tcp-reps", 1),
     pollMs: positiveInt(values["poll-ms"], "--poll-ms", 25),
     noTcp: values["no-tcp"] === true,
     nice: values.nice === undefined ? 0 : niceness(values.nice),
@@ -138,6 +142,7 @@ export async function runScale(argv: string[]): Promise<number> {
         churn_seconds: o.churnSeconds,
         settle_seconds: o.settleSeconds,
         tcp_seconds: o.noTcp ? null : o.tcpSeconds,
+        tcp_reps: o.noTcp ? null : o.tcpReps,
         poll_ms: o.pollMs,
         nice: o.nice ?? 0,
         network: "10.0.0.0/8, /24 leases; made-up peers in the registry before weftd starts",
@@ -150,7 +155,10 @@ export async function runScale(argv: string[]): Promise<number> {
         cpu_per_change_ms: "weftd CPU ms per lease change: (churn CPU - polling-alone CPU rate × churn time) ÷ changes",
         change_to_table_ms:
           "ms from the start of a change's write to weftd's log line for it (written right after the table swap)",
-        tcp_churn_ratio: "iperf3 p1 → p2 through weft during churn ÷ without",
+        tcp_churn_ratio:
+          "iperf3 p1 → p2 through weft during churn ÷ without: the median of tcp_pairs' ratios, each pair a run without churn and one with it right after",
+        tcp_cpu_pct:
+          "% of one core per process over the TCP runs without and with churn; rest: the machine's busy time minus those (iperf3, kernel forwarding, anything else running)",
       },
       points: points.map((p) => ({ ...p, anon_bytes_per_peer: bytesPerPeer(points, p) })),
       runs,
@@ -192,6 +200,7 @@ export function medianPoint(runs: readonly ScalePoint[]): ScalePoint {
     return xs.some((x) => x === null) ? null : median(xs as number[]);
   };
   const num = (get: (p: ScalePoint) => number): number => mid(get) as number;
+  const pairs = runs.flatMap((p) => p.tcp_pairs ?? []);
   type Memory = ScalePoint["memory_after_start"];
   const memory = Object.fromEntries(
     (Object.keys(first.memory_after_start) as (keyof Memory)[]).map((k) => [k, num((p) => p.memory_after_start[k])]),
@@ -213,9 +222,30 @@ export function medianPoint(runs: readonly ScalePoint[]): ScalePoint {
     changes_unseen: num((p) => p.changes_unseen),
     tcp_gbps: mid((p) => p.tcp_gbps),
     tcp_churn_gbps: mid((p) => p.tcp_churn_gbps),
-    tcp_churn_ratio: mid((p) => p.tcp_churn_ratio),
+    // Pairs from every run pooled: the ratio is the median of all their own ratios.
+    tcp_churn_ratio: pairs.length > 0 ? pairRatio(pairs) : mid((p) => p.tcp_churn_ratio),
     tcp_churn_changes_seen: mid((p) => p.tcp_churn_changes_seen),
+    ...(pairs.length > 0 ? { tcp_pairs: pairs } : {}),
+    table_update_mean_us: mid((p) => p.table_update_mean_us ?? null),
+    table_update_max_us: mid((p) => p.table_update_max_us ?? null),
+    ...(first.tcp_cpu_pct === undefined
+      ? {}
+      : { tcp_cpu_pct: { plain: medianShares(runs, "plain"), churn: medianShares(runs, "churn") } }),
   };
+}
+
+/** Each process's median share over the runs; a process absent from any run is absent. */
+function medianShares(runs: readonly ScalePoint[], phase: "plain" | "churn"): CpuShares | null {
+  const all = runs.map((r) => r.tcp_cpu_pct?.[phase] ?? null);
+  const first = all[0];
+  if (first === undefined || first === null || all.some((s) => s === null)) return null;
+  const keys = Object.keys(first) as (keyof CpuShares)[];
+  return Object.fromEntries(
+    keys.map((k) => {
+      const xs = all.map((s) => (s as CpuShares)[k]);
+      return [k, xs.some((x) => x === null) ? null : median(xs as number[])];
+    }),
+  ) as CpuShares;
 }
 
 /**
@@ -247,11 +277,11 @@ export function scaleReport(
     `${fmt(p.change_to_table_p50_ms, 0)} / ${fmt(p.change_to_table_p99_ms, 0)}`,
     String(p.changes_unseen),
     p.tcp_gbps === null ? "-" : `${fmt(p.tcp_gbps, 2)} / ${fmt(p.tcp_churn_gbps, 2)}`,
-    p.tcp_churn_ratio === null ? "-" : `${fmt(p.tcp_churn_ratio, 2)}×`,
+    p.tcp_churn_ratio === null ? "-" : `${fmt(p.tcp_churn_ratio, 2)}×${pairRange(p)}`,
   ]);
   return [
     `bench scale — ${machine}`,
-    `${(o.reps ?? 1) > 1 ? `medians of ${o.reps} runs per point; ` : ""}one weftd in a namespace, Network 10.0.0.0/8 with /24 leases, peers in the registry before it starts; churn: ${o.rate} changes/s for ${o.churnSeconds} s (adds, then removes), after ${o.churnSeconds} s of polling alone; TCP ${o.noTcp ? "skipped" : `${o.tcpSeconds} s through weft to a second host, without and with churn`}${o.nice ? `; churn writer, etcd and API server at nice ${o.nice}, standing in for other machines` : ""}`,
+    `${(o.reps ?? 1) > 1 ? `medians of ${o.reps} runs per point; ` : ""}one weftd in a namespace, Network 10.0.0.0/8 with /24 leases, peers in the registry before it starts; churn: ${o.rate} changes/s for ${o.churnSeconds} s (adds, then removes), after ${o.churnSeconds} s of polling alone; TCP ${o.noTcp ? "skipped" : `${o.tcpSeconds} s through weft to a second host, without and with churn, ${o.tcpReps} pair${o.tcpReps === 1 ? "" : "s"} (ratio: median of the pairs')`}${o.nice ? `; churn writer, etcd and API server at nice ${o.nice}, standing in for other machines` : ""}`,
     "",
     formatTable(
       [
@@ -271,5 +301,54 @@ export function scaleReport(
       rows,
     ),
     "",
+    ...cpuLines(points),
+    ...updateLines(points),
   ];
+}
+
+/** " [0.80–1.00]": the pairs' own ratios, lowest to highest, when there are several. */
+function pairRange(p: ScalePoint): string {
+  const ratios = (p.tcp_pairs ?? []).filter((q) => q.plain_gbps > 0).map((q) => q.churn_gbps / q.plain_gbps);
+  if (ratios.length < 2) return "";
+  return ` [${fmt(Math.min(...ratios), 2)}–${fmt(Math.max(...ratios), 2)}]`;
+}
+
+/** The stall a lease change puts on weftd's forwarding thread, a line per point that has it. */
+export function updateLines(points: readonly ScalePoint[]): string[] {
+  const lines = points
+    .filter((p) => p.table_update_mean_us != null || p.table_update_max_us != null)
+    .map(
+      (p) =>
+        `  ${p.mode} ${p.peers.toLocaleString("en")}: ${p.table_update_mean_us == null ? "-" : fmt(p.table_update_mean_us, 0)} / ${p.table_update_max_us == null ? "-" : fmt(p.table_update_max_us, 0)}`,
+    );
+  return lines.length === 0
+    ? []
+    : ["weftd's table update per change on its forwarding thread, mean during churn / longest, µs:", ...lines, ""];
+}
+
+const CPU_NAMES: Record<keyof CpuShares, string> = {
+  weftd_h1: "weftd h1",
+  weftd_h2: "weftd h2",
+  writer: "churn writer",
+  registry: "registry server",
+  rest: "rest of the machine",
+};
+
+/** Where the CPU went during the TCP runs, a line per point: "weftd h1 61 → 63" (% of one core, without → with churn). */
+export function cpuLines(points: readonly ScalePoint[]): string[] {
+  const lines: string[] = [];
+  for (const p of points) {
+    const cpu = p.tcp_cpu_pct;
+    if (cpu === undefined || cpu.plain === null || cpu.churn === null) continue;
+    const { plain, churn } = cpu;
+    const parts = (Object.keys(CPU_NAMES) as (keyof CpuShares)[])
+      .filter((k) => plain[k] !== null || churn[k] !== null)
+      .map((k) => {
+        const a = plain[k];
+        const b = churn[k];
+        return `${CPU_NAMES[k]} ${a === null ? "-" : fmt(a, 0)} → ${b === null ? "-" : fmt(b, 0)}`;
+      });
+    lines.push(`  ${p.mode} ${p.peers.toLocaleString("en")}: ${parts.join(", ")}`);
+  }
+  return lines.length === 0 ? [] : ["CPU % of a core during TCP, without → with churn:", ...lines, ""];
 }

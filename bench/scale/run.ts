@@ -11,19 +11,19 @@
 // Everything in namespaces <prefix>-h1, -h2, -p1, -p2 (lab/topology.ts); with
 // etcd, etcd runs in h1 on the underlay address, reached by both weftds.
 
-import { spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { writeSubnetEnv } from "../../control/subnet-env.js";
 import { startLabEtcd } from "../../lab/etcd.js";
 import { startStandin } from "../../lab/kube/standin.js";
-import { cpuSeconds, type Memory, memoryOf } from "../../lab/proc.js";
+import { CLK_TCK, cpuSeconds, type Memory, memoryOf } from "../../lab/proc.js";
 import { Lab, type LabHost } from "../../lab/topology.js";
 import { parsePrefix } from "../../net/addr.js";
 import { live, sleep, track } from "../lab/children.js";
 import { type Env, METRICS_PORT, waitReachable } from "../lab/modes.js";
 import { tcp } from "../lab/workloads.js";
-import { percentile } from "../report.js";
+import { median, percentile } from "../report.js";
 import type { ChurnCommand, ChurnResult, RegistrySpec, SeedCommand } from "./driver.js";
 import { HOST_SUBNET_THIRD_OCTET, kubeNode, SCALE_CONFIG, SCALE_NETWORK } from "./peers.js";
 
@@ -35,6 +35,8 @@ export interface ScaleOptions {
   churnSeconds: number;
   settleSeconds: number;
   tcpSeconds: number;
+  /** Pairs of TCP runs, without churn then with it; the ratio is the median of the pairs'. */
+  tcpReps: number;
   pollMs: number;
   /** Skip the two-host TCP part. */
   noTcp: boolean;
@@ -66,7 +68,178 @@ export interface ScalePoint {
   tcp_churn_gbps: number | null;
   tcp_churn_ratio: number | null;
   tcp_churn_changes_seen: number | null;
+  /** Each pair of TCP runs, without churn then with it (--tcp-reps). */
+  tcp_pairs?: TcpPair[];
+  /**
+   * weftd's time to make and install a table per update during the churn
+   * (mean, µs), and its longest since start (µs): the stall a lease change
+   * puts on the thread that forwards packets. Null from a weftd without them.
+   */
+  table_update_mean_us?: number | null;
+  table_update_max_us?: number | null;
+  /** CPU of each process during the TCP runs without and with churn, % of one core (null: skipped). */
+  tcp_cpu_pct?: { plain: CpuShares | null; churn: CpuShares | null };
 }
+
+export interface TcpPair {
+  plain_gbps: number;
+  churn_gbps: number;
+}
+
+/** The median of the pairs' own ratios (churn ÷ plain); null without pairs. */
+export function pairRatio(pairs: readonly TcpPair[]): number | null {
+  const ratios = pairs.filter((p) => p.plain_gbps > 0).map((p) => p.churn_gbps / p.plain_gbps);
+  return ratios.length === 0 ? null : median(ratios);
+}
+
+/**
+ * One TCP run during churn: the writer starts (node, its registry client, a
+ * first look) and connects before the window, and churns from the go; it
+ * tails weftd's log without scraping /metrics (ChurnCommand.pollMetrics).
+ * `run` is the TCP run.
+ */
+async function tcpDuringChurn(
+  h1: LabHost,
+  spec: RegistrySpec,
+  firstIndex: number,
+  changes: number,
+  o: ScaleOptions,
+  pids: CpuPids,
+  tally: CpuTally,
+  run: () => Promise<{ gbps: number }>,
+): Promise<{ gbps: number; seen: number; updateMaxUs: number | null }> {
+  let writer: ChildProcess | null = null;
+  let readyCpu = 0;
+  let onReady = () => {};
+  const ready = new Promise<void>((resolve) => {
+    onReady = resolve;
+  });
+  const during = driver<ChurnResult>(
+    h1.ns,
+    {
+      command: "churn",
+      registry: spec,
+      firstIndex,
+      baselineSeconds: 0,
+      changes,
+      rate: o.rate,
+      pollMs: Math.max(o.pollMs, TCP_LOOK_MS),
+      pollMetrics: false,
+      waitForGo: true,
+      metricsPort: METRICS_PORT,
+      logPath: join(h1.dir, "weftd.log"),
+    },
+    (line) => {
+      const { phase, cpu_seconds } = line as { phase?: string; cpu_seconds?: number };
+      if (phase === "ready") {
+        readyCpu = cpu_seconds ?? 0;
+        onReady();
+      }
+    },
+    o.nice ?? 0,
+    (child) => {
+      writer = child;
+    },
+  );
+  await Promise.race([ready, during]);
+  const go = writer as ChildProcess | null;
+  if (go?.pid === undefined) throw new Error("scale driver churn: no process");
+  go.stdin?.end("go\n");
+  const churned = await tally.window({ ...pids, writer: go.pid }, run);
+  const r = await during;
+  // The writer is usually gone by the end of the run: its own account from the go.
+  if (churned.gone.includes("writer")) tally.add("writer", r.cpu_seconds - readyCpu);
+  return {
+    gbps: churned.value.gbps,
+    seen: r.latencies_ms.length - r.unseen,
+    updateMaxUs: Number.isFinite(r.table_updates.max_seconds) ? r.table_updates.max_seconds * 1e6 : null,
+  };
+}
+
+/** The processes whose CPU is taken around each TCP run (null: none in this run). */
+interface CpuPids {
+  weftd_h1: number;
+  weftd_h2: number;
+  /** The churn writer and table poller (driver.ts). */
+  writer: number | null;
+  /** etcd or the stand-in API server. */
+  registry: number | null;
+}
+
+/**
+ * % of one core per process; `rest`: the machine's busy time minus those
+ * (iperf3, the kernel's forwarding, and anything else on the machine, such
+ * as other work on a shared host: compare it without and with churn).
+ */
+export type CpuShares = Record<keyof CpuPids | "rest", number | null>;
+
+/** CPU seconds of a process now, or null when it is absent or gone. */
+function cpuOrNull(pid: number | null): number | null {
+  if (pid === null) return null;
+  try {
+    return cpuSeconds(pid);
+  } catch {
+    return null;
+  }
+}
+
+/** Busy CPU seconds of the whole machine, all cores (/proc/stat: all but idle and iowait). */
+function machineBusySeconds(): number {
+  const cpu = readFileSync("/proc/stat", "utf8").split("\n", 1)[0]?.trim().split(/\s+/).slice(1).map(Number) ?? [];
+  const total = cpu.slice(0, 8).reduce((a, v) => a + v, 0);
+  return (total - (cpu[3] ?? 0) - (cpu[4] ?? 0)) / CLK_TCK;
+}
+
+/** CPU seconds per process over one or more windows, and the windows' seconds. */
+export class CpuTally {
+  private readonly spent = new Map<keyof CpuShares, number | null>();
+  private seconds = 0;
+
+  /** Adds CPU seconds to `key`; null (the process was not there) adds nothing, and a key only ever given null stays null. */
+  add(key: keyof CpuShares, cpu: number | null): void {
+    const had = this.spent.get(key) ?? null;
+    this.spent.set(key, cpu === null ? had : (had ?? 0) + cpu);
+  }
+
+  /**
+   * Runs `work`, adding each process's CPU over it; a process absent at the
+   * start counts from 0, one gone by the end adds `gone(key)` (null: nothing).
+   */
+  async window<T>(
+    pids: CpuPids,
+    work: () => Promise<T>,
+  ): Promise<{ value: T; seconds: number; gone: (keyof CpuPids)[] }> {
+    const keys = Object.keys(pids) as (keyof CpuPids)[];
+    const before = keys.map((k) => cpuOrNull(pids[k]));
+    const busy0 = machineBusySeconds();
+    const t0 = performance.now();
+    const value = await work();
+    const seconds = (performance.now() - t0) / 1000;
+    const busy = machineBusySeconds() - busy0;
+    let tracked = 0;
+    const gone: (keyof CpuPids)[] = [];
+    keys.forEach((k, i) => {
+      const end = cpuOrNull(pids[k]);
+      if (end === null && pids[k] !== null) gone.push(k);
+      const cpu = end === null ? null : end - (before[i] ?? 0);
+      tracked += cpu ?? 0;
+      this.add(k, cpu);
+    });
+    this.add("rest", Math.max(0, busy - tracked));
+    this.seconds += seconds;
+    return { value, seconds, gone };
+  }
+
+  /** % of one core over all windows. */
+  shares(): CpuShares {
+    const out = { weftd_h1: null, weftd_h2: null, writer: null, registry: null, rest: null } as CpuShares;
+    for (const [k, v] of this.spent) out[k] = v === null || this.seconds === 0 ? null : (100 * v) / this.seconds;
+    return out;
+  }
+}
+
+/** How often the writer looks at weftd's log during the TCP run (ms; --poll-ms when larger). */
+const TCP_LOOK_MS = 100;
 
 const DRIVER = new URL("./driver.js", import.meta.url).pathname;
 
@@ -81,14 +254,16 @@ function driver<T>(
   command: SeedCommand | ChurnCommand,
   onLine: (o: { phase?: string }) => void = () => {},
   nice = 0,
+  onChild: (child: ChildProcess) => void = () => {},
 ) {
   return new Promise<T>((resolve, reject) => {
     const [cmd, ...args] = inNetns(ns, nice) as [string, ...string[]];
     const child = track(
       spawn(cmd, [...args, process.execPath, DRIVER, JSON.stringify(command)], {
-        stdio: ["ignore", "pipe", "pipe"],
+        stdio: [command.command === "churn" && command.waitForGo === true ? "pipe" : "ignore", "pipe", "pipe"],
       }),
     );
+    onChild(child);
     let buffered = "";
     let last: unknown = null;
     let stderr = "";
@@ -187,6 +362,8 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
   const [h1, h2] = lab.hosts as [LabHost, LabHost];
   let spec: RegistrySpec;
   let extra: string[] = [];
+  /** etcd or the stand-in API server (null in file mode). */
+  let serverPid: number | null = null;
   // Kube mode: each weftd is a Node named after its host.
   const nodeEnv = (h: LabHost) => (mode === "kube" ? { NODE_NAME: `h${h.index}` } : undefined);
   if (mode === "kube") {
@@ -198,6 +375,7 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
       commandPrefix: inNetns(h1.ns, o.nice),
     });
     track(api.child);
+    serverPid = api.child.pid ?? null;
     const netConf = join(lab.dir, "net-conf.json");
     writeFileSync(netConf, SCALE_CONFIG);
     for (const h of [h1, h2]) {
@@ -209,6 +387,7 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
   } else if (mode === "etcd") {
     const etcd = await startLabEtcd({ ns: h1.ns, ip: h1.underlayIp, dir: lab.dir, spawned: () => {}, nice: o.nice });
     track(etcd.child);
+    serverPid = etcd.child.pid ?? null;
     spec = { kind: "etcd", endpoint: etcd.endpoint, config: SCALE_CONFIG };
     extra = ["--etcd-endpoints", etcd.endpoint];
   } else {
@@ -246,11 +425,13 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
     o.nice ?? 0,
   );
   const lat = churn.result.latencies_ms.filter((x): x is number => x !== null);
+  const updates = churn.result.table_updates;
+  let updateMaxUs = Number.isFinite(updates.max_seconds) ? updates.max_seconds * 1e6 : null;
 
   // 3. TCP through weft, without and with churn.
-  let tcpPlain: number | null = null;
-  let tcpChurn: number | null = null;
+  const pairs: TcpPair[] = [];
   let tcpSeen: number | null = null;
+  const tcpCpu: { plain: CpuShares | null; churn: CpuShares | null } = { plain: null, churn: null };
   if (!o.noTcp) {
     await startTimed(lab, h2, extra, nodeEnv(h2));
     const e1 = { network: SCALE_NETWORK, subnet: "10.244.1.1/24", mtu: 1472 };
@@ -259,26 +440,31 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
     const p2 = await lab.addPod(h2, e2);
     const env: Env = { mode: "weft", lab, h1, h2, p1, p2, mtu: 1472, proxies: [] };
     await waitReachable(env);
-    tcpPlain = (await tcp(env, o.tcpSeconds)).gbps;
-    const during = driver<ChurnResult>(
-      h1.ns,
-      {
-        command: "churn",
-        registry: spec,
-        firstIndex: peers + changes,
-        baselineSeconds: 0,
-        changes: Math.max(2, Math.round(o.rate * o.tcpSeconds)),
-        rate: o.rate,
-        pollMs: o.pollMs,
-        metricsPort: METRICS_PORT,
-        logPath: join(h1.dir, "weftd.log"),
-      },
-      undefined,
-      o.nice ?? 0,
-    );
-    tcpChurn = (await tcp(env, o.tcpSeconds)).gbps;
-    const r = await during;
-    tcpSeen = r.latencies_ms.length - r.unseen;
+    const pids: CpuPids = { weftd_h1: pid1, weftd_h2: weftPid(h2), writer: null, registry: serverPid };
+    const plainCpu = new CpuTally();
+    const churnCpu = new CpuTally();
+    const tcpChanges = Math.max(2, Math.round(o.rate * o.tcpSeconds));
+    // Pairs, each a run without churn and one with it right after: the
+    // ratio is taken per pair, so a drift in what else the machine runs
+    // weighs on both halves alike.
+    for (let rep = 0; rep < o.tcpReps; rep++) {
+      const plain = await plainCpu.window({ ...pids, writer: null }, () => tcp(env, o.tcpSeconds));
+      const churned = await tcpDuringChurn(
+        h1,
+        spec,
+        peers + changes + rep * tcpChanges,
+        tcpChanges,
+        o,
+        pids,
+        churnCpu,
+        () => tcp(env, o.tcpSeconds),
+      );
+      pairs.push({ plain_gbps: plain.value.gbps, churn_gbps: churned.gbps });
+      tcpSeen = (tcpSeen ?? 0) + churned.seen;
+      if (churned.updateMaxUs !== null) updateMaxUs = Math.max(updateMaxUs ?? 0, churned.updateMaxUs);
+    }
+    tcpCpu.plain = plainCpu.shares();
+    tcpCpu.churn = churnCpu.shares();
   }
   return {
     mode,
@@ -295,9 +481,14 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
     change_to_table_p99_ms: percentile(lat, 99),
     change_to_table_max_ms: Math.max(...lat),
     changes_unseen: churn.result.unseen,
-    tcp_gbps: tcpPlain,
-    tcp_churn_gbps: tcpChurn,
-    tcp_churn_ratio: tcpPlain !== null && tcpChurn !== null && tcpPlain > 0 ? tcpChurn / tcpPlain : null,
+    tcp_gbps: pairs.length === 0 ? null : median(pairs.map((p) => p.plain_gbps)),
+    tcp_churn_gbps: pairs.length === 0 ? null : median(pairs.map((p) => p.churn_gbps)),
+    tcp_churn_ratio: pairRatio(pairs),
+    tcp_pairs: pairs,
     tcp_churn_changes_seen: tcpSeen,
+    tcp_cpu_pct: tcpCpu,
+    table_update_mean_us:
+      updates.count > 0 && Number.isFinite(updates.seconds) ? (updates.seconds / updates.count) * 1e6 : null,
+    table_update_max_us: updateMaxUs,
   };
 }
