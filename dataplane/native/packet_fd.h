@@ -7,6 +7,8 @@
 
 #include <napi.h>
 
+#include <sys/uio.h>
+
 #include <cstdint>
 
 #include "args.h"
@@ -59,10 +61,14 @@ class PacketFd : public PollSource<PacketFd> {
     follow_up_armed_ = follow_up_hits_ != 0 || (++follow_up_probe_ & 15) == 0;
   }
 
-  // bindWrite(bytes, offsets, lengths, gsoSize?): the arrays the following
-  // writes read, until the next bindWrite. With vnet, gsoSize[i] > 0 marks a
-  // TCP/UDP super-packet (its L4 checksum seeded with the pseudo-header sum)
-  // that the kernel segments.
+  // bindWrite(bytes, offsets, lengths, gsoSize?, runs?): the arrays the
+  // following writes read, until the next bindWrite. With vnet, gsoSize[i] >
+  // 0 marks a TCP/UDP super-packet (its L4 checksum seeded with the
+  // pseudo-header sum) that the kernel segments. runs[i] >= 2 (with
+  // gsoSize[i] > 0) makes entries i .. i + runs[i] - 1 one super-packet
+  // written from pieces: entry i whole (its headers already fixed for the
+  // run, groMerge's gather), then each member's payload; the run's entries
+  // count as consumed together.
   Napi::Value BindWrite(const Napi::CallbackInfo& info);
   // write(start, count) -> packets consumed.
   Napi::Value Write(const Napi::CallbackInfo& info);
@@ -71,7 +77,10 @@ class PacketFd : public PollSource<PacketFd> {
 
   Drained DrainQueue();
   ssize_t ReadOne(uint8_t* slot, void* vnet_hdr);
-  ssize_t WriteOne(const uint8_t* packet, uint32_t len, uint32_t gso_size);
+  // The most members a gathered run adds to its head (GRO_MAX_SEGMENTS - 1).
+  static constexpr uint32_t kMaxRun = 63;
+  ssize_t WriteOne(const uint8_t* packet, uint32_t len, uint32_t gso_size,
+                   const iovec* tail = nullptr, uint32_t tail_count = 0);
 
   // Into the receive arena (watched by arena_watch_).
   uint8_t* bytes_ = nullptr;
