@@ -207,6 +207,42 @@ describe("virtio-net headers on a packet fd (socketpair)", () => {
     },
   );
 
+  it("after many one-packet drains, a burst still arrives whole and in order", TIMEOUT, async (t) => {
+    const { writer, got } = pair(t, true);
+    const one = (seq: number) => tcpPacket({ seq, payload: new Uint8Array(1000).fill(seq & 255) });
+    const send = (packets: Uint8Array[]) => {
+      const bytes = new Uint8Array(packets.reduce((n, q) => n + q.length, 0));
+      const offsets = new Uint32Array(packets.length);
+      const lengths = new Uint32Array(packets.length);
+      let at = 0;
+      packets.forEach((q, k) => {
+        bytes.set(q, at);
+        offsets[k] = at;
+        lengths[k] = q.length;
+        at += q.length;
+      });
+      assert.equal(writer.write(bytes, offsets, lengths, 0, packets.length), packets.length);
+    };
+    // Drains of exactly one packet each: the reader then stops after one.
+    const want: string[] = [];
+    for (let k = 0; k < 20; k++) {
+      const q = one(k);
+      want.push(hex(q));
+      send([q]);
+      await until(() => got.length === k + 1);
+    }
+    for (let round = 0; round < 10; round++) {
+      const burst = Array.from({ length: 5 }, (_, k) => one(100 + round * 5 + k));
+      want.push(...burst.map(hex));
+      send(burst);
+      await until(() => got.length === want.length);
+    }
+    assert.deepEqual(
+      got.map((g) => hex(g.data)),
+      want,
+    );
+  });
+
   it("refuses gsoSize on a packet fd without virtio-net headers", (t) => {
     const [a, b] = loadAddon().socketpair();
     const plain = TunDevice.fromFd(a, "plain");

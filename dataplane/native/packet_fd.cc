@@ -114,6 +114,10 @@ Drained PacketFd::DrainQueue() {
   // See kSmallPacket: one packet per wake-up lately, and a quiet spell since.
   const bool one_at_a_time =
       last_drain_count_ == 1 && Spinner::Now() - last_drain_end_ >= kQuietNs;
+  // See kSingleDrains: every recent drain found one packet, so stop after
+  // one unless this drain is the probe that keeps that record honest.
+  const bool stop_at_one =
+      single_drains_ == kSingleDrains && (++drain_probe_ & kProbeMask) != 0;
   uint32_t count = 0;
   for (uint32_t attempt = 0; attempt < capacity_ && count < capacity_;
        attempt++) {
@@ -122,7 +126,14 @@ Drained PacketFd::DrainQueue() {
     ssize_t n = ReadOne(slot, &hdr);
     if (n < 0) {
       if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        // A drain read to the end: was it one packet?
+        if (count > 0) {
+          single_drains_ =
+              static_cast<uint8_t>(single_drains_ << 1 | (count == 1 ? 1 : 0));
+        }
+        break;
+      }
       return {count, errno, syscall};
     }
     // TUN never yields an empty packet; on a socket 0 is the peer's close.
@@ -147,11 +158,13 @@ Drained PacketFd::DrainQueue() {
       }
     }
     lengths_[count++] = len;
+    if (stop_at_one) break;
     if (one_at_a_time && count == 1 && len <= kSmallPacket &&
         (!vnet_ || gso_size_[0] == 0)) {
       break;
     }
   }
+  if (count == capacity_) single_drains_ = 0;
   return {count, 0, syscall};
 }
 

@@ -52,6 +52,16 @@ class PacketFd : public PollSource<PacketFd> {
   // so a packet left queued wakes the next loop turn.
   static constexpr uint32_t kSmallPacket = kConversationPacket;
   static constexpr uint64_t kQuietNs = 20'000;
+  // Under load too: while each of the last 8 drains read to EAGAIN found
+  // exactly one packet (a TCP sender's super-packets, one per wake-up, or a
+  // request-response), a drain stops after its first packet, without the
+  // read that would most likely say EAGAIN. Every 8th drain still reads to
+  // the end, so a second packet queued behind the first shows up in the
+  // record within 8 drains and the rule stops applying. Stopping early loses
+  // and reorders nothing: the poll is level-triggered, so a packet left
+  // queued is read on the next loop turn, in order.
+  static constexpr uint8_t kSingleDrains = 0xff;
+  static constexpr uint8_t kProbeMask = 7;
 
   // After a write, whether to read back at once (busy_poll.h, TakeFollowUp):
   // while one of the last 8 follow-ups found a packet, and as a probe every
@@ -96,6 +106,8 @@ class PacketFd : public PollSource<PacketFd> {
   bool following_up_ = false;
   uint8_t follow_up_hits_ = 1;  // the last 8 follow-ups, newest in bit 0
   uint8_t follow_up_probe_ = 0;
+  uint8_t single_drains_ = 0;  // the last 8 drains read to EAGAIN, newest in bit 0: one packet?
+  uint8_t drain_probe_ = 0;
   uint32_t last_drain_count_ = 0;
   uint64_t last_drain_end_ = 0;
   double write_errors_ = 0;
