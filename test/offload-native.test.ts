@@ -12,7 +12,7 @@ import { loadAddon } from "../dataplane/native/index.js";
 import { TunDevice, UdpTransport } from "../dataplane/native-io.js";
 import { Coalescer } from "../dataplane/offload/coalescer.js";
 import { createNetns, deleteNetns } from "./helpers/netns.js";
-import { hex, l4ChecksumOk, put16, tcpPacket, udpPacketSpec } from "./helpers/segments.js";
+import { hex, l4ChecksumOk, put16, stage, tcpPacket, udpPacketSpec } from "./helpers/segments.js";
 import { injectSendErrors } from "./helpers/send-errors.js";
 
 const execFileAsync = promisify(execFile);
@@ -211,16 +211,7 @@ describe("virtio-net headers on a packet fd (socketpair)", () => {
     const { writer, got } = pair(t, true);
     const one = (seq: number) => tcpPacket({ seq, payload: new Uint8Array(1000).fill(seq & 255) });
     const send = (packets: Uint8Array[]) => {
-      const bytes = new Uint8Array(packets.reduce((n, q) => n + q.length, 0));
-      const offsets = new Uint32Array(packets.length);
-      const lengths = new Uint32Array(packets.length);
-      let at = 0;
-      packets.forEach((q, k) => {
-        bytes.set(q, at);
-        offsets[k] = at;
-        lengths[k] = q.length;
-        at += q.length;
-      });
+      const { bytes, offsets, lengths } = stage(packets);
       assert.equal(writer.write(bytes, offsets, lengths, 0, packets.length), packets.length);
     };
     // Drains of exactly one packet each: the reader then stops after one.
