@@ -298,7 +298,8 @@ Napi::Value GroMerge(const Napi::CallbackInfo& info) {
   }
   if (count == 0) return Napi::Number::New(env, 0);
   const uint32_t head_off = offsets.data[first];
-  if (uint64_t{head_off} + room > bytes.length) {
+  // Gathered, the run grows nothing in bytes: only the head's headers change.
+  if (!gather && uint64_t{head_off} + room > bytes.length) {
     ThrowRangeError(env, "room reaches outside bytes");
     return Napi::Value();
   }
