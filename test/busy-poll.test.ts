@@ -243,3 +243,41 @@ describe("follow-up reads after a device write", () => {
     });
   }
 });
+
+// Adaptive polling spins only for conversations: while any of the last 8
+// batches held several packets (bulk), the next wake-up comes soon anyway and
+// the spin would only take the CPU the flow's own ends need.
+describe("adaptive busy polling under bulk traffic", () => {
+  it("does not spin after batches of several packets, and delivers them all in order", {
+    timeout: 60_000,
+  }, async (t) => {
+    const addon = loadAddon();
+    setBusyPoll(0, { adaptive: true });
+    const [srcFd, feedFd] = addon.socketpair();
+    const src = TunDevice.fromFd(srcFd, "bulk", { capacity: 16, slotSize: 2048 });
+    t.after(() => {
+      setBusyPoll(0);
+      src.close();
+      closeSync(feedFd);
+    });
+    const got: number[] = [];
+    src.start((count) => {
+      const { bytes, slotSize } = src.rx;
+      for (let i = 0; i < count; i++)
+        got.push(Buffer.from(bytes.buffer, bytes.byteOffset + i * slotSize).readUInt32BE(0));
+    });
+    const before = addon.busyPollStats();
+    let seq = 0;
+    for (let burst = 0; burst < 200; burst++) {
+      // Queued before the drain: one batch of four (1400-byte packets).
+      for (let k = 0; k < 4; k++) writeSync(feedFd, numbered(seq++, 1400));
+      const want = seq;
+      while (got.length < want) await new Promise((r) => setImmediate(r));
+    }
+    assert.deepEqual(
+      got,
+      Array.from({ length: seq }, (_, i) => i),
+    );
+    assert.equal(addon.busyPollStats().spins, before.spins, "no spin followed a bulk batch");
+  });
+});
