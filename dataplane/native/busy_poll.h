@@ -56,7 +56,6 @@ class AdaptiveWindow {
   }
 
   bool enabled() const { return fixed_ns_ > 0 || adaptive_; }
-  bool adaptive() const { return fixed_ns_ == 0 && adaptive_; }
   uint64_t window_ns() const { return window_ns_; }
 
   // A batch came through the event loop at `now` (not during a spin): the
@@ -203,7 +202,6 @@ class Spinner {
   // packet, the pattern of request-response traffic.
   void AfterBatch(bool conversation) {
     conversation_ = conversation;
-    recent_bulk_ = static_cast<uint8_t>(recent_bulk_ << 1 | (conversation ? 0 : 1));
     if (spinning_) return;
     spinning_ = true;
     for (int round = 0;; round++) {
@@ -298,12 +296,6 @@ class Spinner {
 
   void Spin() {
     if (members_.empty() || epfd_ < 0 || !policy_.enabled()) return;
-    // Bulk traffic (a batch of several packets or a super-packet among the
-    // last 8): the next batch wakes the thread soon anyway, and on a machine
-    // with few cores the spin takes the CPU the flow's own ends need. A TCP
-    // stream, both directions: 1.43 against 1.62-1.76 CPU s/GB (latency.md
-    // note 9). A fixed window (--busy-poll-us) still spins after every batch.
-    if (recent_bulk_ != 0 && policy_.adaptive()) return;
     const uint64_t start = Now();
     const uint64_t window = policy_.OnWake(start);
     if (window == 0) {
@@ -369,8 +361,6 @@ class Spinner {
   uv_loop_t* loop_ = nullptr;
   bool loop_wait_ = true;
   bool conversation_ = false;
-  // The last 8 batches, newest in bit 0: 1 where it was not a conversation.
-  uint8_t recent_bulk_ = 0;
   uint64_t waits_ = 0;
   uint64_t waits_caught_ = 0;
   uint64_t follow_ups_ = 0;
