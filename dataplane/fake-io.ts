@@ -115,6 +115,26 @@ function arena(capacity: number, slotSize: number): RxArena {
   return { bytes: new Uint8Array(capacity * slotSize), lengths: new Uint32Array(capacity), slotSize, capacity };
 }
 
+/** Entry i whole, then the payloads (past the head's IP + TCP/UDP header length) of the k - 1 entries after it. */
+function gathered(bytes: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, i: number, k: number): Uint8Array {
+  const head = offsets[i] as number;
+  const headLen = lengths[i] as number;
+  if (k === 1) return bytes.slice(head, head + headLen);
+  const ihl = ((bytes[head] as number) & 0x0f) * 4;
+  const hdr = ihl + (bytes[head + 9] === 6 ? ((bytes[head + ihl + 12] as number) >> 4) * 4 : 8);
+  let total = headLen;
+  for (let j = i + 1; j < i + k; j++) total += (lengths[j] as number) - hdr;
+  const out = new Uint8Array(total);
+  out.set(bytes.subarray(head, head + headLen));
+  let at = headLen;
+  for (let j = i + 1; j < i + k; j++) {
+    const q = offsets[j] as number;
+    out.set(bytes.subarray(q + hdr, q + (lengths[j] as number)), at);
+    at += (lengths[j] as number) - hdr;
+  }
+  return out;
+}
+
 export class FakeDevice extends FakeEndpoint implements RawDevice {
   readonly name: string;
   readonly rx: DeviceArena;
@@ -165,20 +185,26 @@ export class FakeDevice extends FakeEndpoint implements RawDevice {
     start: number,
     count: number,
     gsoSize?: Uint16Array,
+    runs?: Uint16Array,
   ): number {
     if (gsoSize !== undefined && !this.gso) throw new Error("fake device: gsoSize needs gso");
-    const n = this.take(count);
-    for (let i = start; i < start + n; i++) {
-      const off = offsets[i] as number;
-      const len = lengths[i] as number;
+    if (runs !== undefined && gsoSize === undefined) throw new Error("fake device: runs need gsoSize");
+    // The budget counts writes: a run is one.
+    let i = start;
+    while (i < start + count && this.take(1) === 1) {
+      const gso = gsoSize === undefined ? 0 : (gsoSize[i] as number);
+      const k = runs !== undefined && gso !== 0 && (runs[i] as number) >= 2 ? (runs[i] as number) : 1;
+      if (i + k > start + count) throw new Error(`fake device: the run of entry ${i} reaches past the batch`);
+      const packet = gathered(bytes, offsets, lengths, i, k);
       if (this.record) {
-        this.written.push(bytes.slice(off, off + len));
-        this.writtenGso.push(gsoSize === undefined ? 0 : (gsoSize[i] as number));
+        this.written.push(packet);
+        this.writtenGso.push(gso);
       }
       this.outPackets++;
-      this.outBytes += len;
+      this.outBytes += packet.length;
+      i += k;
     }
-    return n;
+    return i - start;
   }
 }
 

@@ -137,7 +137,10 @@ export interface RawDevice extends Source {
    * One write() per packet, never a multi-packet writev. With gso, gsoSize[i] > 0
    * marks a TCP (or, with udpGso, UDP) super-packet of segments with that
    * payload size, its L4 checksum seeded with the pseudo-header sum (what
-   * groMerge leaves).
+   * groMerge leaves). runs (with gsoSize): runs[i] >= 2 makes entries i ..
+   * i + runs[i] - 1 one super-packet gathered from where they lie, entry i
+   * whole (its headers fixed for the run by groMerge's gather), then each
+   * member's payload past its headers; a run is consumed whole or not at all.
    */
   write(
     bytes: Uint8Array,
@@ -146,6 +149,7 @@ export interface RawDevice extends Source {
     start: number,
     count: number,
     gsoSize?: Uint16Array,
+    runs?: Uint16Array,
   ): number;
   /** Packets the kernel refused with an error other than EAGAIN (counted drops). */
   readonly writeErrors: number;

@@ -225,6 +225,7 @@ export class TunDevice extends NativeEndpoint<NativePacketFd> implements RawDevi
   private boundOffsets: Uint32Array | null = null;
   private boundLengths: Uint32Array | null = null;
   private boundGso: Uint16Array | undefined;
+  private boundRuns: Uint16Array | undefined;
 
   write(
     bytes: Uint8Array,
@@ -233,18 +234,21 @@ export class TunDevice extends NativeEndpoint<NativePacketFd> implements RawDevi
     start: number,
     count: number,
     gsoSize?: Uint16Array,
+    runs?: Uint16Array,
   ): number {
     if (
       bytes !== this.boundBytes ||
       offsets !== this.boundOffsets ||
       lengths !== this.boundLengths ||
-      gsoSize !== this.boundGso
+      gsoSize !== this.boundGso ||
+      runs !== this.boundRuns
     ) {
-      this.native.bindWrite(bytes, offsets, lengths, gsoSize);
+      this.native.bindWrite(bytes, offsets, lengths, gsoSize, runs);
       this.boundBytes = bytes;
       this.boundOffsets = offsets;
       this.boundLengths = lengths;
       this.boundGso = gsoSize;
+      this.boundRuns = runs;
     }
     return this.native.write(start, count);
   }

@@ -14,7 +14,7 @@ import { onesSum } from "../dataplane/wire/checksum.js";
 import { edgeSize, flow, fuzzSeed, mutate, mutateFlow, noise, packet } from "./helpers/mutate.js";
 import { headerChecksumOk } from "./helpers/packets.js";
 import { randomInt, seededRandom } from "./helpers/random.js";
-import { completeTcpChecksum, l4ChecksumOk, put16, u16 } from "./helpers/segments.js";
+import { completeTcpChecksum, l4ChecksumOk, put16, stage, u16 } from "./helpers/segments.js";
 
 const addon = loadAddon();
 const SEED = fuzzSeed();
@@ -225,17 +225,7 @@ async function pipe(
       });
     }
   });
-  const total = frames.reduce((s, f) => s + f.length, 0);
-  const bytes = new Uint8Array(total);
-  const offsets = new Uint32Array(frames.length);
-  const lengths = new Uint32Array(frames.length);
-  let at = 0;
-  frames.forEach((f, i) => {
-    bytes.set(f, at);
-    offsets[i] = at;
-    lengths[i] = f.length;
-    at += f.length;
-  });
+  const { bytes, offsets, lengths } = stage(frames);
   writer.native.bindWrite(bytes, offsets, lengths, gso);
   const accounted = () => got.length + reader.native.truncatedDrops + writer.native.writeErrors;
   for (let done = 0; done < frames.length; ) {

@@ -16,6 +16,7 @@ import { setBusyPoll, TunDevice, UdpTransport } from "../dataplane/native-io.js"
 import { type Ipv4Prefix, parsePrefix } from "../net/addr.js";
 import { createNetns, deleteNetns, nsExec } from "./helpers/netns.js";
 import { udpPacket } from "./helpers/packets.js";
+import { stage } from "./helpers/segments.js";
 import { injectSendErrors } from "./helpers/send-errors.js";
 
 const execFileAsync = promisify(execFile);
@@ -29,22 +30,6 @@ function packet(i: number, len: number): Uint8Array {
   const p = new Uint8Array(len);
   for (let k = 0; k < len; k++) p[k] = (i * 7 + k * 13 + 1) & 255;
   return p;
-}
-
-/** Lays packets end to end in one buffer, as the engine stages them. */
-function stage(packets: Uint8Array[]): { bytes: Uint8Array; offsets: Uint32Array; lengths: Uint32Array } {
-  const total = packets.reduce((n, p) => n + p.length, 0);
-  const bytes = new Uint8Array(total);
-  const offsets = new Uint32Array(packets.length);
-  const lengths = new Uint32Array(packets.length);
-  let at = 0;
-  packets.forEach((p, i) => {
-    bytes.set(p, at);
-    offsets[i] = at;
-    lengths[i] = p.length;
-    at += p.length;
-  });
-  return { bytes, offsets, lengths };
 }
 
 /** Resolves when `ready()` holds, checked after every notify(). */

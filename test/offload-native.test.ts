@@ -10,8 +10,9 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import { loadAddon } from "../dataplane/native/index.js";
 import { TunDevice, UdpTransport } from "../dataplane/native-io.js";
+import { Coalescer } from "../dataplane/offload/coalescer.js";
 import { createNetns, deleteNetns } from "./helpers/netns.js";
-import { hex, l4ChecksumOk, put16, tcpPacket } from "./helpers/segments.js";
+import { hex, l4ChecksumOk, put16, stage, tcpPacket, udpPacketSpec } from "./helpers/segments.js";
 import { injectSendErrors } from "./helpers/send-errors.js";
 
 const execFileAsync = promisify(execFile);
@@ -103,6 +104,138 @@ describe("virtio-net headers on a packet fd (socketpair)", () => {
     await until(() => got.length === 1);
     assert.ok(l4ChecksumOk(got[0]?.data as Uint8Array));
     assert.equal(hex(got[0]?.data as Uint8Array), hex(p));
+  });
+
+  it(
+    "writes a gathered run as the same super-packet a moved run makes, byte for byte, in order",
+    TIMEOUT,
+    async (t) => {
+      const { writer, got } = pair(t, true);
+      // Two flows interleaved by chunks, a short PSH tail, a segment with a bad
+      // checksum (ends its run and goes alone) and a lone UDP datagram.
+      const pkts: Uint8Array[] = [];
+      const seg = (port: number, seq: number, len: number, extra: Partial<Parameters<typeof tcpPacket>[0]> = {}) =>
+        tcpPacket({
+          srcPort: port,
+          seq,
+          payload: new Uint8Array(len).map((_, k) => (seq + k) & 255),
+          df: true,
+          ...extra,
+        });
+      for (let k = 0; k < 5; k++) pkts.push(seg(1000, 1 + k * 1200, 1200));
+      for (let k = 0; k < 3; k++) pkts.push(seg(2000, 7 + k * 1200, 1200));
+      pkts.push(seg(1000, 6001, 1200), seg(1000, 7201, 300, { flags: 0x18 }));
+      pkts.push(seg(2000, 3607, 1200), seg(2000, 4807, 1200, { checksum: 0x1234 }), seg(2000, 6007, 1200));
+      pkts.push(udpPacketSpec({ payload: new Uint8Array(100).fill(5) }));
+      // A UDP run last, its head near the end of the buffer.
+      for (let k = 0; k < 4; k++) pkts.push(udpPacketSpec({ payload: new Uint8Array(1400).fill(k), df: true }));
+      const slot = 65536;
+      const layOut = () => {
+        // Each packet in its own slot, as the transport's receive arena holds them.
+        const bytes = new Uint8Array(slot * pkts.length);
+        const offsets = new Uint32Array(pkts.length);
+        const lengths = new Uint32Array(pkts.length);
+        pkts.forEach((q, k) => {
+          bytes.set(q, k * slot);
+          offsets[k] = k * slot;
+          lengths[k] = q.length;
+        });
+        return { bytes, offsets, lengths, gso: new Uint16Array(pkts.length) };
+      };
+      const moved = layOut();
+      const n = new Coalescer(true).coalesce(moved.bytes, moved.offsets, moved.lengths, moved.gso, pkts.length, slot);
+      const want = Array.from({ length: n }, (_, k) => {
+        const at = moved.offsets[k] as number;
+        return [hex(moved.bytes.subarray(at, at + (moved.lengths[k] as number))), moved.gso[k]];
+      });
+      assert.ok(want.filter(([, g]) => g !== 0).length >= 3, "the batch holds runs to gather");
+
+      // Gathered, the packets may lie end to end, a run's head far less than
+      // 64 KiB before the end of the buffer: nothing grows.
+      const g = { ...stage(pkts), gso: new Uint16Array(pkts.length) };
+      const runs = new Uint16Array(pkts.length);
+      new Coalescer(true).gather(g.bytes, g.offsets, g.lengths, g.gso, runs, pkts.length);
+      assert.equal(writer.write(g.bytes, g.offsets, g.lengths, 0, pkts.length, g.gso, runs), pkts.length);
+      await until(() => got.length === n);
+      assert.deepEqual(
+        got.map((w) => [hex(w.data), w.gsoSize]),
+        want,
+      );
+    },
+  );
+
+  it(
+    "refuses a run that reaches past the batch or into a packet shorter than its headers, writing nothing",
+    TIMEOUT,
+    async (t) => {
+      const { writer, got } = pair(t, true);
+      const a = tcpPacket({ seq: 1, payload: new Uint8Array(100) });
+      const bytes = new Uint8Array(3 * 200);
+      bytes.set(a, 0);
+      bytes.set(a, 200);
+      const offsets = Uint32Array.of(0, 200, 400);
+      assert.throws(
+        () =>
+          writer.write(
+            bytes,
+            offsets,
+            Uint32Array.of(a.length, a.length, 0),
+            0,
+            2,
+            Uint16Array.of(100, 0, 0),
+            Uint16Array.of(3, 0, 0),
+          ),
+        /run of entry 0 \(3 packets\)/,
+      );
+      assert.throws(
+        () =>
+          writer.write(
+            bytes,
+            offsets,
+            Uint32Array.of(a.length, 30, 0),
+            0,
+            2,
+            Uint16Array.of(100, 0, 0),
+            Uint16Array.of(2, 0, 0),
+          ),
+        /run of entry 0 \(2 packets\)/,
+      );
+      // Nothing of either went out: the next packet written is the first read.
+      const b = tcpPacket({ seq: 2, payload: new Uint8Array(7).fill(1) });
+      assert.equal(writer.write(b, Uint32Array.of(0), Uint32Array.of(b.length), 0, 1), 1);
+      await until(() => got.length >= 1);
+      assert.deepEqual(
+        got.map((w) => hex(w.data)),
+        [hex(b)],
+      );
+    },
+  );
+
+  it("after many one-packet drains, a burst still arrives whole and in order", TIMEOUT, async (t) => {
+    const { writer, got } = pair(t, true);
+    const one = (seq: number) => tcpPacket({ seq, payload: new Uint8Array(1000).fill(seq & 255) });
+    const send = (packets: Uint8Array[]) => {
+      const { bytes, offsets, lengths } = stage(packets);
+      assert.equal(writer.write(bytes, offsets, lengths, 0, packets.length), packets.length);
+    };
+    // Drains of exactly one packet each: the reader then stops after one.
+    const want: string[] = [];
+    for (let k = 0; k < 20; k++) {
+      const q = one(k);
+      want.push(hex(q));
+      send([q]);
+      await until(() => got.length === k + 1);
+    }
+    for (let round = 0; round < 10; round++) {
+      const burst = Array.from({ length: 5 }, (_, k) => one(100 + round * 5 + k));
+      want.push(...burst.map(hex));
+      send(burst);
+      await until(() => got.length === want.length);
+    }
+    assert.deepEqual(
+      got.map((g) => hex(g.data)),
+      want,
+    );
   });
 
   it("refuses gsoSize on a packet fd without virtio-net headers", (t) => {

@@ -126,6 +126,9 @@ struct BoundArrays {
   ArrayView<uint16_t> piece_count;
   ArrayView<uint32_t> piece_offsets;
   ArrayView<uint32_t> piece_lengths;
+  // Gathered runs toward a TUN (absent when not bound): entry i with
+  // runs[i] >= 2 is one super-packet of entries i .. i + runs[i] - 1.
+  ArrayView<uint16_t> runs;
   // The shortest per-packet array: every batch must lie below it.
   size_t shortest = 0;
   BufferWatch watch;

@@ -46,10 +46,19 @@ export interface NativePacketFd extends NativeSource {
    * The arrays the following writes read, kept until the next bindWrite (a
    * buffer detached or shrunk: write throws ERR_WEFT_DETACHED). gsoSize (vnet
    * fds only): gsoSize[i] > 0 marks a TCP/UDP super-packet whose L4 checksum
-   * holds the pseudo-header sum; the kernel segments it.
+   * holds the pseudo-header sum; the kernel segments it. runs (with gsoSize):
+   * runs[i] >= 2 makes entries i .. i + runs[i] - 1 one super-packet written
+   * from pieces, entry i whole (headers fixed by groMerge with gather), then
+   * each member's payload; the run's entries are consumed together.
    */
-  bindWrite(bytes: Uint8Array, offsets: Uint32Array, lengths: Uint32Array, gsoSize?: Uint16Array): void;
-  /** One write() per bound packet in [start, start + count); returns packets consumed (< count only on EAGAIN). */
+  bindWrite(
+    bytes: Uint8Array,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    gsoSize?: Uint16Array,
+    runs?: Uint16Array,
+  ): void;
+  /** One write() per bound packet (or run) in [start, start + count); returns packets consumed (< count only on EAGAIN). */
   write(start: number, count: number): number;
   /** Packets the kernel refused (errno other than EAGAIN/EINTR); they count as consumed. */
   readonly writeErrors: number;
@@ -236,7 +245,9 @@ export interface Addon {
    * any whose checksum fails (or, for UDP, is absent); fixes the IP header,
    * for TCP takes PSH from the last, for UDP sets the whole length, and seeds
    * the L4 checksum for NEEDS_CSUM. Returns how many went in (< 2: nothing
-   * changed); lengths[first] is the new length.
+   * changed); lengths[first] is the new length. With gather nothing moves:
+   * only the head's headers change (its IP length counts the run) and
+   * lengths[first] stays; the run is then written from pieces (bindWrite's runs).
    */
   groMerge(
     bytes: Uint8Array,
@@ -245,6 +256,7 @@ export interface Addon {
     first: number,
     count: number,
     room: number,
+    gather?: boolean,
   ): number;
 }
 

@@ -282,6 +282,9 @@ Napi::Value GroMerge(const Napi::CallbackInfo& info) {
   ArrayView<uint32_t> offsets;
   ArrayView<uint32_t> lengths;
   uint32_t first = 0, count = 0, room = 0;
+  // gather: leave the payloads where they lie (the device writes the run
+  // from pieces); only the head's headers change, lengths[first] does not.
+  const bool gather = info[6].ToBoolean();
   if (!GetArray(env, info[0], "bytes", &bytes) ||
       !GetArray(env, info[1], "offsets", &offsets) ||
       !GetArray(env, info[2], "lengths", &lengths) ||
@@ -295,7 +298,8 @@ Napi::Value GroMerge(const Napi::CallbackInfo& info) {
   }
   if (count == 0) return Napi::Number::New(env, 0);
   const uint32_t head_off = offsets.data[first];
-  if (uint64_t{head_off} + room > bytes.length) {
+  // Gathered, the run grows nothing in bytes: only the head's headers change.
+  if (!gather && uint64_t{head_off} + room > bytes.length) {
     ThrowRangeError(env, "room reaches outside bytes");
     return Napi::Value();
   }
@@ -339,7 +343,7 @@ Napi::Value GroMerge(const Napi::CallbackInfo& info) {
     // Same slot: the gap the dropped headers leave lies before q, so the
     // copy only ever moves bytes down over ones already consumed (q's own
     // header included: read nothing of q after this).
-    memmove(head + end, q + hdr, pl);
+    if (!gather) memmove(head + end, q + hdr, pl);
     end += pl;
     merged++;
   }
@@ -355,7 +359,7 @@ Napi::Value GroMerge(const Napi::CallbackInfo& info) {
     Write16(head + ihl + 4, end - ihl);
     Write16(head + ihl + 6, PseudoHeaderSum(head, 17, end - ihl));
   }
-  lengths.data[first] = end;
+  if (!gather) lengths.data[first] = end;
   return Napi::Number::New(env, merged);
 }
 

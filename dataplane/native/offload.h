@@ -80,14 +80,18 @@ bool UdpChecksumOk(const uint8_t* p, uint32_t len);
 // -> boolean; out = [segments, stride, total].
 Napi::Value GsoSplit(const Napi::CallbackInfo& info);
 
-// Napi: groMerge(bytes, offsets, lengths, first, count, room) -> merged.
+// Napi: groMerge(bytes, offsets, lengths, first, count, room, gather?)
+// -> merged.
 // Appends the TCP payloads of packets first+1 .. first+count-1 to packet
 // `first` in place (which may grow up to `room` bytes from its offset),
 // stopping before the first packet whose TCP checksum fails. The result has
 // its IP total length and header checksum fixed, PSH from the last packet,
 // and the TCP checksum field seeded with the pseudo-header sum, ready for a
 // VIRTIO_NET_HDR_F_NEEDS_CSUM write. lengths[first] gets the new length.
-// Returns how many packets went in (0 or 1: nothing changed).
+// Returns how many packets went in (0 or 1: nothing changed). With gather
+// nothing moves: only the head's headers are fixed (its IP total length then
+// counts the whole run), lengths[first] stays, and the run must be written
+// from pieces (the head whole, then each member's payload).
 Napi::Value GroMerge(const Napi::CallbackInfo& info);
 
 }  // namespace weft

@@ -114,6 +114,10 @@ Drained PacketFd::DrainQueue() {
   // See kSmallPacket: one packet per wake-up lately, and a quiet spell since.
   const bool one_at_a_time =
       last_drain_count_ == 1 && Spinner::Now() - last_drain_end_ >= kQuietNs;
+  // See kSingleDrains: every recent drain found one packet, so stop after
+  // one unless this drain is the probe that keeps that record honest.
+  const bool stop_at_one =
+      single_drains_ == kSingleDrains && (++drain_probe_ & kProbeMask) != 0;
   uint32_t count = 0;
   for (uint32_t attempt = 0; attempt < capacity_ && count < capacity_;
        attempt++) {
@@ -122,7 +126,14 @@ Drained PacketFd::DrainQueue() {
     ssize_t n = ReadOne(slot, &hdr);
     if (n < 0) {
       if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        // A drain read to the end: was it one packet?
+        if (count > 0) {
+          single_drains_ =
+              static_cast<uint8_t>(single_drains_ << 1 | (count == 1 ? 1 : 0));
+        }
+        break;
+      }
       return {count, errno, syscall};
     }
     // TUN never yields an empty packet; on a socket 0 is the peer's close.
@@ -147,18 +158,23 @@ Drained PacketFd::DrainQueue() {
       }
     }
     lengths_[count++] = len;
+    if (stop_at_one) break;
     if (one_at_a_time && count == 1 && len <= kSmallPacket &&
         (!vnet_ || gso_size_[0] == 0)) {
       break;
     }
   }
+  if (count == capacity_) single_drains_ = 0;
   return {count, 0, syscall};
 }
 
 // One packet (behind a virtio-net header when on). A super-packet's header
 // says where its L4 checksum lies; the kernel completes it per segment.
+// `tail` (tail_count iovecs) follow the packet's first `len` bytes in the
+// same write: a run gathered from where its payloads lie.
 ssize_t PacketFd::WriteOne(const uint8_t* packet, uint32_t len,
-                           uint32_t gso_size) {
+                           uint32_t gso_size, const iovec* tail,
+                           uint32_t tail_count) {
   if (!vnet_) {
     // MSG_NOSIGNAL: a socket whose peer closed says EPIPE instead of SIGPIPE.
     return is_socket_ ? send(fd(), packet, len, MSG_NOSIGNAL | MSG_DONTWAIT)
@@ -182,13 +198,25 @@ ssize_t PacketFd::WriteOne(const uint8_t* packet, uint32_t len,
       hdr.csum_start = static_cast<uint16_t>(ihl);
     }
   }
-  iovec iov[2] = {{&hdr, kVnetHdrLen},
-                  {const_cast<uint8_t*>(packet), len}};
-  if (!is_socket_) return writev(fd(), iov, 2);
+  iovec iov[2 + kMaxRun] = {{&hdr, kVnetHdrLen},
+                            {const_cast<uint8_t*>(packet), len}};
+  for (uint32_t k = 0; k < tail_count; k++) iov[2 + k] = tail[k];
+  const int n = static_cast<int>(2 + tail_count);
+  if (!is_socket_) return writev(fd(), iov, n);
   msghdr h = {};
   h.msg_iov = iov;
-  h.msg_iovlen = 2;
+  h.msg_iovlen = static_cast<size_t>(n);
   return sendmsg(fd(), &h, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+// The header bytes (IP + TCP/UDP) every member of a gathered run drops: 0
+// when the head is neither.
+static uint32_t RunHeaderLength(const uint8_t* p, uint32_t len) {
+  if (len < 20) return 0;
+  const uint32_t ihl = (p[0] & 15u) * 4;
+  if (p[9] == 6 && len >= ihl + 20) return ihl + (p[ihl + 12] >> 4) * 4u;
+  if (p[9] == 17 && len >= ihl + 8) return ihl + 8;
+  return 0;
 }
 
 Napi::Value PacketFd::BindWrite(const Napi::CallbackInfo& info) {
@@ -208,7 +236,15 @@ Napi::Value PacketFd::BindWrite(const Napi::CallbackInfo& info) {
     }
     a.shortest = std::min(a.shortest, a.gso.length);
   }
-  a.Keep({info[0], info[1], info[2], info[3]}, env);
+  if (!info[4].IsUndefined()) {
+    if (a.gso.data == nullptr) {
+      ThrowRangeError(env, "runs needs gsoSize");
+      return Napi::Value();
+    }
+    if (!GetArray(env, info[4], "runs", &a.runs)) return Napi::Value();
+    a.shortest = std::min(a.shortest, a.runs.length);
+  }
+  a.Keep({info[0], info[1], info[2], info[3], info[4]}, env);
   bound_ = std::move(a);
   return env.Undefined();
 }
@@ -224,18 +260,54 @@ Napi::Value PacketFd::Write(const Napi::CallbackInfo& info) {
   const auto& lengths = bound_.lengths;
   const auto& gso = bound_.gso;
   const bool has_gso = gso.data != nullptr;
-  // One write() per packet: a TUN fd takes a writev as ONE packet.
+  const uint16_t* runs = bound_.runs.data;
+  // A run is checked whole before anything is written: it lies inside the
+  // batch, and every member holds the header it drops.
+  auto run_of = [&](uint32_t i) -> uint32_t {
+    return runs != nullptr && gso.data[i] != 0 && runs[i] >= 2 ? runs[i] : 1;
+  };
+  if (runs != nullptr) {
+    for (uint32_t i = start; i < start + count; i += run_of(i)) {
+      const uint32_t k = run_of(i);
+      if (k == 1) continue;
+      const uint32_t hdr = RunHeaderLength(bytes.data + offsets.data[i],
+                                           lengths.data[i]);
+      bool ok = k <= kMaxRun + 1 && uint64_t{i} + k <= uint64_t{start} + count &&
+                hdr != 0;
+      for (uint32_t j = i + 1; ok && j < i + k; j++) {
+        ok = lengths.data[j] >= hdr;
+      }
+      if (!ok) {
+        ThrowRangeError(env, "write: the run of entry " + std::to_string(i) +
+                                 " (" + std::to_string(k) +
+                                 " packets) is not a run of this batch");
+        return Napi::Value();
+      }
+    }
+  }
+  // One write() per packet: a TUN fd takes a writev as ONE packet, which is
+  // how a run goes out gathered.
+  iovec tail[kMaxRun];
   uint32_t done = 0;
   while (done < count) {
     uint32_t i = start + done;
+    const uint32_t k = run_of(i);
+    if (k > 1) {
+      const uint32_t hdr = RunHeaderLength(bytes.data + offsets.data[i],
+                                           lengths.data[i]);
+      for (uint32_t j = 1; j < k; j++) {
+        tail[j - 1] = {bytes.data + offsets.data[i + j] + hdr,
+                       lengths.data[i + j] - hdr};
+      }
+    }
     ssize_t n = WriteOne(bytes.data + offsets.data[i], lengths.data[i],
-                         has_gso ? gso.data[i] : 0);
+                         has_gso ? gso.data[i] : 0, tail, k - 1);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       write_errors_++;
     }
-    done++;
+    done += k;
   }
   if (done > 0) ArmFollowUp();
   return Napi::Number::New(env, done);

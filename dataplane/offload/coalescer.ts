@@ -87,14 +87,8 @@ export class Coalescer {
     while (i < count) {
       const head = offsets[i];
       const room = Math.min(IP_MAX_TOTAL, slotSize - (head % slotSize));
-      let size = tcpRunPayload(bytes, head, lengths[i]);
-      let end = i + 1;
-      if (size > 0) {
-        end = tcpRunEnd(bytes, offsets, lengths, i, count, size, room);
-      } else if (this.udp) {
-        size = udpRunPayload(bytes, head, lengths[i]);
-        if (size > 0) end = udpRunEnd(bytes, offsets, lengths, i, count, size, room);
-      }
+      const end = this.runEnd(bytes, offsets, lengths, i, count, room);
+      const size = this.runSize;
       let merged = 1;
       if (end - i >= 2) {
         if (this.addon === null) this.addon = loadAddon();
@@ -111,6 +105,69 @@ export class Coalescer {
       i += merged;
     }
     return out;
+  }
+
+  /** The segment payload size of the run runEnd found last (0: packet i starts none). */
+  private runSize = 0;
+
+  /** One past the last packet of the run packet i starts (i + 1: none), at most `room` bytes; its size in runSize. */
+  private runEnd(
+    bytes: Uint8Array,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    i: number,
+    count: number,
+    room: number,
+  ): number {
+    const head = offsets[i];
+    let size = tcpRunPayload(bytes, head, lengths[i]);
+    let end = i + 1;
+    if (size > 0) {
+      end = tcpRunEnd(bytes, offsets, lengths, i, count, size, room);
+    } else if (this.udp) {
+      size = udpRunPayload(bytes, head, lengths[i]);
+      if (size > 0) end = udpRunEnd(bytes, offsets, lengths, i, count, size, room);
+    }
+    this.runSize = size;
+    return end;
+  }
+
+  /**
+   * Marks the runs among the staged packets [0, count) without moving a
+   * byte: a run's first packet gets gso[i] (its segment payload size) and
+   * runs[i] (packets in it), its headers fixed for the whole run; every other
+   * entry gets 0 and 0. The device writes each run from pieces (scatter-gather),
+   * so a run is bounded by 65535 bytes and GRO_MAX_SEGMENTS, not by a slot.
+   */
+  gather(
+    bytes: Uint8Array,
+    offsets: Uint32Array,
+    lengths: Uint32Array,
+    gso: Uint16Array,
+    runs: Uint16Array,
+    count: number,
+  ): void {
+    let i = 0;
+    while (i < count) {
+      const end = this.runEnd(bytes, offsets, lengths, i, count, IP_MAX_TOTAL);
+      const size = this.runSize;
+      let merged = 1;
+      if (end - i >= 2) {
+        if (this.addon === null) this.addon = loadAddon();
+        merged = Math.max(1, this.addon.groMerge(bytes, offsets, lengths, i, end - i, IP_MAX_TOTAL, true));
+      }
+      gso[i] = merged >= 2 ? size : 0;
+      runs[i] = merged;
+      for (let k = i + 1; k < i + merged; k++) {
+        gso[k] = 0;
+        runs[k] = 0;
+      }
+      if (merged >= 2) {
+        this.superPackets++;
+        this.mergedSegments += merged;
+      }
+      i += merged;
+    }
   }
 }
 

@@ -35,6 +35,12 @@ export interface OffloadDeviceOptions {
   readonly coalesce?: boolean;
   /** The transport's receive arena: coalescing grows a packet up to the end of its slot there. */
   readonly peerArena: DatagramArena;
+  /**
+   * Write each coalesced run from where its packets lie, one writev of the
+   * head and the members' payloads (default true), instead of moving the
+   * payloads behind the head first.
+   */
+  readonly gather?: boolean;
 }
 
 export class OffloadDevice extends Wrapped<RawDevice> implements Device {
@@ -51,6 +57,8 @@ export class OffloadDevice extends Wrapped<RawDevice> implements Device {
   private offsets: Uint32Array;
   private lengths: Uint32Array;
   private gso: Uint16Array;
+  // Gathered writes: per staged entry, the packets of the run it starts (0 inside one).
+  private runs: Uint16Array | undefined;
   private count = 0;
   private pending = 0;
 
@@ -68,6 +76,7 @@ export class OffloadDevice extends Wrapped<RawDevice> implements Device {
     this.offsets = new Uint32Array(staged);
     this.lengths = new Uint32Array(staged);
     this.gso = new Uint16Array(staged);
+    if (this.coalescer !== null && (opts.gather ?? true)) this.runs = new Uint16Array(staged);
   }
 
   get name(): string {
@@ -149,6 +158,7 @@ export class OffloadDevice extends Wrapped<RawDevice> implements Device {
       this.pending,
       this.count - this.pending,
       this.gso,
+      this.runs,
     );
     return this.pending === this.count ? count : 0;
   }
@@ -158,6 +168,7 @@ export class OffloadDevice extends Wrapped<RawDevice> implements Device {
       this.offsets = new Uint32Array(count);
       this.lengths = new Uint32Array(count);
       this.gso = new Uint16Array(count);
+      if (this.runs !== undefined) this.runs = new Uint16Array(count);
     }
     for (let k = 0; k < count; k++) {
       this.offsets[k] = batch.offsets[start + k];
@@ -165,6 +176,13 @@ export class OffloadDevice extends Wrapped<RawDevice> implements Device {
       this.gso[k] = 0;
     }
     const coalescer = this.coalescer as Coalescer;
+    if (this.runs !== undefined) {
+      if (count > 1) coalescer.gather(batch.bytes, this.offsets, this.lengths, this.gso, this.runs, count);
+      else this.runs[0] = 0;
+      this.count = count;
+      this.pending = 0;
+      return;
+    }
     this.count =
       count > 1
         ? coalescer.coalesce(batch.bytes, this.offsets, this.lengths, this.gso, count, this.peerArena.slotSize)

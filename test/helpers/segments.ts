@@ -206,3 +206,19 @@ export function completeTcpChecksum(p: Uint8Array): Uint8Array {
 export function hex(b: Uint8Array): string {
   return Buffer.from(b).toString("hex");
 }
+
+/** Lays packets end to end in one buffer, as the engine stages them. */
+export function stage(packets: Uint8Array[]): { bytes: Uint8Array; offsets: Uint32Array; lengths: Uint32Array } {
+  const total = packets.reduce((n, p) => n + p.length, 0);
+  const bytes = new Uint8Array(total);
+  const offsets = new Uint32Array(packets.length);
+  const lengths = new Uint32Array(packets.length);
+  let at = 0;
+  packets.forEach((p, i) => {
+    bytes.set(p, at);
+    offsets[i] = at;
+    lengths[i] = p.length;
+    at += p.length;
+  });
+  return { bytes, offsets, lengths };
+}
