@@ -14,6 +14,7 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import { present } from "../../lab/packages.js";
 import { cpuSeconds, cpuSecondsWithChildren, type Memory, memoryOf } from "../../lab/proc.js";
 import { fmt, jsonNumber, median } from "../report.js";
 import { nsSpawn, sleep, track } from "./children.js";
@@ -189,7 +190,7 @@ export interface TruthOptions {
 }
 
 function installed(command: string): boolean {
-  return (process.env.PATH ?? "").split(":").some((d) => d !== "" && existsSync(join(d, command)));
+  return present(command, process.env.PATH ?? "");
 }
 
 /** The calls perf counts one by one beside the total: what a dataplane (or flannel's proxy) makes per packet. */
