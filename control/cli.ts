@@ -76,6 +76,11 @@ export const FLAGS = {
     def: 50,
     help: "the share of a core adaptive busy polling may spend waiting, in percent",
   },
+  "busy-poll-ring": {
+    kind: "bool",
+    def: false,
+    help: "busy polling watches flannel0 and the socket through io_uring polls whose completions land in shared memory, so a spin step is a memory load instead of a system call (falls back to epoll where io_uring is refused, e.g. by a container's seccomp profile)",
+  },
   "loop-wait": {
     kind: "bool",
     def: true,
@@ -154,6 +159,7 @@ export interface Options {
   busyPollUs: number;
   adaptiveBusyPoll: boolean;
   busyPollDuty: number;
+  busyPollRing: boolean;
   loopWait: boolean;
   releaseFilePages: boolean;
   kubeSubnetMgr: boolean;

@@ -199,11 +199,15 @@ export class Daemon {
       mtu,
     });
     this.dataplane = dataplane;
-    setBusyPoll(this.opts.busyPollUs, {
+    const ringError = setBusyPoll(this.opts.busyPollUs, {
       adaptive: this.opts.adaptiveBusyPoll,
       dutyPercent: this.opts.busyPollDuty,
       loopWait: this.opts.loopWait,
+      ring: this.opts.busyPollRing,
     });
+    if (ringError !== null) {
+      this.log.warn({ reason: ringError }, "io_uring is not available: busy polling uses epoll (--busy-poll-ring)");
+    }
     this.log.info({ tun: dataplane.tun.name, mtu, bind: `${formatIpv4(iface.addr)}:${port}` }, "dataplane up");
     return { device: dataplane.device, transport: dataplane.transport, mtu };
   }

@@ -47,7 +47,15 @@ export interface MetricSources {
   /** Sends stopped for want of kernel memory (ENOBUFS) and retried after a pause. */
   transportSendRetries(): number;
   /** Busy-poll spins: started, those that caught a batch, nanoseconds spent waiting (absent: no dataplane). */
-  busyPoll?(): { spins: number; caught: number; waitedNs: number; followUps?: number; followUpHits?: number };
+  busyPoll?(): {
+    spins: number;
+    caught: number;
+    waitedNs: number;
+    followUps?: number;
+    followUpHits?: number;
+    ring?: boolean;
+    ringArms?: number;
+  };
   /** How many forwarding tables the engine has been given, when the last one was, and what the updates cost. */
   readonly table?: Readonly<Partial<TableStats>>;
   /** UDP GSO runs the kernel refused; each sent its peer's runs datagram by datagram for a while. */
@@ -168,6 +176,14 @@ export function createMetrics(src: MetricSources): MetricsRegistry {
         const b = src.busyPoll?.();
         put({ outcome: "hit" }, b?.followUpHits ?? 0);
         put({ outcome: "miss" }, (b?.followUps ?? 0) - (b?.followUpHits ?? 0));
+      },
+    ),
+    family(
+      "counter",
+      "weft_busy_poll_ring_arms_total",
+      "With --busy-poll-ring: system calls that armed io_uring polls on flannel0 and the socket (a spin step itself makes none)",
+      (put) => {
+        put({}, src.busyPoll?.().ringArms ?? 0);
       },
     ),
     family("counter", "weft_busy_poll_seconds_total", "Time spent waiting in busy-poll spins", (put) => {

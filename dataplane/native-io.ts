@@ -3,6 +3,7 @@
 // fill, busy polling, and the one factory weftd opens its dataplane with.
 // Nothing outside dataplane/ reaches the addon; it comes through here.
 
+import { constants as osConstants } from "node:os";
 import type { DirectionCounters } from "./counters.js";
 import {
   type BatchHandler,
@@ -40,6 +41,8 @@ export interface BusyPollOptions {
   readonly dutyPercent?: number;
   /** Sleep on the event loop's epoll set after a one-packet batch (default true; busy_poll.h, Spinner::Wait). */
   readonly loopWait?: boolean;
+  /** Watch readiness during spins through io_uring (poll_ring.h) instead of epoll (default false). */
+  readonly ring?: boolean;
 }
 
 /**
@@ -48,9 +51,14 @@ export interface BusyPollOptions {
  * addon throws a RangeError), else for the adaptive window if asked; off by
  * default.
  */
-export function setBusyPoll(us: number, opts: BusyPollOptions = {}): void {
-  loadAddon().setBusyPoll(us, opts.adaptive ?? false, opts.dutyPercent ?? DEFAULT_BUSY_POLL_DUTY);
-  loadAddon().setLoopWait(opts.loopWait ?? true);
+export function setBusyPoll(us: number, opts: BusyPollOptions = {}): string | null {
+  const addon = loadAddon();
+  addon.setBusyPoll(us, opts.adaptive ?? false, opts.dutyPercent ?? DEFAULT_BUSY_POLL_DUTY);
+  addon.setLoopWait(opts.loopWait ?? true);
+  const errno = addon.setBusyPollRing(opts.ring ?? false);
+  if (errno === 0) return null;
+  const name = Object.entries(osConstants.errno).find(([, n]) => n === errno)?.[0] ?? `errno ${errno}`;
+  return `io_uring_setup failed: ${name}`;
 }
 
 export const DEFAULT_BUSY_POLL_DUTY = 50;

@@ -4,11 +4,12 @@
 // nothing) and capped spins, and returns the window chosen at each wake.
 
 import assert from "node:assert/strict";
-import { closeSync, readSync, writeSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { closeSync, readFileSync, readSync, writeFileSync, writeSync } from "node:fs";
 import { describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { loadAddon } from "../dataplane/native/index.js";
-import { setBusyPoll, TunDevice } from "../dataplane/native-io.js";
+import { busyPollStats, setBusyPoll, TunDevice, UdpTransport } from "../dataplane/native-io.js";
 
 const US = 1000;
 const MS = 1000 * US;
@@ -164,12 +165,13 @@ describe("follow-up reads after a device write", () => {
     { busyUs: 0, loopWait: true },
     { busyUs: 50, loopWait: true },
     { busyUs: 0, loopWait: false },
+    { busyUs: 50, loopWait: true, ring: true },
   ];
-  for (const { busyUs, loopWait } of variants) {
-    const name = `busy poll ${busyUs} µs, ${loopWait ? "" : "no "}wait on the loop's epoll set`;
+  for (const { busyUs, loopWait, ring = false } of variants) {
+    const name = `busy poll ${busyUs} µs${ring ? " on the io_uring ring" : ""}, ${loopWait ? "" : "no "}wait on the loop's epoll set`;
     it(`deliver every reply once and in order, and timers still fire (${name})`, { timeout: 60_000 }, async (t) => {
       const addon = loadAddon();
-      setBusyPoll(busyUs, { loopWait });
+      assert.equal(setBusyPoll(busyUs, { loopWait, ring }), null);
       let ticks = 0;
       const ticker = setInterval(() => ticks++, 2);
       const [devFd, podFd] = addon.socketpair();
@@ -239,7 +241,75 @@ describe("follow-up reads after a device write", () => {
       // epoll set, unless a spin got them first or the wait is off.
       if (loopWait && busyUs === 0) assert.ok(after.waitsCaught > before.waitsCaught, "a wait caught a batch");
       if (!loopWait) assert.equal(after.waits, before.waits);
+      assert.equal(after.ring, ring);
+      if (ring) assert.ok(after.ringArms > before.ringArms, "spins armed io_uring polls");
       assert.ok(ticks > 0, "a 2 ms interval fired during the exchange");
     });
   }
+});
+
+// --busy-poll-ring (poll_ring.h): readiness through io_uring polls. An armed
+// poll holds its file, so closing a source must cancel it; where io_uring is
+// refused the spins keep their epoll set.
+describe("a fixed busy-poll window, on epoll and on the io_uring ring", () => {
+  for (const ring of [false, true]) {
+    it(`catches a datagram queued after the batch, spins its whole window, and closing the socket frees the port${ring ? " (ring)" : ""}`, {
+      timeout: 30_000,
+    }, async (t) => {
+      assert.equal(setBusyPoll(200, { ring }), null);
+      t.after(() => setBusyPoll(0));
+      const LOOPBACK = 0x7f000001;
+      const rx = UdpTransport.bind(LOOPBACK, 0, { capacity: 4 });
+      const tx = UdpTransport.bind(LOOPBACK, 0, { capacity: 4 });
+      t.after(() => tx.close());
+      const port = rx.localPort;
+      const payload = new Uint8Array(64);
+      const sendOne = () =>
+        tx.send(payload, Uint32Array.of(0), Uint32Array.of(64), Uint32Array.of(LOOPBACK), Uint16Array.of(port), 0, 1);
+      let got = 0;
+      rx.start((count) => {
+        // The first batch queues a second datagram (loopback delivers it
+        // inside the send): the spin after this batch finds it through the
+        // poll it arms, which completes at once on a readable socket.
+        if (got === 0) sendOne();
+        got += count;
+      });
+      const before = busyPollStats();
+      sendOne();
+      for (let i = 0; i < 100 && got < 2; i++) await sleep(10);
+      assert.equal(got, 2);
+      const after = busyPollStats();
+      if (ring) assert.ok(after.ringArms > before.ringArms, "a ring poll was armed");
+      assert.ok(after.caught > before.caught, "a spin caught the second datagram");
+      // Nothing came after it: the spin waited out its whole 200 µs window.
+      assert.ok(after.waitedNs - before.waitedNs >= 200_000, `waited ${after.waitedNs - before.waitedNs} ns`);
+      // The spin that ran out left the socket's poll armed; the poll holds the
+      // socket's file, so closing must cancel it or the port stays bound.
+      rx.close();
+      await sleep(10); // the fd itself closes on the next loop turn (uv_close)
+      const again = UdpTransport.bind(LOOPBACK, port, { capacity: 4 });
+      assert.equal(again.localPort, port);
+      again.close();
+    });
+  }
+
+  it("where io_uring is refused, says why and keeps polling through epoll", { timeout: 30_000 }, () => {
+    const sysctl = "/proc/sys/kernel/io_uring_disabled";
+    const saved = readFileSync(sysctl, "utf8").trim();
+    // A fresh process: this one's spinner already holds a ring.
+    const script = `
+      const { setBusyPoll, busyPollStats } = await import(${JSON.stringify(new URL("../dataplane/native-io.js", import.meta.url).href)});
+      const err = setBusyPoll(50, { ring: true });
+      console.log(JSON.stringify({ err, ring: busyPollStats().ring }));`;
+    writeFileSync(sysctl, "2");
+    let out: string;
+    try {
+      out = execFileSync(process.execPath, ["--input-type=module", "-e", script], { encoding: "utf8" });
+    } finally {
+      writeFileSync(sysctl, saved);
+    }
+    const r = JSON.parse(out) as { err: string | null; ring: boolean };
+    assert.equal(r.ring, false);
+    assert.match(r.err ?? "", /^io_uring_setup failed: EPERM$/);
+  });
 });

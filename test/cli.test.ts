@@ -108,6 +108,11 @@ describe("weftd flags", () => {
     assert.equal(parseOptions(["--no-loop-wait"], {}).loopWait, false);
   });
 
+  it("polls through epoll by default, and through the io_uring ring with --busy-poll-ring", () => {
+    assert.equal(parseOptions([], {}).busyPollRing, false);
+    assert.equal(parseOptions(["--busy-poll-ring"], {}).busyPollRing, true);
+  });
+
   it("takes -v alone or with a level", () => {
     assert.equal(parseOptions(["-v"], {}).verbosity, 1);
     assert.equal(parseOptions(["-v=10"], {}).verbosity, 10);

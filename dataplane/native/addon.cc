@@ -45,8 +45,19 @@ Napi::Value SetLoopWait(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// setBusyPollRing(on): whether spins watch readiness through io_uring
+// (poll_ring.h); returns 0, or the errno io_uring refused with.
+Napi::Value SetBusyPollRing(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsBoolean()) {
+    ThrowTypeError(env, "setBusyPollRing(on: boolean)");
+    return Napi::Value();
+  }
+  return Napi::Number::New(env, Spinner::Get().SetRing(info[0].As<Napi::Boolean>().Value()));
+}
+
 // busyPollStats(): {spins, caught, waitedNs, windowNs, waits, waitsCaught,
-// followUps, followUpHits} of this thread.
+// followUps, followUpHits, ring, ringArms} of this thread.
 Napi::Value BusyPollStats(const Napi::CallbackInfo& info) {
   Spinner& s = Spinner::Get();
   Napi::Object o = Napi::Object::New(info.Env());
@@ -58,6 +69,8 @@ Napi::Value BusyPollStats(const Napi::CallbackInfo& info) {
   o.Set("waitsCaught", double(s.waits_caught()));
   o.Set("followUps", double(s.follow_ups()));
   o.Set("followUpHits", double(s.follow_up_hits()));
+  o.Set("ring", s.ring_on());
+  o.Set("ringArms", double(s.ring_arms()));
   return o;
 }
 
@@ -113,6 +126,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
               Napi::Function::New(env, SetBusyPoll, "setBusyPoll"));
   exports.Set("setLoopWait",
               Napi::Function::New(env, SetLoopWait, "setLoopWait"));
+  exports.Set("setBusyPollRing",
+              Napi::Function::New(env, SetBusyPollRing, "setBusyPollRing"));
   exports.Set("busyPollStats",
               Napi::Function::New(env, BusyPollStats, "busyPollStats"));
   exports.Set("busyPollTrace",

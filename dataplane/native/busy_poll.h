@@ -5,8 +5,10 @@
 //   batch handled ──► Spinner::AfterBatch(conversation: one small packet?)
 //     1. follow-ups: a device written to is read at once (the pod's reply is
 //        made inside the write); each read that finds one is a batch
-//     2. spin (busy polling, off by default): window = policy.OnWake(...)
-//          epoll_wait(private set, 0) + sched_yield per step
+//     2. spin (busy polling): window = policy.OnWake(...)
+//          epoll_wait(private set, 0) + sched_yield per step, or with the
+//          ring (--busy-poll-ring) a load of io_uring's completion queue
+//          and a pause, no system call
 //          ├─ readable: drain + onBatch, the wait restarts
 //          └─ quiet for the window, or 2 ms in all
 //     3. wait (conversations only): sleep on libuv's own epoll set, serve our
@@ -30,6 +32,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <vector>
+
+#include "poll_ring.h"
 
 namespace weft {
 
@@ -94,7 +98,9 @@ class AdaptiveWindow {
 
   // The waiting still allowed in the current duty period.
   uint64_t DutyLeft(uint64_t now) {
-    if (fixed_ns_ > 0) return UINT64_MAX;
+    // Unbounded, but added to a clock reading: a whole period is more than
+    // any spin may last (kSpinCapNs), and cannot overflow.
+    if (fixed_ns_ > 0) return kDutyPeriodNs;
     Roll(now);
     const uint64_t allowed = kDutyPeriodNs / 100 * duty_percent_;
     return allowed > spent_ns_ ? allowed - spent_ns_ : 0;
@@ -170,6 +176,7 @@ class Spinner {
       epoll_ctl(epfd_, EPOLL_CTL_ADD, s->SpinFd(), &ev);
     }
     members_.push_back(s);
+    armed_.push_back(0);
   }
 
   // Called before the source's fd is closed.
@@ -177,8 +184,28 @@ class Spinner {
     auto it = std::find(members_.begin(), members_.end(), s);
     if (it == members_.end()) return;
     if (epfd_ >= 0) epoll_ctl(epfd_, EPOLL_CTL_DEL, s->SpinFd(), nullptr);
+    const size_t i = size_t(it - members_.begin());
+    // An armed poll holds the file open: the close would not release it.
+    if (armed_[i] != 0 && ring_.Cancel(armed_[i])) ring_.Submit();
     members_.erase(it);
+    armed_.erase(armed_.begin() + ptrdiff_t(i));
   }
+
+  // Whether spins watch readiness through io_uring (poll_ring.h) instead of
+  // the epoll set. Returns 0 when that is what they now do (or `on` is
+  // false), else the errno io_uring failed with (they keep epoll).
+  int SetRing(bool on) {
+    if (!on) {
+      ring_on_ = false;
+      return 0;
+    }
+    if (!ring_.Open()) return ring_.open_error();
+    ring_on_ = true;
+    return 0;
+  }
+  bool ring_on() const { return ring_on_; }
+  // Submissions that armed ring polls (each one io_uring_enter).
+  uint64_t ring_arms() const { return ring_arms_; }
 
   // Follow-up reads tried and those that found a packet.
   uint64_t follow_ups() const { return follow_ups_; }
@@ -308,12 +335,16 @@ class Spinner {
     uint64_t wait_from = start;
     uint64_t deadline = std::min({start + window, cap_at, start + policy_.DutyLeft(start)});
     bool caught = false;
-    epoll_event events[8];
+    // Completions of polls that fired since the last spin: the event loop
+    // or a follow-up served those packets; arming again below tells if
+    // anything is still queued.
+    if (ring_on_) ReapRing(nullptr);
     for (;;) {
-      const int n = epoll_wait(epfd_, events, 8, 0);
+      Spinnable* ready[8];
+      const int n = ring_on_ ? ReapRing(ready) : PollEpoll(ready);
       bool read = false;
       for (int i = 0; i < n; i++) {
-        auto* m = static_cast<Spinnable*>(events[i].data.ptr);
+        Spinnable* m = ready[i];
         // A callback may have closed or paused this source (or another).
         if (std::find(members_.begin(), members_.end(), m) == members_.end() ||
             !m->SpinWanted()) {
@@ -323,6 +354,8 @@ class Spinner {
         read = true;
         m->SpinRead();
       }
+      // About to wait on the ring: every source needs its poll armed.
+      if (!read && ring_on_ && !ArmRing()) ring_on_ = false;
       const uint64_t now = Now();
       if (read) {
         caught = true;
@@ -345,11 +378,66 @@ class Spinner {
         break;
       }
       // Whoever this packet woke (the pod, ping, the peer's weftd on the
-      // same machine) may be queued behind us on this CPU: let it run.
-      sched_yield();
+      // same machine) may be queued behind us on this CPU: let it run. On
+      // the ring a step makes no system call at all, a yield included: the
+      // mode for a poller with a core to itself (docs/latency.md note 10).
+      if (ring_on_) {
+        Relax();
+      } else {
+        sched_yield();
+      }
     }
     if (caught) caught_++;
     waited_ns_ += waited;
+  }
+
+  // The epoll set's readable members (at most 8), without waiting.
+  int PollEpoll(Spinnable** ready) {
+    epoll_event events[8];
+    const int n = epoll_wait(epfd_, events, 8, 0);
+    for (int i = 0; i < n; i++) ready[i] = static_cast<Spinnable*>(events[i].data.ptr);
+    return n < 0 ? 0 : n;
+  }
+
+  // Takes the ring's completions, each clearing its member's armed poll;
+  // returns the members whose poll saw them readable (at most 8) when
+  // `ready` is given.
+  int ReapRing(Spinnable** ready) {
+    int n = 0;
+    ring_.Reap([&](uint64_t tag, int32_t res) {
+      if (tag == 0) return;
+      for (size_t i = 0; i < members_.size(); i++) {
+        if (armed_[i] != tag) continue;
+        armed_[i] = 0;
+        if (ready != nullptr && res > 0 && n < 8) ready[n++] = members_[i];
+      }
+    });
+    return n;
+  }
+
+  // Arms a poll for every member that has none: one system call if any.
+  bool ArmRing() {
+    bool queued = false;
+    for (size_t i = 0; i < members_.size(); i++) {
+      if (armed_[i] != 0 || !members_[i]->SpinWanted()) continue;
+      const uint64_t tag = ++next_tag_;
+      if (!ring_.Arm(members_[i]->SpinFd(), tag)) return false;
+      armed_[i] = tag;
+      queued = true;
+    }
+    if (!queued) return true;
+    ring_arms_++;
+    return ring_.Submit() >= 0;
+  }
+
+  static void Relax() {
+    for (int i = 0; i < 16; i++) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#elif defined(__aarch64__)
+      __asm__ __volatile__("yield");
+#endif
+    }
   }
 
   AdaptiveWindow policy_;
@@ -366,6 +454,12 @@ class Spinner {
   uint64_t follow_ups_ = 0;
   uint64_t follow_up_hits_ = 0;
   std::vector<Spinnable*> members_;
+  // The tag of each member's armed ring poll, 0 when none is.
+  std::vector<uint64_t> armed_;
+  PollRing ring_;
+  bool ring_on_ = false;
+  uint64_t next_tag_ = 0;
+  uint64_t ring_arms_ = 0;
 };
 
 }  // namespace weft

@@ -190,6 +190,8 @@ export interface Addon {
   setBusyPoll(us: number, adaptive: boolean, dutyPercent: number): void;
   /** Whether this thread may sleep on libuv's own epoll set after a one-packet batch (busy_poll.h, Spinner::Wait); on by default. */
   setLoopWait(on: boolean): void;
+  /** Whether spins watch readiness through io_uring (busy_poll.h, poll_ring.h); returns 0, or the errno io_uring failed with (spins keep epoll). */
+  setBusyPollRing(on: boolean): number;
   /**
    * This thread's spins so far: started, those that caught a batch, time spent waiting, the current window;
    * its own sleeps on libuv's epoll set and those that caught a batch; and the follow-up reads after a device write
@@ -204,6 +206,9 @@ export interface Addon {
     waitsCaught: number;
     followUps: number;
     followUpHits: number;
+    /** Spins watch readiness through io_uring (setBusyPollRing), and the submissions that armed its polls. */
+    ring: boolean;
+    ringArms: number;
   };
   /** A fresh adaptive policy run over [kind, nowNs, waitedNs] triples (0 wake, 1 ran out, 2 capped): the window at each wake. */
   busyPollTrace(adaptive: boolean, fixedUs: number, dutyPercent: number, steps: number[]): number[];
