@@ -42,8 +42,12 @@ import { readSubnetEnv, writeSubnetEnv } from "./subnet-env.js";
 
 export const VERSION = "0.1.0";
 
-/** At most one reduceMemory after traffic per minute: a ping every few seconds must not make it periodic. */
-const REDUCE_IDLE_MEMORY_MS = 60_000;
+/**
+ * Batches (both ways) since the last reduceMemory after traffic that make it
+ * worth another: a flood is thousands, while a ping every few seconds must
+ * not turn its full collections into a periodic cost.
+ */
+const REDUCE_IDLE_MEMORY_BATCHES = 1000;
 
 /** Bytes of outer IPv4 + UDP header: flannel0's MTU is the underlay's minus this. */
 const UDP_OVERHEAD = 28;
@@ -225,12 +229,13 @@ export class Daemon {
   /**
    * Once traffic has stopped: what it left free in V8's heap and malloc's
    * arenas goes back too (the compacting collections of reduceMemory, tens of
-   * ms on this thread), at most once per REDUCE_IDLE_MEMORY_MS.
+   * ms on this thread), after REDUCE_IDLE_MEMORY_BATCHES batches or more.
    */
   private reduceIdleMemory(): void {
+    const batches = this.counters.tx.batches + this.counters.rx.batches;
+    if (batches - this.batchesAtReduce < REDUCE_IDLE_MEMORY_BATCHES) return;
+    this.batchesAtReduce = batches;
     const now = performance.now();
-    if (now - this.lastIdleReduce < REDUCE_IDLE_MEMORY_MS) return;
-    this.lastIdleReduce = now;
     try {
       reduceMemory();
     } catch (err) {
@@ -240,7 +245,8 @@ export class Daemon {
     this.log.debug({ ms: Math.round(performance.now() - now) }, "reduced memory after traffic");
   }
 
-  private lastIdleReduce = Number.NEGATIVE_INFINITY;
+  /** Batches both ways at the last reduceMemory after traffic. */
+  private batchesAtReduce = 0;
 
   /** The next resync starts a full period after the previous one ended: two runs never overlap. */
   private scheduleResync(rules: ChainKeeper): void {

@@ -61,10 +61,14 @@ export class ArenaRelease {
     if (!(idleMs > 0)) throw new RangeError(`idleMs must be positive, got ${idleMs}`);
     this.idleMs = idleMs;
     this.opts = opts;
-    // Not released yet: whatever start-up read is given back at the first tick.
-    this.sides = arenas.map((arena) => ({ arena, seen: arena.batches(), released: false }));
+    // An arena nothing was read into yet is untouched: nothing to give back.
+    this.sides = arenas.map((arena) => {
+      const seen = arena.batches();
+      return { arena, seen, released: seen === 0 };
+    });
     this.releases = arenas.map(() => 0);
-    this.arm();
+    if (this.sides.every((side) => side.released)) this.opts.onNextBatch(this.wake);
+    else this.arm();
   }
 
   /** One look at every arena; the timer calls it, tests may too. */
