@@ -90,6 +90,8 @@ export class Daemon {
   private resyncTimer: NodeJS.Timeout | null = null;
   /** Gives the receive arenas' pages back once traffic stops. */
   private arenaRelease: ArenaRelease | null = null;
+  /** Batches both ways at the last reduceMemory after traffic. */
+  private batchesAtReduce = 0;
   /** The --ip-masq and forward chains, once the lease is known. */
   private rules: ChainKeeper | null = null;
   private readonly ready = new Readiness();
@@ -244,9 +246,6 @@ export class Daemon {
     }
     this.log.debug({ ms: Math.round(performance.now() - now) }, "reduced memory after traffic");
   }
-
-  /** Batches both ways at the last reduceMemory after traffic. */
-  private batchesAtReduce = 0;
 
   /** The next resync starts a full period after the previous one ended: two runs never overlap. */
   private scheduleResync(rules: ChainKeeper): void {
