@@ -4,6 +4,7 @@
       "target_name": "weft",
       "sources": [
         "dataplane/native/addon.cc",
+        "dataplane/native/arena_pages.cc",
         "dataplane/native/errors.cc",
         "dataplane/native/nft_gen.cc",
         "dataplane/native/file_pages.cc",

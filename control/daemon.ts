@@ -3,13 +3,16 @@
 // rules, subnet.env, READY=1; health and signals around them. Everything
 // between the registry and the engine is the node's.
 
+import { type ArenaRelease, releaseWhenIdle } from "../dataplane/arena-release.js";
 import { Counters } from "../dataplane/counters.js";
+import { reduceMemory } from "../dataplane/file-pages.js";
 import { MAX_RUN_BYTES } from "../dataplane/io.js";
 import {
   busyPollStats,
   type NativeDataplane,
   nftGeneration,
   openNativeDataplane,
+  releaseArenaPages,
   sdNotify,
   setBusyPoll,
 } from "../dataplane/native-io.js";
@@ -38,6 +41,13 @@ import type { Lease, Registry } from "./registry/registry.js";
 import { readSubnetEnv, writeSubnetEnv } from "./subnet-env.js";
 
 export const VERSION = "0.1.0";
+
+/**
+ * Batches (both ways) since the last reduceMemory after traffic that make it
+ * worth another: a flood is thousands, while a ping every few seconds must
+ * not turn its full collections into a periodic cost.
+ */
+const REDUCE_IDLE_MEMORY_BATCHES = 1000;
 
 /** Bytes of outer IPv4 + UDP header: flannel0's MTU is the underlay's minus this. */
 const UDP_OVERHEAD = 28;
@@ -78,6 +88,10 @@ export class Daemon {
   private dataplane: NativeDataplane | null = null;
   private health: HealthServer | null = null;
   private resyncTimer: NodeJS.Timeout | null = null;
+  /** Gives the receive arenas' pages back once traffic stops. */
+  private arenaRelease: ArenaRelease | null = null;
+  /** Batches both ways at the last reduceMemory after traffic. */
+  private batchesAtReduce = 0;
   /** The --ip-masq and forward chains, once the lease is known. */
   private rules: ChainKeeper | null = null;
   private readonly ready = new Readiness();
@@ -147,6 +161,12 @@ export class Daemon {
     this.node = node;
     const { lease, config, mtu } = await node.start();
     if (this.exitCode !== null) return;
+    if (node.engine !== null) {
+      this.arenaRelease = releaseWhenIdle(node.engine, {
+        release: (bytes) => void releaseArenaPages(bytes),
+        onIdle: () => this.reduceIdleMemory(),
+      });
+    }
 
     // Rules before subnet.env: the file is what tells the CNI plugin (and
     // anyone waiting on it) that this node can take pods.
@@ -212,6 +232,25 @@ export class Daemon {
     return { device: dataplane.device, transport: dataplane.transport, mtu };
   }
 
+  /**
+   * Once traffic has stopped: what it left free in V8's heap and malloc's
+   * arenas goes back too (the compacting collections of reduceMemory, tens of
+   * ms on this thread), after REDUCE_IDLE_MEMORY_BATCHES batches or more.
+   */
+  private reduceIdleMemory(): void {
+    const batches = this.counters.tx.batches + this.counters.rx.batches;
+    if (batches - this.batchesAtReduce < REDUCE_IDLE_MEMORY_BATCHES) return;
+    this.batchesAtReduce = batches;
+    const now = performance.now();
+    try {
+      reduceMemory();
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, "could not reduce memory after traffic");
+      return;
+    }
+    this.log.debug({ ms: Math.round(performance.now() - now) }, "reduced memory after traffic");
+  }
+
   /** The next resync starts a full period after the previous one ended: two runs never overlap. */
   private scheduleResync(rules: ChainKeeper): void {
     this.resyncTimer = setTimeout(() => {
@@ -256,6 +295,7 @@ export class Daemon {
         deviceTruncatedDrops: () => this.dataplane?.tun.truncatedDrops ?? 0,
         coalesced: () => this.dataplane?.coalesced() ?? { superPackets: 0, segments: 0 },
         iptablesResyncs: () => this.rules?.counts ?? null,
+        arenaReleases: () => this.arenaRelease?.releases ?? [],
       },
       onError: (err) => {
         this.log.error({ err: err.message }, `healthz ${this.opts.healthzIp}:${this.opts.healthzPort} failed`);
@@ -270,6 +310,7 @@ export class Daemon {
     this.exitCode = code;
     this.starting.abort();
     if (this.resyncTimer) clearTimeout(this.resyncTimer);
+    this.arenaRelease?.stop();
     this.node?.stop();
     // Opened but not yet handed to the node (start-up failed in between): closed here.
     this.dataplane?.tun.close();

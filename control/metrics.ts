@@ -64,6 +64,8 @@ export interface MetricSources {
   deviceTruncatedDrops?(): number;
   /** Super-packets coalesced toward flannel0 and the packets that went into them (absent: none). */
   coalesced?(): { readonly superPackets: number; readonly segments: number };
+  /** Idle releases of the receive arenas: flannel0's (tx) and the socket's (rx) (absent: none). */
+  arenaReleases?(): readonly number[];
   /** iptables syncs by outcome (absent or null: no chains to keep). */
   iptablesResyncs?(): Readonly<ResyncCounts> | null;
 }
@@ -219,6 +221,16 @@ export function createMetrics(src: MetricSources): MetricsRegistry {
       "Packets received from peers that went into coalesced super-packets",
       (put) => {
         put({}, src.coalesced?.().segments ?? 0);
+      },
+    ),
+    family(
+      "counter",
+      "weft_arena_releases_total",
+      "Times a receive arena's pages were given back to the kernel after its source was idle (tx: flannel0's, rx: the socket's)",
+      (put) => {
+        const r = src.arenaReleases?.() ?? [];
+        put({ direction: "tx" }, r[0] ?? 0);
+        put({ direction: "rx" }, r[1] ?? 0);
       },
     ),
     family(

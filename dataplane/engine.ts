@@ -81,6 +81,8 @@ export class Engine {
   private readonly icmpToDevice: IcmpOut;
   private readonly icmpToPeers: IcmpOut;
   private running = false;
+  /** Called once at the next batch (onNextBatch): the idle arena release's alarm. */
+  private nextBatch: (() => void) | null = null;
   private readonly onError: (err: Error, side: "device" | "transport") => void;
 
   constructor(opts: EngineOptions) {
@@ -143,6 +145,32 @@ export class Engine {
     return this.table;
   }
 
+  /** The receive arenas: flannel0's (toward peers) and the socket's (toward flannel0). */
+  get arenas(): { readonly device: Uint8Array; readonly transport: Uint8Array } {
+    return { device: this.device.rx.bytes, transport: this.transport.rx.bytes };
+  }
+
+  /** Whether a send toward peers still points into flannel0's arena (short send, waiting for the socket). */
+  get deviceArenaInUse(): boolean {
+    return this.toPeers.pending < this.toPeers.count;
+  }
+
+  /** Whether a write to flannel0 still points into the socket's arena (short write, waiting for flannel0). */
+  get transportArenaInUse(): boolean {
+    return this.toDevice.pending < this.toDevice.count;
+  }
+
+  /** Calls cb once, at the start of the next batch from either source (replaces an earlier cb). */
+  onNextBatch(cb: () => void): void {
+    this.nextBatch = cb;
+  }
+
+  private batchArrived(): void {
+    const cb = this.nextBatch;
+    this.nextBatch = null;
+    cb?.();
+  }
+
   /** Handles one batch read from flannel0. Public for replay over fakes. */
   readonly onDeviceBatch = (count: number): void => {
     const table = this.table;
@@ -155,6 +183,7 @@ export class Engine {
     let staged = 0;
     icmp.count = 0;
     c.batches++;
+    if (this.nextBatch !== null) this.batchArrived();
     out.ensure(count);
     for (let i = 0; i < count; i++) {
       const off = rx.offsets[i];
@@ -212,6 +241,7 @@ export class Engine {
     let staged = 0;
     icmp.count = 0;
     c.batches++;
+    if (this.nextBatch !== null) this.batchArrived();
     out.ensure(count);
     for (let i = 0; i < count; i++) {
       const off = rx.offsets[i];

@@ -462,6 +462,20 @@ export async function openNativeDataplane(opts: NativeDataplaneOptions): Promise
   }
 }
 
+/**
+ * Gives the whole pages inside a receive arena back to the kernel
+ * (MADV_DONTNEED): they read as zeros until the kernel next writes a packet
+ * there. Only while nothing points into it (arena-release.ts). Returns the bytes released.
+ */
+export function releaseArenaPages(bytes: Uint8Array): number {
+  return loadAddon().releasePages(bytes);
+}
+
+/** The resident bytes of the whole pages inside an arena (mincore). */
+export function arenaResidentBytes(bytes: Uint8Array): number {
+  return loadAddon().residentBytes(bytes);
+}
+
 /** The sd_notify states weftd reports. */
 export type SdNotifyState = "READY=1" | "STOPPING=1";
 

@@ -59,7 +59,8 @@ describe("two hosts through weft (netns)", { timeout: 240_000 }, () => {
     assert.match(back, /3 received/);
   });
 
-  it("carries 100 MB over TCP with every byte intact", async () => {
+  /** MiB from p1 to p2 over TCP; asserts every byte arrived intact. */
+  async function transfer(mib: number): Promise<void> {
     const script = join(HERE, "helpers", "tcp-transfer.js");
     const server: ChildProcess = spawn("ip", [
       "netns",
@@ -81,18 +82,46 @@ describe("two hosts through weft (netns)", { timeout: 240_000 }, () => {
         server.once("exit", (code) => reject(new Error(`server exited ${code}`)));
       });
       const client = JSON.parse(
-        await nsRun(p1.ns, process.execPath, [script, "client", p2.ip, "5001", "100"], { timeoutMs: 120_000 }),
+        await nsRun(p1.ns, process.execPath, [script, "client", p2.ip, "5001", String(mib)], { timeoutMs: 120_000 }),
       );
       await new Promise<void>((resolve) =>
         server.exitCode !== null ? resolve() : server.once("exit", () => resolve()),
       );
       const received = JSON.parse(out.split("\n").filter((l) => l.startsWith("{"))[0] ?? "{}");
-      assert.equal(client.bytes, 100 * 1024 * 1024);
+      assert.equal(client.bytes, mib * 1024 * 1024);
       assert.equal(received.bytes, client.bytes);
       assert.equal(received.sha256, client.sha256);
     } finally {
       if (server.exitCode === null) server.kill();
     }
+  }
+
+  it("carries 100 MB over TCP with every byte intact", async () => {
+    await transfer(100);
+  });
+
+  it("gives its receive arenas back once idle, and carries traffic intact afterwards", async () => {
+    const releases = async () => {
+      const all = await Promise.all(lab.hosts.map((h) => metrics(h.ns, 9100)));
+      return all.flatMap((t) =>
+        ["tx", "rx"].map((d) => metricValue(t, "weft_arena_releases_total", `direction="${d}"`)),
+      );
+    };
+    await transfer(20);
+    const before = await releases();
+    // Both sides of both daemons read nothing from here on: each is released 5–10 s later.
+    let now = before;
+    for (let i = 0; i < 60 && now.some((n, k) => !(n > (before[k] as number))); i++) {
+      await new Promise((r) => setTimeout(r, 500));
+      now = await releases();
+    }
+    assert.ok(
+      now.every((n, k) => n > (before[k] as number)),
+      `every arena was released again: ${before} -> ${now}`,
+    );
+    await transfer(20);
+    const out = await nsRun(p2.ns, "ping", ["-c", "3", "-i", "0.2", "-W", "3", p1.ip]);
+    assert.match(out, /3 received/);
   });
 
   it("answers a ping to an unleased subnet with Destination Net Unreachable from flannel0", async () => {

@@ -36,6 +36,7 @@ describe("metrics", () => {
       transportGsoFallbacks: () => 8,
       deviceTruncatedDrops: () => 9,
       coalesced: () => ({ superPackets: 10, segments: 11 }),
+      arenaReleases: () => [12, 13],
     });
     for (let scrape = 0; scrape < 3; scrape++) {
       const text = await registry.metrics();
@@ -50,6 +51,8 @@ describe("metrics", () => {
       assert.match(text, /^weft_tun_truncated_drops_total 9$/m);
       assert.match(text, /^weft_coalesced_super_packets_total 10$/m);
       assert.match(text, /^weft_coalesced_packets_total 11$/m);
+      assert.match(text, /^weft_arena_releases_total\{direction="tx"\} 12$/m);
+      assert.match(text, /^weft_arena_releases_total\{direction="rx"\} 13$/m);
     }
   });
 

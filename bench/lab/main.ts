@@ -177,7 +177,8 @@ function countFlag(text: string | undefined, flag: string, def: number): number 
 
 async function workloadRun(o: LabOptions, machine: MachineInfo, outDir: string | undefined): Promise<number> {
   const daemonModes = o.modes.filter(hasDaemon);
-  const progress = new Progress(o.reps * o.modes.length * 5 + daemonModes.length + 1);
+  // Per repetition and mode: bring-up and five workloads, then the rest before memory is read (daemon modes).
+  const progress = new Progress(o.reps * (o.modes.length * 6 + daemonModes.length) + daemonModes.length + 1);
   progress.step("the machine: hypervisor, syscall cost, halt polling");
   const scratch = mkdtempSync(join(tmpdir(), "weft-bench-truth-"));
   let truth: MachineTruth;

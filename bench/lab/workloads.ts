@@ -4,6 +4,7 @@
 // and for the modes with a dataplane process its CPU per GB and memory.
 
 import { spawn } from "node:child_process";
+import { ARENA_IDLE_MS } from "../../dataplane/arena-release.js";
 import { cpuSeconds, memoryOf, peakRssMb } from "../../lab/proc.js";
 import { nsRun } from "../../lab/topology.js";
 import { type Progress, percentile } from "../report.js";
@@ -227,6 +228,9 @@ async function rtt(env: Env, count: number, kind: "rr" | "sparse"): Promise<RttR
   };
 }
 
+/** The wait before anon_mb and pss_mb are read: past weftd's idle arena release, with a second to spare. */
+export const REST_BEFORE_MEMORY_MS = 2 * ARENA_IDLE_MS + 1000;
+
 /** Every workload once on a mode that is up; the figures of one repetition. */
 export async function runWorkloads(env: Env, o: LabOptions, progress: Progress, tag: string): Promise<RepFigures> {
   progress.step(`${tag}: TCP ${o.tcpSeconds} s`);
@@ -259,6 +263,10 @@ export async function runWorkloads(env: Env, o: LabOptions, progress: Progress, 
   if (hasDaemon(env.mode)) {
     const pids = daemonPids(env);
     const rss = pids.map(peakRssMb);
+    // Memory at rest: weftd gives its receive arenas back 1–2 idle periods
+    // after the last packet; sampled at once, a flood's pages would still count.
+    progress.step(`${tag}: ${REST_BEFORE_MEMORY_MS / 1000} s at rest, then memory`);
+    await sleep(REST_BEFORE_MEMORY_MS);
     const mem = pids.map(memoryOf);
     fig.cpu_s_per_gb = t.cpuSPerGb ?? Number.NaN;
     fig.rss_mb = Math.max(...rss);

@@ -120,6 +120,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
               Napi::Function::New(env, ReleaseFilePages, "releaseFilePages"));
   exports.Set("reduceMemory",
               Napi::Function::New(env, ReduceMemory, "reduceMemory"));
+  exports.Set("releasePages",
+              Napi::Function::New(env, ReleasePages, "releasePages"));
+  exports.Set("residentBytes",
+              Napi::Function::New(env, ResidentBytes, "residentBytes"));
   exports.Set("gsoSplit", Napi::Function::New(env, GsoSplit, "gsoSplit"));
   exports.Set("groMerge", Napi::Function::New(env, GroMerge, "groMerge"));
   exports.Set("setBusyPoll",

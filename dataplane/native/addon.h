@@ -10,5 +10,7 @@ Napi::Value Notify(const Napi::CallbackInfo& info);
 Napi::Value NftGeneration(const Napi::CallbackInfo& info);
 Napi::Value ReleaseFilePages(const Napi::CallbackInfo& info);
 Napi::Value ReduceMemory(const Napi::CallbackInfo& info);
+Napi::Value ReleasePages(const Napi::CallbackInfo& info);
+Napi::Value ResidentBytes(const Napi::CallbackInfo& info);
 
 }  // namespace weft

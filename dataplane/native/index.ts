@@ -231,6 +231,13 @@ export interface Addon {
    */
   reduceMemory(): boolean;
   /**
+   * MADV_DONTNEED on the whole pages inside bytes (never a byte outside it):
+   * they read back as zeros and fault in again when written. Returns the bytes advised.
+   */
+  releasePages(bytes: Uint8Array): number;
+  /** The resident bytes of the whole pages inside bytes (mincore). */
+  residentBytes(bytes: Uint8Array): number;
+  /**
    * Splits the TSO/USO super-packet at bytes[off, +len) (len = its IP total
    * length) in place into segments of gsoSize payload bytes, end to end, none
    * reaching past off + room. True on success, out = [segments, stride, total].

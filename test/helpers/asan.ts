@@ -124,4 +124,12 @@ export function runUnderAsan(names: readonly string[], echo = false): Promise<{ 
 }
 
 /** The native and fuzz tests: everything that drives the addon's C++. */
-export const ASAN_SUITES = ["native-inputs", "native-fuzz", "fuzz", "offload", "offload-native", "native"] as const;
+export const ASAN_SUITES = [
+  "native-inputs",
+  "native-fuzz",
+  "fuzz",
+  "offload",
+  "offload-native",
+  "native",
+  "arena-release",
+] as const;
