@@ -34,7 +34,7 @@ import {
   weftPids,
   withMode,
 } from "./modes.js";
-import { dropLines, labTable, targetLines } from "./table.js";
+import { dropLines, labTable, targetLines, tcpRepLines } from "./table.js";
 import {
   type DaemonTruth,
   daemonTruth,
@@ -242,6 +242,8 @@ async function workloadRun(o: LabOptions, machine: MachineInfo, outDir: string |
     ]),
     "",
     ...targetLines(json.ratios, weftRss),
+    "",
+    ...tcpRepLines(reps),
     "",
     ...dropLines(reps),
     "",

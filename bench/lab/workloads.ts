@@ -4,7 +4,7 @@
 // and for the modes with a dataplane process its CPU per GB and memory.
 
 import { spawn } from "node:child_process";
-import { cpuSeconds, memoryOf, peakRssMb } from "../../lab/proc.js";
+import { cpuSeconds, machineUserSeconds, memoryOf, peakRssMb, userSeconds } from "../../lab/proc.js";
 import { nsRun } from "../../lab/topology.js";
 import { type Progress, percentile } from "../report.js";
 import { type RecvResult, type SendResult, spawnUdpgen, type UdpgenChild } from "../udpgen.js";
@@ -50,6 +50,13 @@ export interface RepFigures {
   /** Proportional set size of the larger daemon after the workloads, MiB. */
   pss_mb?: number;
   tcp_retransmits: number;
+  /**
+   * CPU cores busy in user space during the TCP run outside it: the machine's
+   * user time less the daemons' and both iperf3s', per second. What the run
+   * itself spends in user space is small (iperf3 copies in the kernel), so
+   * this is other sessions' work competing for the same vCPUs.
+   */
+  tcp_others_cores: number;
   udp1400_drops: Record<string, number>;
   udp64_drops: Record<string, number>;
   udp1400_sender_pps: number;
@@ -63,6 +70,8 @@ export interface TcpResult {
   retransmits: number;
   /** Modes with daemons: CPU seconds of both per GB (1e9 bytes) received. */
   cpuSPerGb: number | null;
+  /** RepFigures.tcp_others_cores. */
+  othersCores: number;
 }
 
 /** iperf3 single stream p1 → p2 for `seconds`; with daemons, their CPU per GB. */
@@ -81,6 +90,9 @@ export async function tcp(env: Env, seconds: number): Promise<TcpResult> {
     }
     const pids = daemonPids(env);
     const cpu0 = pids.map(cpuSeconds);
+    const user0 = pids.map(userSeconds);
+    const machine0 = machineUserSeconds();
+    const t0 = performance.now();
     const r = await nsSpawn(
       env.p1.ns,
       "iperf3",
@@ -88,8 +100,16 @@ export async function tcp(env: Env, seconds: number): Promise<TcpResult> {
       (seconds + 30) * 1000,
     );
     const cpu1 = pids.map(cpuSeconds);
+    const user1 = pids.map(userSeconds);
+    const machine1 = machineUserSeconds();
+    const wall = (performance.now() - t0) / 1000;
     let report: {
-      end?: { sum_received?: { bits_per_second: number; bytes: number }; sum_sent?: { retransmits?: number } };
+      end?: {
+        sum_received?: { bits_per_second: number; bytes: number };
+        sum_sent?: { retransmits?: number; seconds?: number };
+        /** Percent of one CPU over the test: the client (host) and the server (remote). */
+        cpu_utilization_percent?: { host_user?: number; remote_user?: number };
+      };
       error?: string;
     };
     try {
@@ -100,7 +120,12 @@ export async function tcp(env: Env, seconds: number): Promise<TcpResult> {
     const recv = report.end?.sum_received;
     if (recv === undefined) throw new Error(`${env.mode}: iperf3: ${report.error ?? "no sum_received"}`);
     const cpu = cpu1.reduce((a, v, i) => a + v - (cpu0[i] as number), 0);
+    const daemonsUser = user1.reduce((a, v, i) => a + v - (user0[i] as number), 0);
+    const util = report.end?.cpu_utilization_percent;
+    const iperfSeconds = report.end?.sum_sent?.seconds ?? seconds;
+    const iperfUser = (((util?.host_user ?? 0) + (util?.remote_user ?? 0)) / 100) * iperfSeconds;
     return {
+      othersCores: Math.max(0, machine1 - machine0 - daemonsUser - iperfUser) / wall,
       gbps: recv.bits_per_second / 1e9,
       bytes: recv.bytes,
       retransmits: report.end?.sum_sent?.retransmits ?? 0,
@@ -250,6 +275,7 @@ export async function runWorkloads(env: Env, o: LabOptions, progress: Progress, 
     rtt_sparse_p50_us: sparse.p50us,
     rtt_sparse_p99_us: sparse.p99us,
     tcp_retransmits: t.retransmits,
+    tcp_others_cores: t.othersCores,
     udp1400_drops: u1400.drops,
     udp64_drops: u64.drops,
     udp1400_sender_pps: u1400.senderPps,
