@@ -57,9 +57,8 @@ const USAGE = `usage: npm run bench -- lab [options]   (root: builds network nam
   --idle-seconds S   after the first repetition's workloads, the daemons' CPU while idle for S s (default 60; 0: skip)
   --strace-pings N   then syscalls per round trip on both daemons during ping -A -c N, counted as they run
                      (perf stat; linux-perf) and then by call under strace -c -f (default 2000; 0: skip)
-  --unpinned         TCP wherever the scheduler puts the four busy processes. Default: each host on a vCPU of its own
-                     (p1's iperf3 and h1's daemon on CPU 0, p2's and h2's on CPU 1, every mode alike), since placement
-                     alone moved weft's TCP 3.9-6.3 Gbit/s within one bring-up (docs/latency.md note 9)
+  --pin-hosts        TCP with each host on a vCPU of its own (p1's iperf3 and h1's daemon on CPU 0, p2's and h2's on
+                     CPU 1, every mode alike) instead of wherever the scheduler puts them (docs/latency.md note 9)
   --weftd-args=ARGS  extra weftd flags for the weft mode, space-separated (e.g. --weftd-args="--busy-poll-us=50 --no-offload")
   --replay FILE      instead of the workloads: inject FILE's IPv4 packets from p1 (rewritten to p1→p2), count arrivals at p2
   --replay-loops N   send the capture N times (default 1)
@@ -82,7 +81,7 @@ export async function runLab(argv: string[]): Promise<number> {
       "idle-seconds": { type: "string" },
       "strace-pings": { type: "string" },
       "weftd-args": { type: "string" },
-      unpinned: { type: "boolean", default: false },
+      "pin-hosts": { type: "boolean", default: false },
       replay: { type: "string" },
       "replay-loops": { type: "string" },
       hold: { type: "string" },
@@ -122,12 +121,10 @@ export async function runLab(argv: string[]): Promise<number> {
     stracePings: countFlag(values["strace-pings"], "--strace-pings", quick ? 500 : 2000),
     modes,
     weftdArgs: (values["weftd-args"] ?? "").split(" ").filter((a) => a !== ""),
-    pinHosts: values.unpinned !== true,
+    pinHosts: values["pin-hosts"] === true,
   };
   if (o.pinHosts && availableParallelism() < 2)
-    throw new Error(
-      `TCP pins each host to a CPU of its own, and this machine has ${availableParallelism()}: run with --unpinned`,
-    );
+    throw new Error(`--pin-hosts: needs 2 CPUs, one per host; this machine has ${availableParallelism()}`);
   for (const a of o.weftdArgs) {
     if (!a.startsWith("-")) throw new Error(`--weftd-args: ${JSON.stringify(a)} is not a flag`);
   }
