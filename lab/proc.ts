@@ -47,6 +47,18 @@ export function cpuSeconds(pid: number): number {
   return (Number(f[11]) + Number(f[12])) / CLK_TCK;
 }
 
+/** utime of a process (field 14), seconds; NaN when it is gone. */
+export function userSeconds(pid: number): number {
+  const f = statFields(pid);
+  return f === null ? Number.NaN : Number(f[11]) / CLK_TCK;
+}
+
+/** The whole machine's time in user space (user + nice of /proc/stat's cpu line), CPU seconds. */
+export function machineUserSeconds(): number {
+  const cpu = readFileSync("/proc/stat", "utf8").split("\n", 1)[0]?.trim().split(/\s+/) ?? [];
+  return (Number(cpu[1]) + Number(cpu[2])) / CLK_TCK;
+}
+
 /** utime + stime of a process and its children that were waited for (fields 14–17), seconds. */
 export function cpuSecondsWithChildren(pid: number): number {
   const f = statFields(pid);

@@ -16,6 +16,7 @@ import { chartTitle, labJson } from "../bench/lab/figures.js";
 import { rewriteForLab } from "../bench/lab/live-replay.js";
 import { parseMode } from "../bench/lab/modes.js";
 import { parseSnmp } from "../bench/lab/probes.js";
+import { tcpRepLines } from "../bench/lab/table.js";
 import { detectHypervisor, parsePerfStatCsv, parseStraceSummary } from "../bench/lab/truth.js";
 import { parsePingTimes, type RepFigures } from "../bench/lab/workloads.js";
 import {
@@ -217,6 +218,20 @@ describe("bench report math", () => {
     }
   });
 
+  it("lists TCP per repetition as weft ÷ the vxlan run of the same repetition, with the others' CPU of each", () => {
+    const rep = (tcp: number, others: number) => ({ tcp_gbps: tcp, tcp_others_cores: others }) as RepFigures;
+    const lines = tcpRepLines(
+      new Map([
+        ["vxlan", [rep(10, 0.1), rep(8, 0)]],
+        ["weft", [rep(6, 0.25), rep(2, 1.5)]],
+      ]),
+    );
+    assert.equal(lines.length, 3);
+    assert.equal(lines[1], "  rep 1: 6.00 ÷ 10.00 Gbit/s = 0.60×  (others 0.10 / 0.25)");
+    assert.equal(lines[2], "  rep 2: 2.00 ÷ 8.00 Gbit/s = 0.25×  (others 0.00 / 1.50)");
+    assert.deepEqual(tcpRepLines(new Map([["weft", [rep(6, 0)]]])), [], "nothing to pair without vxlan");
+  });
+
   it("the lab JSON has the shape issue 4 fixes, medians, ranges and weft ÷ vxlan ratios", () => {
     const rep = (tcp: number, pps: number, rtt: number, extra: Partial<RepFigures> = {}): RepFigures => ({
       tcp_gbps: tcp,
@@ -229,6 +244,7 @@ describe("bench report math", () => {
       rtt_sparse_p50_us: rtt * 5,
       rtt_sparse_p99_us: rtt * 10,
       tcp_retransmits: 0,
+      tcp_others_cores: 0,
       udp1400_drops: {},
       udp64_drops: {},
       udp1400_sender_pps: pps,

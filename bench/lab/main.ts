@@ -14,7 +14,7 @@
 //   children.ts     every process we start;  cleanup.ts: taking it all down
 
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { positiveInt } from "../replay.js";
@@ -34,7 +34,7 @@ import {
   weftPids,
   withMode,
 } from "./modes.js";
-import { dropLines, labTable, targetLines } from "./table.js";
+import { dropLines, labTable, targetLines, tcpRepLines } from "./table.js";
 import {
   type DaemonTruth,
   daemonTruth,
@@ -57,6 +57,8 @@ const USAGE = `usage: npm run bench -- lab [options]   (root: builds network nam
   --idle-seconds S   after the first repetition's workloads, the daemons' CPU while idle for S s (default 60; 0: skip)
   --strace-pings N   then syscalls per round trip on both daemons during ping -A -c N, counted as they run
                      (perf stat; linux-perf) and then by call under strace -c -f (default 2000; 0: skip)
+  --pin-hosts        TCP with each host on a vCPU of its own (p1's iperf3 and h1's daemon on CPU 0, p2's and h2's on
+                     CPU 1, every mode alike) instead of wherever the scheduler puts them (docs/latency.md note 9)
   --weftd-args=ARGS  extra weftd flags for the weft mode, space-separated (e.g. --weftd-args="--busy-poll-us=50 --no-offload")
   --replay FILE      instead of the workloads: inject FILE's IPv4 packets from p1 (rewritten to p1→p2), count arrivals at p2
   --replay-loops N   send the capture N times (default 1)
@@ -79,6 +81,7 @@ export async function runLab(argv: string[]): Promise<number> {
       "idle-seconds": { type: "string" },
       "strace-pings": { type: "string" },
       "weftd-args": { type: "string" },
+      "pin-hosts": { type: "boolean", default: false },
       replay: { type: "string" },
       "replay-loops": { type: "string" },
       hold: { type: "string" },
@@ -118,7 +121,10 @@ export async function runLab(argv: string[]): Promise<number> {
     stracePings: countFlag(values["strace-pings"], "--strace-pings", quick ? 500 : 2000),
     modes,
     weftdArgs: (values["weftd-args"] ?? "").split(" ").filter((a) => a !== ""),
+    pinHosts: values["pin-hosts"] === true,
   };
+  if (o.pinHosts && availableParallelism() < 2)
+    throw new Error(`--pin-hosts: needs 2 CPUs, one per host; this machine has ${availableParallelism()}`);
   for (const a of o.weftdArgs) {
     if (!a.startsWith("-")) throw new Error(`--weftd-args: ${JSON.stringify(a)} is not a flag`);
   }
@@ -219,6 +225,7 @@ async function workloadRun(o: LabOptions, machine: MachineInfo, outDir: string |
     strace_pings: o.stracePings,
     modes: o.modes,
     weftd_args: o.weftdArgs,
+    pin_hosts: o.pinHosts,
     topology: "BENCH.md: p1 ─ h1 ═ underlay veth 198.18.0.0/24 ═ h2 ─ p2, each mode from scratch per repetition",
     pod_mtu: { direct: 1500, vxlan: VXLAN_MTU, weft: "from subnet.env (1472)", flannel: UDP_MTU },
   };
@@ -232,7 +239,7 @@ async function workloadRun(o: LabOptions, machine: MachineInfo, outDir: string |
     `bench lab — ${machineLine(machine)}`,
     truthLine(truth),
     `${o.reps} repetition(s) per mode, modes interleaved, each brought up from scratch; median [min–max]; weft ÷ vxlan: ratio of the medians [per-repetition ratios, min–max]`,
-    `TCP: iperf3 single stream ${o.tcpSeconds} s, receiver goodput. UDP: batching generator (sendmmsg) at max rate ${o.udpSeconds} s, payload 1400 B (1428 B IP) and 64 B (92 B IP), delivered datagrams/s at the sink. RTT: ${o.pings} request-response pings (ping -A, after ${RTT_WARMUP_S} s unmeasured), then ${o.sparsePings} pings 10 ms apart.`,
+    `TCP: iperf3 single stream ${o.tcpSeconds} s, receiver goodput${o.pinHosts ? ", each host's iperf3 and daemon on a vCPU of its own" : ""}. UDP: batching generator (sendmmsg) at max rate ${o.udpSeconds} s, payload 1400 B (1428 B IP) and 64 B (92 B IP), delivered datagrams/s at the sink. RTT: ${o.pings} request-response pings (ping -A, after ${RTT_WARMUP_S} s unmeasured), then ${o.sparsePings} pings 10 ms apart.`,
     "CPU s/GB: user+sys of both weftd (flannel: both proxies) during the TCP run ÷ GB received; RSS: VmHWM of the larger one",
     "",
     labTable(summaries, [
@@ -243,6 +250,8 @@ async function workloadRun(o: LabOptions, machine: MachineInfo, outDir: string |
     ]),
     "",
     ...targetLines(json.ratios, weftRss),
+    "",
+    ...tcpRepLines(reps),
     "",
     ...dropLines(reps),
     "",

@@ -93,6 +93,28 @@ export function targetLines(ratios: Record<string, number | null>, rss: number |
   ];
 }
 
+/**
+ * TCP of every repetition, weft beside kernel VXLAN: the pairs the per-repetition
+ * ratios come from, with what else kept the machine busy during each run.
+ */
+export function tcpRepLines(reps: Map<Mode, RepFigures[]>): string[] {
+  const weft = reps.get("weft");
+  const vxlan = reps.get("vxlan");
+  if (weft === undefined || vxlan === undefined) return [];
+  const out = [
+    "TCP per repetition, weft ÷ vxlan (cores busy in user space outside the run, vxlan / weft: other sessions' work):",
+  ];
+  weft.forEach((w, i) => {
+    const v = vxlan[i];
+    if (v === undefined) return;
+    const f = (x: number) => x.toFixed(2);
+    out.push(
+      `  rep ${i + 1}: ${f(w.tcp_gbps)} ÷ ${f(v.tcp_gbps)} Gbit/s = ${f(w.tcp_gbps / v.tcp_gbps)}×  (others ${f(v.tcp_others_cores)} / ${f(w.tcp_others_cores)})`,
+    );
+  });
+  return out;
+}
+
 export function dropLines(reps: Map<Mode, RepFigures[]>): string[] {
   const out: string[] = ["where datagrams were dropped (counters that grew, summed over repetitions):"];
   for (const [mode, list] of reps) {

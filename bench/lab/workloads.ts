@@ -3,9 +3,10 @@
 // loss, where the rest was dropped), RTT request-response and sparse (ping),
 // and for the modes with a dataplane process its CPU per GB and memory.
 
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
+import { availableParallelism } from "node:os";
 import { ARENA_IDLE_MS } from "../../dataplane/arena-release.js";
-import { cpuSeconds, memoryOf, peakRssMb } from "../../lab/proc.js";
+import { cpuSeconds, machineUserSeconds, memoryOf, peakRssMb, userSeconds } from "../../lab/proc.js";
 import { nsRun } from "../../lab/topology.js";
 import { type Progress, percentile } from "../report.js";
 import { type RecvResult, type SendResult, spawnUdpgen, type UdpgenChild } from "../udpgen.js";
@@ -31,6 +32,19 @@ export interface LabOptions {
   idleSeconds: number;
   /** Pings under strace for syscalls per round trip (0: not measured). */
   stracePings: number;
+  /**
+   * TCP with each host on a vCPU of its own: p1's iperf3 and h1's daemon on
+   * CPU 0, p2's iperf3 and h2's daemon on CPU 1 (HOST_CPUS), every mode alike.
+   */
+  pinHosts: boolean;
+}
+
+/** The vCPUs of h1's side and h2's side when hosts are pinned (LabOptions.pinHosts). */
+export const HOST_CPUS = [0, 1] as const;
+
+/** Every thread of `pid` onto `cpus` (taskset's list syntax). */
+function pin(pid: number, cpus: string): void {
+  execFileSync("taskset", ["-a", "-p", "-c", cpus, String(pid)], { stdio: ["ignore", "ignore", "pipe"] });
 }
 
 export interface RepFigures {
@@ -51,6 +65,13 @@ export interface RepFigures {
   /** Proportional set size of the larger daemon after the workloads, MiB. */
   pss_mb?: number;
   tcp_retransmits: number;
+  /**
+   * CPU cores busy in user space during the TCP run outside it: the machine's
+   * user time less the daemons' and both iperf3s', per second. What the run
+   * itself spends in user space is small (iperf3 copies in the kernel), so
+   * this is other sessions' work competing for the same vCPUs.
+   */
+  tcp_others_cores: number;
   udp1400_drops: Record<string, number>;
   udp64_drops: Record<string, number>;
   udp1400_sender_pps: number;
@@ -64,33 +85,46 @@ export interface TcpResult {
   retransmits: number;
   /** Modes with daemons: CPU seconds of both per GB (1e9 bytes) received. */
   cpuSPerGb: number | null;
+  /** RepFigures.tcp_others_cores. */
+  othersCores: number;
 }
 
 /** iperf3 single stream p1 → p2 for `seconds`; with daemons, their CPU per GB. */
-export async function tcp(env: Env, seconds: number): Promise<TcpResult> {
+export async function tcp(env: Env, seconds: number, pinHosts: boolean): Promise<TcpResult> {
+  const [cpu1, cpu2] = HOST_CPUS;
+  const on = (cpu: number): string[] => (pinHosts ? ["taskset", "-c", String(cpu)] : []);
   const server = track(
-    spawn("ip", ["netns", "exec", env.p2.ns, "iperf3", "-s", "-1", "-p", String(IPERF_PORT)], {
+    spawn("ip", ["netns", "exec", env.p2.ns, ...on(cpu2), "iperf3", "-s", "-1", "-p", String(IPERF_PORT)], {
       stdio: ["ignore", "ignore", "pipe"],
     }),
   );
+  const pids = daemonPids(env);
+  const all = `0-${availableParallelism() - 1}`;
   try {
+    if (pinHosts) for (const [i, pid] of pids.entries()) pin(pid, String(i === 0 ? cpu1 : cpu2));
     for (let i = 0; ; i++) {
       const listening = await nsRun(env.p2.ns, "ss", ["-Hltn", `sport = :${IPERF_PORT}`]);
       if (listening.trim() !== "") break;
       if (i >= 50 || server.exitCode !== null) throw new Error(`${env.mode}: iperf3 server did not start`);
       await sleep(100);
     }
-    const pids = daemonPids(env);
     const cpu0 = pids.map(cpuSeconds);
-    const r = await nsSpawn(
-      env.p1.ns,
-      "iperf3",
-      ["-c", env.p2.ip, "-p", String(IPERF_PORT), "-t", String(seconds), "-J"],
-      (seconds + 30) * 1000,
-    );
-    const cpu1 = pids.map(cpuSeconds);
+    const user0 = pids.map(userSeconds);
+    const machine0 = machineUserSeconds();
+    const t0 = performance.now();
+    const client = [...on(cpu1), "iperf3", "-c", env.p2.ip, "-p", String(IPERF_PORT), "-t", String(seconds), "-J"];
+    const r = await nsSpawn(env.p1.ns, client[0] as string, client.slice(1), (seconds + 30) * 1000);
+    const cpuEnd = pids.map(cpuSeconds);
+    const user1 = pids.map(userSeconds);
+    const machine1 = machineUserSeconds();
+    const wall = (performance.now() - t0) / 1000;
     let report: {
-      end?: { sum_received?: { bits_per_second: number; bytes: number }; sum_sent?: { retransmits?: number } };
+      end?: {
+        sum_received?: { bits_per_second: number; bytes: number };
+        sum_sent?: { retransmits?: number; seconds?: number };
+        /** Percent of one CPU over the test: the client (host) and the server (remote). */
+        cpu_utilization_percent?: { host_user?: number; remote_user?: number };
+      };
       error?: string;
     };
     try {
@@ -100,14 +134,21 @@ export async function tcp(env: Env, seconds: number): Promise<TcpResult> {
     }
     const recv = report.end?.sum_received;
     if (recv === undefined) throw new Error(`${env.mode}: iperf3: ${report.error ?? "no sum_received"}`);
-    const cpu = cpu1.reduce((a, v, i) => a + v - (cpu0[i] as number), 0);
+    const cpu = cpuEnd.reduce((a, v, i) => a + v - (cpu0[i] as number), 0);
+    const daemonsUser = user1.reduce((a, v, i) => a + v - (user0[i] as number), 0);
+    const util = report.end?.cpu_utilization_percent;
+    const iperfSeconds = report.end?.sum_sent?.seconds ?? seconds;
+    const iperfUser = (((util?.host_user ?? 0) + (util?.remote_user ?? 0)) / 100) * iperfSeconds;
     return {
+      othersCores: Math.max(0, machine1 - machine0 - daemonsUser - iperfUser) / wall,
       gbps: recv.bits_per_second / 1e9,
       bytes: recv.bytes,
       retransmits: report.end?.sum_sent?.retransmits ?? 0,
       cpuSPerGb: pids.length > 0 && recv.bytes > 0 ? cpu / (recv.bytes / 1e9) : null,
     };
   } finally {
+    // The later workloads run unpinned, as before.
+    if (pinHosts) for (const pid of pids) pin(pid, all);
     // -1: the server leaves after its one client; make sure of it.
     for (let i = 0; i < 20 && server.exitCode === null && server.signalCode === null; i++) await sleep(100);
     if (server.exitCode === null && server.signalCode === null && server.pid !== undefined)
@@ -234,7 +275,7 @@ export const REST_BEFORE_MEMORY_MS = 2 * ARENA_IDLE_MS + 1000;
 /** Every workload once on a mode that is up; the figures of one repetition. */
 export async function runWorkloads(env: Env, o: LabOptions, progress: Progress, tag: string): Promise<RepFigures> {
   progress.step(`${tag}: TCP ${o.tcpSeconds} s`);
-  const t = await tcp(env, o.tcpSeconds);
+  const t = await tcp(env, o.tcpSeconds, o.pinHosts);
   progress.step(`${tag}: UDP 1400 B ${o.udpSeconds} s`);
   const u1400 = await udp(env, 1400, o.udpSeconds);
   progress.step(`${tag}: UDP 64 B ${o.udpSeconds} s`);
@@ -254,6 +295,7 @@ export async function runWorkloads(env: Env, o: LabOptions, progress: Progress, 
     rtt_sparse_p50_us: sparse.p50us,
     rtt_sparse_p99_us: sparse.p99us,
     tcp_retransmits: t.retransmits,
+    tcp_others_cores: t.othersCores,
     udp1400_drops: u1400.drops,
     udp64_drops: u64.drops,
     udp1400_sender_pps: u1400.senderPps,

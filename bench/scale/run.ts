@@ -448,7 +448,7 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
     // ratio is taken per pair, so a drift in what else the machine runs
     // weighs on both halves alike.
     for (let rep = 0; rep < o.tcpReps; rep++) {
-      const plain = await plainCpu.window({ ...pids, writer: null }, () => tcp(env, o.tcpSeconds));
+      const plain = await plainCpu.window({ ...pids, writer: null }, () => tcp(env, o.tcpSeconds, false));
       const churned = await tcpDuringChurn(
         h1,
         spec,
@@ -457,7 +457,7 @@ export async function measure(mode: RegistryKind, peers: number, o: ScaleOptions
         o,
         pids,
         churnCpu,
-        () => tcp(env, o.tcpSeconds),
+        () => tcp(env, o.tcpSeconds, false),
       );
       pairs.push({ plain_gbps: plain.value.gbps, churn_gbps: churned.gbps });
       tcpSeen = (tcpSeen ?? 0) + churned.seen;

@@ -79,18 +79,10 @@ bool HaveAvx2() {
 }
 #endif
 
-// Recomputes the IPv4 header checksum of the header at p.
-void FixIpChecksum(uint8_t* p, uint32_t ihl) {
-  p[10] = 0;
-  p[11] = 0;
-  Write16(p + 10, static_cast<uint16_t>(~OnesSum(p, ihl, 0)));
-}
-
-}  // namespace
-
-uint16_t OnesSum(const uint8_t* p, size_t n, uint32_t initial) {
-  // Native-order words: the ones'-complement sum is byte-order independent
-  // (RFC 1071 2.B), so sum as loaded and swap once at the end.
+// Sum of p[0, n) as native-order 32-bit words in 64 bits, the odd last byte
+// padded: not folded. Ones'-complement sums are byte-order independent
+// (RFC 1071 2.B), so this sums words as loaded and Finish swaps once.
+uint64_t SumRaw(const uint8_t* p, size_t n) {
   uint64_t sum = 0;
 #if defined(__x86_64__)
   if (n >= 128 && HaveAvx2()) sum = SumWordsAvx2(p, n);
@@ -122,7 +114,69 @@ uint16_t OnesSum(const uint8_t* p, size_t n, uint32_t initial) {
     memcpy(&w, pad, 2);
     sum += w;
   }
-  return Fold(uint64_t{ntohs(Fold(sum))} + initial);
+  return sum;
+}
+
+// A SumRaw result plus `initial` (big-endian), folded to 16 bits.
+inline uint16_t Finish(uint64_t raw, uint32_t initial) {
+  return Fold(uint64_t{ntohs(Fold(raw))} + initial);
+}
+
+#if defined(__x86_64__)
+// Copies src[0, n) up to dst (dst > src: the ranges may overlap) and returns
+// SumRaw of the bytes, in one pass instead of a memmove and then a sum. The
+// bytes past the last whole 64 go first (they lie highest); then 64-byte
+// rounds from the top down, each loaded before it is stored, so a store never
+// lands on source bytes not yet read.
+__attribute__((target("avx2"))) uint64_t CopySumUpAvx2(uint8_t* dst,
+                                                      const uint8_t* src,
+                                                      size_t n) {
+  const size_t body = n & ~size_t{63};
+  memmove(dst + body, src + body, n - body);
+  uint64_t sum = SumRaw(dst + body, n - body);
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i a = zero;
+  __m256i b = zero;
+  for (size_t i = body; i > 0;) {
+    i -= 64;
+    __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+    __m256i w =
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i + 32));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i + 32), w);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), v);
+    a = _mm256_add_epi64(a, _mm256_unpacklo_epi32(v, zero));
+    b = _mm256_add_epi64(b, _mm256_unpackhi_epi32(v, zero));
+    a = _mm256_add_epi64(a, _mm256_unpacklo_epi32(w, zero));
+    b = _mm256_add_epi64(b, _mm256_unpackhi_epi32(w, zero));
+  }
+  uint64_t lanes[4];
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(lanes),
+                      _mm256_add_epi64(a, b));
+  for (uint64_t l : lanes) sum += (l & 0xffffffffu) + (l >> 32);
+  return sum;
+}
+#endif
+
+// memmove(dst, src, n) for dst > src, returning SumRaw of the bytes moved.
+uint64_t CopySumUp(uint8_t* dst, const uint8_t* src, size_t n) {
+#if defined(__x86_64__)
+  if (n >= 128 && HaveAvx2()) return CopySumUpAvx2(dst, src, n);
+#endif
+  memmove(dst, src, n);
+  return SumRaw(dst, n);
+}
+
+// Recomputes the IPv4 header checksum of the header at p.
+void FixIpChecksum(uint8_t* p, uint32_t ihl) {
+  p[10] = 0;
+  p[11] = 0;
+  Write16(p + 10, static_cast<uint16_t>(~OnesSum(p, ihl, 0)));
+}
+
+}  // namespace
+
+uint16_t OnesSum(const uint8_t* p, size_t n, uint32_t initial) {
+  return Finish(SumRaw(p, n), initial);
 }
 
 uint16_t PseudoHeaderSum(const uint8_t* ip, uint8_t protocol,
@@ -196,9 +250,14 @@ bool SplitGso(uint8_t* p, uint32_t len, uint8_t gso_type, uint32_t mss,
   for (uint32_t k = n; k-- > 0;) {
     const uint32_t seg_payload = k == n - 1 ? payload - k * mss : mss;
     uint8_t* s = p + size_t{k} * stride;
+    // The payload's sum, taken as it moves: the checksums below add only
+    // the headers (the payload starts at an even offset of the L4 header).
+    uint64_t payload_sum;
     if (k > 0) {
-      memmove(s + hdr, p + hdr + size_t{k} * mss, seg_payload);
+      payload_sum = CopySumUp(s + hdr, p + hdr + size_t{k} * mss, seg_payload);
       memcpy(s, p, hdr);
+    } else {
+      payload_sum = SumRaw(s + hdr, seg_payload);
     }
     const uint32_t l4_len = l4hl + seg_payload;
     Write16(s + 2, hdr + seg_payload);
@@ -224,14 +283,16 @@ bool SplitGso(uint8_t* p, uint32_t len, uint8_t gso_type, uint32_t mss,
       l4[16] = 0;
       l4[17] = 0;
       Write16(l4 + 16,
-              static_cast<uint16_t>(~OnesSum(
-                  l4, l4_len, PseudoHeaderSum(s, proto, l4_len))));
+              static_cast<uint16_t>(~Finish(
+                  SumRaw(l4, l4hl) + payload_sum,
+                  PseudoHeaderSum(s, proto, l4_len))));
     } else {
       Write16(l4 + 4, l4_len);
       l4[6] = 0;
       l4[7] = 0;
       uint16_t c = static_cast<uint16_t>(
-          ~OnesSum(l4, l4_len, PseudoHeaderSum(s, proto, l4_len)));
+          ~Finish(SumRaw(l4, l4hl) + payload_sum,
+                  PseudoHeaderSum(s, proto, l4_len)));
       Write16(l4 + 6, c == 0 ? 0xffff : c);
     }
   }
