@@ -20,16 +20,13 @@ Napi::Value SetBusyPoll(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t us = 0;
   uint32_t duty = 0;
+  bool adaptive = false;
   if (!GetUint(env, info[0], "busyPollUs", Spinner::kSpinCapNs / 1000, &us) ||
+      !GetBool(env, info[1], "adaptive", &adaptive) ||
       !GetUint(env, info[2], "dutyPercent", 100, &duty)) {
     return Napi::Value();
   }
-  if (!info[1].IsBoolean()) {
-    ThrowTypeError(env, "adaptive must be a boolean");
-    return Napi::Value();
-  }
-  Spinner::Get().policy().Configure(info[1].As<Napi::Boolean>().Value(),
-                                    uint64_t{us} * 1000, duty);
+  Spinner::Get().policy().Configure(adaptive, uint64_t{us} * 1000, duty);
   return env.Undefined();
 }
 
@@ -37,11 +34,9 @@ Napi::Value SetBusyPoll(const Napi::CallbackInfo& info) {
 // after a conversation's batch (busy_poll.h, Spinner::Wait).
 Napi::Value SetLoopWait(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsBoolean()) {
-    ThrowTypeError(env, "setLoopWait(on: boolean)");
-    return Napi::Value();
-  }
-  Spinner::Get().SetLoopWait(info[0].As<Napi::Boolean>().Value());
+  bool on = false;
+  if (!GetBool(env, info[0], "loopWait", &on)) return Napi::Value();
+  Spinner::Get().SetLoopWait(on);
   return env.Undefined();
 }
 
@@ -49,11 +44,9 @@ Napi::Value SetLoopWait(const Napi::CallbackInfo& info) {
 // (poll_ring.h); returns 0, or the errno io_uring refused with.
 Napi::Value SetBusyPollRing(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsBoolean()) {
-    ThrowTypeError(env, "setBusyPollRing(on: boolean)");
-    return Napi::Value();
-  }
-  return Napi::Number::New(env, Spinner::Get().SetRing(info[0].As<Napi::Boolean>().Value()));
+  bool on = false;
+  if (!GetBool(env, info[0], "busyPollRing", &on)) return Napi::Value();
+  return Napi::Number::New(env, Spinner::Get().SetRing(on));
 }
 
 // busyPollStats(): {spins, caught, waitedNs, windowNs, waits, waitsCaught,
@@ -111,31 +104,29 @@ Napi::Value BusyPollTrace(const Napi::CallbackInfo& info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("PacketFd", PacketFd::Init(env));
   exports.Set("UdpSocket", UdpSocket::Init(env));
-  exports.Set("openTun", Napi::Function::New(env, OpenTun, "openTun"));
-  exports.Set("socketpair", Napi::Function::New(env, Socketpair, "socketpair"));
-  exports.Set("notify", Napi::Function::New(env, Notify, "notify"));
-  exports.Set("nftGeneration",
-              Napi::Function::New(env, NftGeneration, "nftGeneration"));
-  exports.Set("releaseFilePages",
-              Napi::Function::New(env, ReleaseFilePages, "releaseFilePages"));
-  exports.Set("reduceMemory",
-              Napi::Function::New(env, ReduceMemory, "reduceMemory"));
-  exports.Set("releasePages",
-              Napi::Function::New(env, ReleasePages, "releasePages"));
-  exports.Set("residentBytes",
-              Napi::Function::New(env, ResidentBytes, "residentBytes"));
-  exports.Set("gsoSplit", Napi::Function::New(env, GsoSplit, "gsoSplit"));
-  exports.Set("groMerge", Napi::Function::New(env, GroMerge, "groMerge"));
-  exports.Set("setBusyPoll",
-              Napi::Function::New(env, SetBusyPoll, "setBusyPoll"));
-  exports.Set("setLoopWait",
-              Napi::Function::New(env, SetLoopWait, "setLoopWait"));
-  exports.Set("setBusyPollRing",
-              Napi::Function::New(env, SetBusyPollRing, "setBusyPollRing"));
-  exports.Set("busyPollStats",
-              Napi::Function::New(env, BusyPollStats, "busyPollStats"));
-  exports.Set("busyPollTrace",
-              Napi::Function::New(env, BusyPollTrace, "busyPollTrace"));
+  static constexpr struct {
+    const char* name;
+    Napi::Function::Callback fn;
+  } kFunctions[] = {
+      {"openTun", OpenTun},
+      {"socketpair", Socketpair},
+      {"notify", Notify},
+      {"nftGeneration", NftGeneration},
+      {"releaseFilePages", ReleaseFilePages},
+      {"reduceMemory", ReduceMemory},
+      {"releasePages", ReleasePages},
+      {"residentBytes", ResidentBytes},
+      {"gsoSplit", GsoSplit},
+      {"groMerge", GroMerge},
+      {"setBusyPoll", SetBusyPoll},
+      {"setLoopWait", SetLoopWait},
+      {"setBusyPollRing", SetBusyPollRing},
+      {"busyPollStats", BusyPollStats},
+      {"busyPollTrace", BusyPollTrace},
+  };
+  for (const auto& f : kFunctions) {
+    exports.Set(f.name, Napi::Function::New(env, f.fn, f.name));
+  }
   return exports;
 }
 

@@ -75,6 +75,15 @@ inline bool GetUint(Napi::Env env, napi_value value, const char* what,
   return true;
 }
 
+// Reads a boolean; throws a TypeError naming `what` otherwise.
+inline bool GetBool(Napi::Env env, napi_value value, const char* what, bool* out) {
+  if (napi_get_value_bool(env, value, out) != napi_ok) {
+    ThrowTypeError(env, std::string(what) + " must be a boolean");
+    return false;
+  }
+  return true;
+}
+
 // Checks that [start, start + count) indexes every per-packet array of a batch.
 inline bool CheckBatchRange(Napi::Env env, uint32_t start, uint32_t count,
                             size_t shortest) {
