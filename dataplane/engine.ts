@@ -44,7 +44,7 @@ export interface EngineOptions {
   readonly transport: Transport;
   /** flannel0's address: the source of every ICMP error weft sends. */
   readonly localAddr: number;
-  /** flannel0's MTU (capped at 65,507): larger packets from the tunnel are dropped (Fragmentation Needed when DF). */
+  /** flannel0's MTU (capped at 65,507): larger packets either way are dropped (Fragmentation Needed when DF). */
   readonly mtu: number;
   /** Accept datagrams only from a lease's PublicIP (default true; off for NAT'd peers). */
   readonly peerCheck?: boolean;
@@ -201,13 +201,23 @@ export class Engine {
         icmp.answer(ip, table, ICMP_DEST_UNREACH, CODE_NET_UNREACH, 0, Icmp.NetUnreachable, -1, 0);
         continue;
       }
+      // The kernel hands flannel0 nothing longer than its MTU unless as a
+      // GSO super-packet (split before this); a longer one would leave as an
+      // underlay datagram the path fragments or refuses.
+      const total = ip.totalLength;
+      if (total > this.mtu) {
+        c.drops[Drop.Oversize]++;
+        if (ip.dontFragment) {
+          icmp.answer(ip, table, ICMP_DEST_UNREACH, CODE_FRAG_NEEDED, this.mtu, Icmp.FragNeeded, -1, 0);
+        }
+        continue;
+      }
       if (ip.ttl <= 1) {
         c.drops[Drop.TtlExpired]++;
         icmp.answer(ip, table, ICMP_TIME_EXCEEDED, CODE_TTL_EXCEEDED, 0, Icmp.TimeExceeded, -1, 0);
         continue;
       }
       ip.decrementTtl();
-      const total = ip.totalLength;
       out.offsets[staged] = off;
       out.lengths[staged] = total;
       out.addrs[staged] = table.peerAddr[id];

@@ -24,9 +24,20 @@ describe("the addon under AddressSanitizer and UBSan", { timeout: 600_000 }, () 
     const { status, output } = await runUnderAsan(ASAN_SUITES);
     const at = output.search(REPORT);
     assert.equal(at, -1, `sanitizer report:\n${output.slice(Math.max(0, at - 200), at + 3000)}`);
-    assert.equal(status, 0, `a test failed under the sanitizers:\n${output.slice(-4000)}`);
+    assert.equal(status, 0, `a test failed under the sanitizers:\n${failures(output)}`);
     // The suites really ran (a runner that ran nothing also exits 0).
     const passed = Number(/^# pass (\d+)$/m.exec(output)?.[1] ?? 0);
     assert.ok(passed >= 50, `only ${passed} tests passed under the sanitizers`);
   });
 });
+
+/** The failing tests' own lines (name, error, seed) rather than the run's tail,
+ * which is mostly passing tests and would cut the failure out of a CI log. */
+function failures(output: string): string {
+  const lines = output.split("\n");
+  const out: string[] = [];
+  lines.forEach((line, i) => {
+    if (/^\s*not ok /.test(line)) out.push(...lines.slice(i, i + 16), "");
+  });
+  return out.length ? out.join("\n").slice(0, 6000) : output.slice(-4000);
+}

@@ -94,6 +94,30 @@ describe("engine: flannel0 -> peers", () => {
     assert.deepEqual([...m.subarray(28)], [...p.subarray(0, 28)]);
   });
 
+  it("drops a packet read longer than flannel0's MTU and tells a DF sender the MTU", () => {
+    // The kernel never hands the TUN such a packet outside GSO; a hostile
+    // writer (or a misconfigured MTU) must still not put it on the underlay.
+    const small = rig({ mtu: 1372 });
+    const df = ipv4Packet({ src: "10.244.1.2", dst: "10.244.2.7", payload: new Uint8Array(1400), dontFragment: true });
+    const noDf = ipv4Packet({ src: "10.244.1.2", dst: "10.244.2.7", payload: new Uint8Array(1400) });
+    const fits = ipv4Packet({ src: "10.244.1.2", dst: "10.244.2.7", payload: new Uint8Array(1352) });
+    small.device.inject([df, noDf, fits]);
+    const c = small.engine.counters.tx;
+    assert.equal(c.drops[Drop.Oversize], 2);
+    assert.deepEqual(
+      small.transport.sent.map((d) => d.data.length),
+      [1372],
+      "only the packet of exactly the MTU left",
+    );
+    assert.equal(small.device.written.length, 1, "Fragmentation Needed only for the DF packet");
+    const m = small.device.written[0];
+    assert.deepEqual([m[20], m[21]], [3, 4]);
+    assert.equal((m[26] << 8) | m[27], 1372);
+    assert.deepEqual([...m.subarray(16, 20)], [10, 244, 1, 2], "to the sender");
+    assert.equal(small.engine.counters.icmpSent[Icmp.FragNeeded], 1);
+    assert.equal(c.outPackets + c.dropped(), c.inPackets);
+  });
+
   it("answers TTL 1 with ICMP Time Exceeded and does not forward", () => {
     const p = udpPacket("10.244.1.2", "10.244.2.7", 1, 2, new Uint8Array(30), 1);
     r.device.inject([p]);
