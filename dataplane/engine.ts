@@ -201,9 +201,9 @@ export class Engine {
         icmp.answer(ip, table, ICMP_DEST_UNREACH, CODE_NET_UNREACH, 0, Icmp.NetUnreachable, -1, 0);
         continue;
       }
-      // The kernel hands flannel0 nothing longer than its MTU unless as a
-      // GSO super-packet (split before this); a longer one would leave as an
-      // underlay datagram the path fragments or refuses.
+      // Only packets up to flannel0's MTU come from it (the device layer cuts
+      // the kernel's larger ones to size first); a longer one would leave as
+      // an underlay datagram the path fragments or refuses.
       const total = ip.totalLength;
       if (total > this.mtu) {
         c.drops[Drop.Oversize]++;
