@@ -17,6 +17,7 @@ import { basename } from "node:path";
 import { parseArgs } from "node:util";
 import { DirectionCounters, DROP_NAMES, Drop } from "../dataplane/counters.js";
 import { engineOver, FakeDevice, FakeTransport } from "../dataplane/fake-io.js";
+import { MAX_RUN_BYTES } from "../dataplane/io.js";
 import { LeaseTable, type PeerLease } from "../dataplane/leases.js";
 import { Ipv4Check, Ipv4View, readAddr } from "../dataplane/wire/ipv4.js";
 import { readCapture } from "../fixtures/pcap.js";
@@ -43,12 +44,12 @@ export const UDP_PORT = 8285;
 /** flannel0's address on the sending node (source of ICMP errors). */
 const LOCAL_ADDR = parseIpv4("10.244.1.0");
 /**
- * The engine's MTU here: the largest IPv4 datagram. Traces hold packets above
+ * The engine's MTU here: the largest it takes (a UDP datagram's payload). Traces hold packets above
  * flannel0's 1472 (IMIX's 1500 B, captures of GRO'd traffic), which weftd never
  * reads from flannel0 and would drop as oversize; the replay measures lookup
  * and forwarding, as flannel's lookup beside it does, not that check.
  */
-const MTU = 65_507;
+const MTU = MAX_RUN_BYTES;
 
 export interface ReplayInput {
   /** "64 B", "1400 B", "IMIX", or a file name. */
